@@ -1,0 +1,47 @@
+"""How long `convert build` takes, end to end, as a release pipeline runs it (a fresh process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import machine
+
+
+def run(configs: list[Path], results: Path, repeats: int = 1) -> dict:
+    runs = []
+    for config in configs:
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory(prefix="trtserve-bench-") as repo:
+                command = [sys.executable, "-m", "convert", "build", str(config), "--repository", repo, "-q"]
+                start = time.perf_counter()
+                proc = subprocess.run(
+                    command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+                )
+                seconds = time.perf_counter() - start
+                if proc.returncode != 0:
+                    raise SystemExit(
+                        f"benchmark failed: {shlex.join(command)} exited {proc.returncode}:\n{proc.stderr}"
+                    )
+                manifest = json.loads(next(Path(repo).glob("*/1/manifest.json")).read_text())
+            runs.append(
+                {
+                    "config": str(config),
+                    "command": f"convert build {config}",
+                    "seconds": round(seconds, 2),
+                    "engines": [f"{e['backend']} {e['precision']}" for e in manifest["engines"]],
+                    "parity_samples": manifest["parity"][0]["samples"],
+                    "exporter": manifest["onnx"]["exporter"],
+                }
+            )
+            print(f"{config}: {seconds:.1f} s", file=sys.stderr)
+    report = {"benchmark": "convert", "machine": machine.describe(), "runs": runs}
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "convert.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,38 @@
+"""Backends register here by name; each is imported only when first asked for."""
+
+from __future__ import annotations
+
+import importlib
+
+from runtime.backends.base import Engine
+from runtime.errors import BackendUnavailable
+
+_REGISTRY: dict[str, str] = {
+    "onnxruntime": "runtime.backends.onnxruntime:OnnxRuntimeEngine",
+    "tensorrt": "runtime.backends.tensorrt:TensorRTEngine",
+}
+
+
+def register_backend(name: str, target: str) -> None:
+    """Register `module:Class` (an Engine subclass) under `name`."""
+    _REGISTRY[name] = target
+
+
+def backend_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def engine_class(name: str) -> type[Engine]:
+    try:
+        target = _REGISTRY[name]
+    except KeyError:
+        raise BackendUnavailable(f"unknown backend {name!r}; known: {', '.join(_REGISTRY)}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def availability(name: str) -> tuple[bool, str]:
+    return engine_class(name).availability()
+
+
+__all__ = ["Engine", "availability", "backend_names", "engine_class", "register_backend"]

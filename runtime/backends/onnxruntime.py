@@ -1,0 +1,83 @@
+"""ONNX Runtime: the backend that runs everywhere (CPU here; CUDA execution provider where installed)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.base import Engine
+from runtime.errors import ArtifactError, BackendUnavailable
+from runtime.signature import Signature
+
+log = logging.getLogger("trtserve.runtime")
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailable(
+            "onnxruntime is not installed (pip install 'trtserve[cpu]', or 'trtserve[gpu]' on NVIDIA GPUs)"
+        ) from None
+    return onnxruntime
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class OnnxRuntimeEngine(Engine):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: Path,
+        signature: Signature,
+        precision: str = "fp32",
+        device: str = "auto",
+        intra_op_threads: int | None = None,
+    ) -> None:
+        super().__init__(signature, precision, path)
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # One replica owns the CPUs it was given; more threads than that only contend.
+        options.intra_op_num_threads = intra_op_threads or _cpu_count()
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            raise BackendUnavailable("onnxruntime has no CUDAExecutionProvider here (install trtserve[gpu])")
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as e:  # ORT raises its own exception types per failure, all fatal here
+            raise ArtifactError(f"{path}: onnxruntime cannot load this model: {e}") from e
+        self._providers = self._session.get_providers()
+        self._output_names = [o.name for o in self._session.get_outputs()]
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        try:
+            ort = _ort()
+        except BackendUnavailable as e:
+            return False, str(e)
+        return True, f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+
+    @property
+    def device(self) -> str:
+        return "cuda:0" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._output_names, dict(feed))
+        return dict(zip(self._output_names, results, strict=True))
+
+    def _close_impl(self) -> None:
+        del self._session

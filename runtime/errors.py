@@ -1,0 +1,31 @@
+"""Errors shared by the runtime and the convert stage.
+
+Each carries the process exit code a CLI should end with (CONTRACT §3), so a command can turn any of
+them into one clear line without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class TrtserveError(Exception):
+    """Base of every error meant for a user: the message says what, where and how to fix it."""
+
+    exit_code = 2
+
+
+class ArtifactError(TrtserveError):
+    """A model version directory is incomplete, tampered with or unsafe to load."""
+
+    exit_code = 2
+
+
+class BackendUnavailable(TrtserveError):
+    """A requested backend cannot run on this machine; the message says why."""
+
+    exit_code = 3
+
+
+class InputError(TrtserveError):
+    """Inference inputs do not match the engine's signature; the message names the input."""
+
+    exit_code = 2

@@ -1,0 +1,107 @@
+"""What an engine takes and returns, and the check every inference input goes through."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime import dtypes
+from runtime.errors import InputError
+
+Dim = int | str  # a fixed size, or the name of a symbolic dim declared in `dims`
+
+
+@dataclass(frozen=True)
+class DimRange:
+    min: int
+    opt: int
+    max: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"min": self.min, "opt": self.opt, "max": self.max}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # a name from runtime.dtypes
+    shape: tuple[Dim, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> TensorSpec:
+        return cls(d["name"], d["dtype"], tuple(d["shape"]) if d.get("shape") is not None else ())
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: Mapping[str, DimRange]
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping) -> Signature:
+        return cls(
+            inputs=tuple(TensorSpec.from_dict(t) for t in manifest["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in manifest["outputs"]),
+            dims={k: DimRange(**v) for k, v in manifest["dims"].items()},
+        )
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def shapes_at(self, sizes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+        """Concrete input shapes with every symbolic dim replaced by `sizes[dim]`."""
+        return {s.name: tuple(sizes[d] if isinstance(d, str) else d for d in s.shape) for s in self.inputs}
+
+    def validate(self, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """Check names, dtypes, ranks and sizes; return the size bound to each symbolic dim.
+
+        Raises InputError naming the first offending input, so a server can answer 400 with it.
+        """
+        expected = [s.name for s in self.inputs]
+        missing = [n for n in expected if n not in feed]
+        if missing:
+            raise InputError(f"missing input {missing[0]!r}; this model takes {', '.join(expected)}")
+        extra = [n for n in feed if n not in expected]
+        if extra:
+            raise InputError(f"unexpected input {extra[0]!r}; this model takes {', '.join(expected)}")
+        bound: dict[str, tuple[int, str]] = {}
+        for spec in self.inputs:
+            array = feed[spec.name]
+            want = dtypes.from_name(spec.dtype).numpy
+            if not isinstance(array, np.ndarray):
+                raise InputError(f"input {spec.name!r}: expected a numpy array, got {type(array).__name__}")
+            if array.dtype != want:
+                raise InputError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {array.dtype}")
+            if array.ndim != len(spec.shape):
+                raise InputError(
+                    f"input {spec.name!r}: expected rank {len(spec.shape)} {list(spec.shape)}, "
+                    f"got shape {list(array.shape)}"
+                )
+            for axis, (dim, size) in enumerate(zip(spec.shape, array.shape, strict=True)):
+                if isinstance(dim, int):
+                    if size != dim:
+                        raise InputError(
+                            f"input {spec.name!r}: dim {axis} must be {dim}, got shape {list(array.shape)}"
+                        )
+                    continue
+                limits = self.dims[dim]
+                if not limits.min <= size <= limits.max:
+                    raise InputError(
+                        f"input {spec.name!r}: dim {axis} ({dim}) is {size}, outside [{limits.min}, {limits.max}]"
+                    )
+                if dim in bound and bound[dim][0] != size:
+                    raise InputError(
+                        f"input {spec.name!r}: dim {axis} ({dim}) is {size} but input "
+                        f"{bound[dim][1]!r} has {dim}={bound[dim][0]}"
+                    )
+                bound.setdefault(dim, (size, spec.name))
+        return {dim: size for dim, (size, _) in bound.items()}

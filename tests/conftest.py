@@ -1,0 +1,63 @@
+"""Test tiers are set from the path (tests/unit, tests/integration); `gpu` tests are skipped with the
+missing capability named."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_skip = None
+    for item in items:
+        path = Path(str(item.fspath)).relative_to(ROOT).parts
+        if "unit" in path:
+            item.add_marker(pytest.mark.unit)
+        elif "integration" in path:
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("gpu"):
+            if gpu_skip is None:
+                gpu_skip = _gpu_missing()
+            if gpu_skip:
+                item.add_marker(pytest.mark.skip(reason=gpu_skip))
+
+
+def _gpu_missing() -> str:
+    from runtime.cuda_device import probe, tensorrt_version
+
+    if tensorrt_version() is None:
+        return "requires TensorRT >= 10 (tensorrt is not installed)"
+    device, why = probe()
+    if device is None:
+        return f"requires an NVIDIA GPU ({why})"
+    return ""
+
+
+def run_convert(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The CLI as users run it: a separate process, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "convert", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def built_repository(tmp_path_factory) -> Path:
+    """The demo models built once per session through the CLI."""
+    repo = tmp_path_factory.mktemp("model_repository")
+    for name in ("cnn", "minilm"):
+        proc = run_convert("build", f"configs/models/{name}.yaml", "--repository", repo)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == str(repo / name / "1")
+    return repo
