@@ -50,7 +50,7 @@ def load_engine(version_dir: str | Path, backend: str = "auto", precision: str |
     ok, why = engine_cls.availability()
     if not ok or not ort_entries:
         raise BackendUnavailable(f"{version_dir}: cannot fall back to onnxruntime: {why if not ok else 'no ONNX file'}")
-    on_gpu = "CUDAExecutionProvider" in why
+    on_gpu = engine_cls.cuda_usable()
     order = _GPU_PRECISION_ORDER if on_gpu else tuple(reversed(_GPU_PRECISION_ORDER))
     entry = min(ort_entries, key=lambda e: order.index(e["precision"]) if e["precision"] in order else len(order))
     log.info(

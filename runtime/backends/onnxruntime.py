@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Engine
+from runtime.cuda_device import probe
 from runtime.errors import ArtifactError, BackendUnavailable
 from runtime.signature import Signature
-
-log = logging.getLogger("trtserve.runtime")
 
 
 def _ort():
@@ -52,10 +50,10 @@ class OnnxRuntimeEngine(Engine):
         options.intra_op_num_threads = intra_op_threads or _cpu_count()
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        if device in ("auto", "cuda") and self.cuda_usable():
             providers.insert(0, "CUDAExecutionProvider")
         elif device == "cuda":
-            raise BackendUnavailable("onnxruntime has no CUDAExecutionProvider here (install trtserve[gpu])")
+            raise BackendUnavailable("onnxruntime cannot use CUDA here (needs trtserve[gpu] and an NVIDIA GPU)")
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # ORT raises its own exception types per failure, all fatal here
@@ -70,6 +68,11 @@ class OnnxRuntimeEngine(Engine):
         except BackendUnavailable as e:
             return False, str(e)
         return True, f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+
+    @classmethod
+    def cuda_usable(cls) -> bool:
+        """The CUDA execution provider is installed and a GPU is there for it."""
+        return "CUDAExecutionProvider" in _ort().get_available_providers() and probe()[0] is not None
 
     @property
     def device(self) -> str:
