@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 DEMO_MODELS := cnn minilm
 # GPU extras (TensorRT, onnxruntime-gpu, cuda-python) only where nvidia-smi sees a GPU.
 HAS_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo yes)
-EXTRAS := $(if $(HAS_GPU),gpu,cpu),convert,dev
+EXTRAS := $(if $(HAS_GPU),gpu,cpu),serve,convert,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -28,14 +28,14 @@ models: install
 			|| exit $$?; \
 	done
 
+# Serve the demo models at http://127.0.0.1:8000 in the foreground (Ctrl-C stops everything).
+# TRTSERVE_INGRESS=proxy switches from Ray's HAProxy ingress to its Python proxy.
 run: models
-	@echo "make run: the demo models are in ./$(REPOSITORY) (convert inspect $(REPOSITORY)/minilm/1 shows one)."
-	@echo "make run: serving them over HTTP arrives with issue 3 (runtime.app on Ray Serve); nothing is served yet." >&2
-	@exit 1
+	HF_HUB_OFFLINE=1 $(PY) -m runtime.launch run configs/serve/demo.yaml
 
+# Start the server, query it with tritonclient, print outputs and latencies, stop it.
 demo: models
-	@echo "make demo: the KServe v2 client demo needs the server of issue 3; not available yet." >&2
-	@exit 1
+	HF_HUB_OFFLINE=1 $(PY) -m runtime.launch demo configs/serve/demo.yaml
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -148,6 +148,7 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
                 "serving": {
                     "max_batch_size": config.max_batch_size,
                     "max_queue_delay_ms": config.max_queue_delay_ms,
+                    "pad": config.pad,
                 },
             },
         )

@@ -76,6 +76,7 @@ class ModelConfig:
     tolerance: dict[str, Tolerance]
     max_batch_size: int
     max_queue_delay_ms: float
+    pad: dict[str, dict[str, float]] = field(default_factory=dict)  # dim -> input -> pad value
 
     def tolerance_for(self, output: str, precision: str) -> Tolerance:
         for out in self.outputs:
@@ -202,7 +203,7 @@ class _Parser:
             preprocessing = {k: self.callable_ref(v, f"preprocessing.{k}") for k, v in prep.items()}
 
         serving = raw.get("serving") or {}
-        self.mapping(serving, "serving", {"max_batch_size": False, "max_queue_delay_ms": False})
+        self.mapping(serving, "serving", {"max_batch_size": False, "max_queue_delay_ms": False, "pad": False})
         batch_max = dims[BATCH].max
         max_batch_size = self.integer(serving.get("max_batch_size", batch_max), "serving.max_batch_size")
         if max_batch_size > batch_max:
@@ -211,6 +212,7 @@ class _Parser:
                 f"{max_batch_size} exceeds dims.batch.max ({batch_max}), which engines are built for",
             )
         delay = self.number(serving.get("max_queue_delay_ms", 5), "serving.max_queue_delay_ms", 0.0)
+        pad = self.parse_pad(serving.get("pad") or {}, dims, inputs)
 
         return ModelConfig(
             path=self.path,
@@ -226,7 +228,23 @@ class _Parser:
             tolerance=tolerance,
             max_batch_size=max_batch_size,
             max_queue_delay_ms=delay,
+            pad=pad,
         )
+
+    def parse_pad(self, raw: Any, dims: dict[str, DimRange], inputs) -> dict[str, dict[str, float]]:
+        """serving.pad: {dim: {input: value}}: requests that differ in `dim` may be batched, each input
+        padded with its value (e.g. token ids and attention mask with 0)."""
+        if not isinstance(raw, dict):
+            raise self.fail("serving.pad", "expected {dim: {input: pad value}}")
+        pad = {}
+        for dim, values in raw.items():
+            key = f"serving.pad.{dim}"
+            if dim not in dims or dim == BATCH:
+                raise self.fail(key, "must name a declared dim other than batch")
+            users = [i.name for i in inputs if dim in i.shape]
+            self.mapping(values, key, {name: True for name in users})
+            pad[dim] = {name: self.number(values[name], f"{key}.{name}") for name in users}
+        return pad
 
     def parse_dims(self, raw: Any) -> dict[str, DimRange]:
         if not isinstance(raw, dict) or not raw:

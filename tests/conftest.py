@@ -61,3 +61,38 @@ def built_repository(tmp_path_factory) -> Path:
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == str(repo / name / "1")
     return repo
+
+
+@pytest.fixture(scope="session")
+def server(built_repository, tmp_path_factory):
+    """The demo models on real Ray Serve, on loopback, behind the default (HAProxy) ingress.
+
+    cnn gets a small queue (128 rows) so overload can be provoked; bodies are capped at 8 MiB."""
+    import yaml
+
+    from runtime.launch import LocalServe
+
+    workdir = tmp_path_factory.mktemp("serve")
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "applications": [
+            {
+                "name": "trtserve",
+                "route_prefix": "/",
+                "import_path": "runtime.app:build_app",
+                "args": {
+                    "repository": str(built_repository),
+                    "max_body_mb": 8,
+                    "models": [
+                        {"name": "minilm", "version": "latest"},
+                        {"name": "cnn", "version": 1, "max_queued_rows": 128},
+                    ],
+                },
+            }
+        ],
+    }
+    path = workdir / "serve.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with LocalServe(path, log_path=workdir / "serve.log") as local:
+        yield local

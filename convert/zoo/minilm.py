@@ -79,18 +79,13 @@ def tokenizer_files() -> list[Path]:
 
 
 def tokenize(texts: list[str], length: int) -> dict[str, np.ndarray]:
-    """Tokenize as the server will: truncated and padded to exactly `length` tokens."""
+    """Tokenize as the server does (runtime.preprocessing), padded to exactly `length` tokens."""
     from tokenizers import Tokenizer
 
+    from runtime.preprocessing import encode
+
     tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=length)
-    tokenizer.enable_padding(length=length, pad_id=0, pad_token="[PAD]")
-    encodings = tokenizer.encode_batch(texts)
-    # Below 2 tokens [CLS] and [SEP] cannot both fit and the tokenizer does not truncate; keep the head.
-    return {
-        "input_ids": np.array([e.ids[:length] for e in encodings], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask[:length] for e in encodings], dtype=np.int64),
-    }
+    return encode(tokenizer, texts, length, ["input_ids", "attention_mask"], pad_to=length)
 
 
 def sample(batch: int, dims: dict) -> dict[str, np.ndarray]:

@@ -1,65 +1,18 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from convert.package import next_version, publish, staging_dir, write_manifest
 from runtime.artifact import MANIFEST, onnx_external_data_locations, verify_version_dir
 from runtime.errors import ArtifactError
 from runtime.repository import list_versions, version_dir
-
-FIELDS = {
-    "format_version": 1,
-    "name": "toy",
-    "version": 1,
-    "created_at": "2026-01-01T00:00:00Z",
-    "source": {"factory": "x:y", "weights_sha256": "0" * 64, "git_commit": None},
-    "inputs": [{"name": "a", "dtype": "float32", "shape": ["batch", 3]}],
-    "outputs": [{"name": "out", "dtype": "float32", "shape": ["batch", 3]}],
-    "dims": {"batch": {"min": 1, "opt": 1, "max": 4}},
-    "toolchain": {},
-    "onnx": {"opset": 18, "exporter": "dynamo"},
-    "engines": [
-        {
-            "file": "model.onnx",
-            "backend": "onnxruntime",
-            "precision": "fp32",
-            "compute_capability": None,
-            "tensorrt_version": None,
-            "profiles": [],
-        }
-    ],
-    "parity": [],
-    "preprocessing": None,
-    "serving": {"max_batch_size": 4, "max_queue_delay_ms": 1},
-}
+from tests.fixtures.artifacts import add_model
 
 
 def make_version(root: Path, external: bool = False) -> Path:
-    root.mkdir(parents=True)
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["a", "w"], ["out"])],
-        "g",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3])],
-        initializer=[numpy_helper.from_array(np.arange(3, dtype=np.float32), "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    if external:
-        onnx.save_model(
-            model,
-            str(root / "model.onnx"),
-            save_as_external_data=True,
-            location="model.onnx.data",
-            size_threshold=0,
-        )
-    else:
-        onnx.save_model(model, str(root / "model.onnx"))
-    write_manifest(root, FIELDS)
-    return root
+    return add_model(root, external)
 
 
 def rewrite_manifest(root: Path, change) -> None:
@@ -119,7 +72,8 @@ def test_external_data_location_outside_is_refused(tmp_path):
             entry.value = "../evil.bin"
     onnx.save_model(model, str(root / "model.onnx"))
     # Re-sign the tampered graph so only the location is wrong.
-    write_manifest(root, FIELDS)
+    manifest = json.loads((root / MANIFEST).read_text())
+    write_manifest(root, {k: v for k, v in manifest.items() if k != "files"})
     assert onnx_external_data_locations(root / "model.onnx") == ["../evil.bin"]
     with pytest.raises(ArtifactError, match=r"external-data location of model\.onnx '\.\./evil\.bin' leads outside"):
         verify_version_dir(root)

@@ -1,0 +1,105 @@
+"""A closed-loop HTTP/1.1 load generator on raw asyncio streams (keep-alive, one connection per worker):
+cheap enough per request that on a 2-core machine the server, not the generator, is what gets measured."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    seconds: float
+    completed: int
+    statuses: dict[int, int]
+    latencies_ms: np.ndarray
+
+    @property
+    def rps(self) -> float:
+        return self.completed / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
+
+    def summary(self) -> dict:
+        return {
+            "concurrency": self.concurrency,
+            "seconds": round(self.seconds, 3),
+            "requests": self.completed,
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.percentile(50), 3),
+            "p90_ms": round(self.percentile(90), 3),
+            "p99_ms": round(self.percentile(99), 3),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+        }
+
+
+def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}", "Connection: keep-alive"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    chunked = False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        body = bytearray()
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            body += await reader.readexactly(size + 2)
+            if size == 0:
+                return status, bytes(body)
+    return status, await reader.readexactly(length)
+
+
+async def closed_loop(
+    host: str, port: int, request: bytes, concurrency: int, duration_s: float, warmup_s: float = 1.0
+) -> LoadResult:
+    """`concurrency` workers, each sending the next request as soon as the last one is answered."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop = measure_from + duration_s
+
+    async def worker() -> None:
+        writer = None
+        while True:
+            sent = time.perf_counter()
+            if sent >= stop:
+                break
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                writer.write(request)
+                status, _ = await _read_response(reader)
+            except (OSError, asyncio.IncompleteReadError):
+                status = 0  # connection refused or dropped: counted, then reconnect
+                if writer is not None:
+                    writer.close()
+                writer = None
+                await asyncio.sleep(0.01)
+            done = time.perf_counter()
+            if sent >= measure_from:
+                latencies.append((done - sent) * 1e3)
+                statuses[status] = statuses.get(status, 0) + 1
+        if writer is not None:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = max(time.perf_counter(), stop) - measure_from
+    return LoadResult(concurrency, min(seconds, duration_s + 0.5), len(latencies), statuses, np.array(latencies))

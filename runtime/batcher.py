@@ -1,0 +1,216 @@
+"""The replica's dynamic batcher: concurrent requests in, engine calls out, each caller its own rows.
+
+The engine runs in one worker thread (ONNX Runtime and TensorRT release the GIL), so requests keep
+arriving and queueing while a batch runs; when the engine frees up, everything queued (up to the
+batch limit) goes in the next call. It waits up to max_queue_delay only while more requests are
+already on their way in (decoding, tokenizing), never when nothing else is coming: batching adds no
+latency at concurrency 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime import batching
+from runtime.errors import TrtserveError
+from runtime.signature import Signature
+
+log = logging.getLogger("trtserve.server")
+
+
+class Overloaded(TrtserveError):
+    """The queue is full: answer 503 with Retry-After."""
+
+
+class TimedOut(TrtserveError):
+    """The request waited past its deadline: answer 504."""
+
+
+@dataclass
+class _Item:
+    feed: Mapping[str, np.ndarray]
+    work: batching.Work
+    future: asyncio.Future
+    enqueued: float
+    timing: dict = field(default_factory=dict)
+
+
+@dataclass
+class BatchStats:
+    """Counters a model's /stats and metrics read; times in nanoseconds, as Triton reports them."""
+
+    batches: int = 0
+    rows: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+        signature: Signature,
+        max_rows: int,
+        max_delay_s: float,
+        max_queued_rows: int,
+        pad_values: Mapping[str, Mapping[str, float]] | None = None,
+        on_batch: Callable[[int, float, float], None] | None = None,
+    ) -> None:
+        self._run = run
+        self._signature = signature
+        self.max_rows = max_rows
+        self.max_delay_s = max_delay_s
+        self.max_queued_rows = max_queued_rows
+        self._pad_values = pad_values or {}
+        self._buckets = {d: batching.buckets_for(signature.dims[d]) for d in self._pad_values}
+        # The fixed cost of one engine call, in padded elements: about one row at the opt sizes.
+        self._call_cost = float(np.prod([signature.dims[d].opt for d in self._buckets]))
+        self._queue: deque[_Item] = deque()
+        self._queued_rows = 0
+        self._arriving = 0
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._task: asyncio.Task | None = None
+        self._on_batch = on_batch
+        self.stats = BatchStats()
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def arriving(self):
+        """Context manager a handler holds while decoding a request, so the batcher knows one is coming."""
+        batcher = self
+
+        class _Arriving:
+            def __enter__(self_inner):
+                batcher._arriving += 1
+
+            def __exit__(self_inner, *exc):
+                batcher._arriving -= 1
+
+        return _Arriving()
+
+    async def submit(self, feed: Mapping[str, np.ndarray], work: batching.Work, timeout_s: float | None):
+        if self._queued_rows + work.rows > self.max_queued_rows:
+            raise Overloaded(f"{self._queued_rows} rows are queued (limit {self.max_queued_rows}); retry later")
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        item = _Item(feed, work, asyncio.get_running_loop().create_future(), time.perf_counter())
+        self._queue.append(item)
+        self._queued_rows += work.rows
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+        except asyncio.TimeoutError:
+            item.future.cancel()  # the loop skips it if it has not started; a running batch just drops it
+            raise TimedOut(f"no result within {timeout_s:.3g} s") from None
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._gather()
+            items = self._take()
+            try:
+                await self._run_items(items)
+            except Exception as e:  # a bug in batch planning must fail these requests, not the replica
+                log.exception("batch failed")
+                for item in items:
+                    self._resolve(item, error=e)
+
+    async def _gather(self) -> None:
+        """Wait for more only while requests are already arriving and the batch has room."""
+        deadline = self._queue[0].enqueued + self.max_delay_s
+        while self._arriving > 0 and self._queued_rows < self.max_rows and time.perf_counter() < deadline:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.perf_counter()))
+            except asyncio.TimeoutError:
+                break
+
+    def _take(self) -> list[_Item]:
+        items, rows = [], 0
+        while self._queue and rows + self._queue[0].work.rows <= self.max_rows:
+            item = self._queue.popleft()
+            self._queued_rows -= item.work.rows
+            if item.future.done():  # timed out while queued
+                continue
+            items.append(item)
+            rows += item.work.rows
+        return items
+
+    async def _run_items(self, items: list[_Item]) -> None:
+        groups = batching.plan([i.work for i in items], self._buckets, self.max_rows, self._call_cost)
+        loop = asyncio.get_running_loop()
+        for group in groups:
+            members = [items[i] for i in group.members]
+            started = time.perf_counter()
+            try:
+                feed = batching.stack([m.feed for m in members], self._signature, group.sizes, self._pad_values)
+                outputs = await loop.run_in_executor(self._executor, self._run, feed)
+                results = batching.unstack(outputs, self._signature, [m.work for m in members])
+            except Exception as e:
+                if len(members) > 1:
+                    # Find the culprit: one bad request must not fail the others it was batched with.
+                    for member in members:
+                        await self._run_single(member)
+                    continue
+                self._resolve(members[0], error=e)
+                continue
+            finished = time.perf_counter()
+            self._account(members, group.rows, started, finished)
+            for member, result in zip(members, results, strict=True):
+                self._resolve(
+                    member,
+                    result=result,
+                    queue_s=started - member.enqueued,
+                    compute_s=finished - started,
+                    batch_rows=group.rows,
+                )
+
+    async def _run_single(self, item: _Item) -> None:
+        started = time.perf_counter()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, dict(item.feed))
+        except Exception as e:
+            self._resolve(item, error=e)
+            return
+        finished = time.perf_counter()
+        self._account([item], item.work.rows, started, finished)
+        self._resolve(item, result=outputs, queue_s=started - item.enqueued, compute_s=finished - started)
+
+    def _account(self, members, rows: int, started: float, finished: float) -> None:
+        self.stats.batches += 1
+        self.stats.rows += rows
+        self.stats.compute_ns += int((finished - started) * 1e9)
+        self.stats.queue_ns += sum(int((started - m.enqueued) * 1e9) for m in members)
+        self.stats.batch_sizes[rows] = self.stats.batch_sizes.get(rows, 0) + 1
+        if self._on_batch:
+            self._on_batch(rows, finished - started, len(members))
+
+    @staticmethod
+    def _resolve(item: _Item, result=None, error: Exception | None = None, **timing) -> None:
+        if item.future.done():
+            return
+        item.timing.update(timing)
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result((result, timing))
+
+    def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)

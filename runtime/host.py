@@ -1,0 +1,242 @@
+"""One model version inside a server replica: its engine, preprocessing, batcher, warm-up and stats."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime import batching, preprocessing
+from runtime.batcher import DynamicBatcher
+from runtime.errors import InputError
+from runtime.loader import load_engine
+from runtime.protocol import InferRequest
+from runtime.signature import TensorSpec
+
+log = logging.getLogger("trtserve.server")
+
+
+@dataclass
+class ModelOptions:
+    backend: str = "auto"
+    precision: str | None = None
+    max_batch_size: int | None = None  # default: the manifest's serving.max_batch_size
+    max_queue_delay_ms: float | None = None  # default: the manifest's
+    max_queued_rows: int | None = None  # default: 8 batches
+    timeout_s: float = 30.0
+
+
+class ModelHost:
+    def __init__(self, version_dir: Path, options: ModelOptions | None = None) -> None:
+        self.options = options or ModelOptions()
+        self.version_dir = Path(version_dir)
+        self.engine = load_engine(self.version_dir, self.options.backend, self.options.precision)
+        self.manifest = manifest = self._read_manifest()
+        self.name = manifest["name"]
+        self.version = str(manifest["version"])
+        self.signature = self.engine.signature
+        self.preprocess = preprocessing.load(self.version_dir, manifest, self.signature)
+        serving = manifest["serving"]
+        self.max_batch_size = self.options.max_batch_size or serving["max_batch_size"]
+        if self.max_batch_size > self.signature.dims["batch"].max:
+            raise InputError(
+                f"{self.name}: max_batch_size {self.max_batch_size} exceeds the engine's batch limit "
+                f"{self.signature.dims['batch'].max}"
+            )
+        delay_ms = self.options.max_queue_delay_ms
+        delay_ms = serving["max_queue_delay_ms"] if delay_ms is None else delay_ms
+        self.pad = {d: v for d, v in (serving.get("pad") or {}).items()}
+        self.batcher = DynamicBatcher(
+            self.engine.infer,
+            self.signature,
+            max_rows=self.max_batch_size,
+            max_delay_s=delay_ms / 1000,
+            max_queued_rows=self.options.max_queued_rows or 8 * self.max_batch_size,
+            pad_values=self.pad,
+            on_batch=self._on_batch,
+        )
+        self.ready = False
+        self.warmup_s: float | None = None
+        self.counts = {"success": 0, "fail": 0, "inference_rows": 0, "last_inference_ms": 0}
+        self.success_ns = 0
+        self.fail_ns = 0
+        self.batch_observer = None  # set by the server to export batch metrics
+
+    def _read_manifest(self) -> dict:
+        import orjson
+
+        return orjson.loads((self.version_dir / "manifest.json").read_bytes())
+
+    @property
+    def platform(self) -> str:
+        return "tensorrt_plan" if self.engine.backend == "tensorrt" else "onnxruntime_onnx"
+
+    def warmup_shapes(self) -> list[dict[str, int]]:
+        """Every batch bucket (powers of two up to max_batch_size) at the opt size of the other dims,
+        then the largest shape, so memory is reserved before the first request."""
+        dims = self.signature.dims
+        others = {d: r.opt for d, r in dims.items() if d != "batch"}
+        rows = sorted({min(2**k, self.max_batch_size) for k in range(self.max_batch_size.bit_length() + 1)})
+        shapes = [{"batch": b, **others} for b in rows]
+        largest = {"batch": self.max_batch_size, **{d: r.max for d, r in dims.items() if d != "batch"}}
+        if largest not in shapes:
+            shapes.append(largest)
+        return shapes
+
+    def warmup(self) -> float:
+        """Run every warm-up shape once (like Triton's model_warmup); the model is ready afterwards."""
+        started = time.perf_counter()
+        rng = np.random.default_rng(0)
+        for sizes in self.warmup_shapes():
+            feed = {}
+            for spec, shape in zip(self.signature.inputs, self.signature.shapes_at(sizes).values(), strict=True):
+                feed[spec.name] = _warmup_tensor(spec, shape, rng)
+            self.engine.infer(feed)
+        self.warmup_s = time.perf_counter() - started
+        self.ready = True
+        log.info("%s v%s warmed up in %.2f s on %s", self.name, self.version, self.warmup_s, self.engine)
+        return self.warmup_s
+
+    def feed_from(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """The engine feed for a request: text tokenized where the model has a tokenizer, then checked."""
+        inputs = dict(request.inputs)
+        if preprocessing.TEXT_INPUT in inputs and self.preprocess is not None:
+            if len(inputs) > 1:
+                others = sorted(set(inputs) - {preprocessing.TEXT_INPUT})
+                raise InputError(f"input 'text' replaces {', '.join(self.preprocess.produces)}; also got {others}")
+            inputs = self.preprocess(inputs[preprocessing.TEXT_INPUT])
+        self.signature.validate(inputs)
+        rows = next(iter(inputs.values())).shape[0]
+        if rows > self.max_batch_size:
+            raise InputError(f"batch of {rows} exceeds this model's max_batch_size {self.max_batch_size}")
+        if request.outputs is not None:
+            known = [o.name for o in self.signature.outputs]
+            for out in request.outputs:
+                if out.name not in known:
+                    raise InputError(f"unknown output {out.name!r}; this model returns {', '.join(known)}")
+        return inputs
+
+    def work_of(self, feed: dict[str, np.ndarray]) -> batching.Work:
+        sizes = {}
+        for spec in self.signature.inputs:
+            for axis, dim in enumerate(spec.shape):
+                if isinstance(dim, str) and dim != "batch":
+                    sizes[dim] = feed[spec.name].shape[axis]
+        return batching.Work(next(iter(feed.values())).shape[0], sizes)
+
+    async def infer(self, request: InferRequest) -> tuple[dict[str, np.ndarray], dict]:
+        feed = self.feed_from(request)
+        return await self.batcher.submit(feed, self.work_of(feed), self.options.timeout_s)
+
+    def _on_batch(self, rows: int, seconds: float, requests: int) -> None:
+        if self.batch_observer:
+            self.batch_observer(self, rows, seconds, requests)
+
+    def record(self, ok: bool, seconds: float, rows: int = 0) -> None:
+        self.counts["success" if ok else "fail"] += 1
+        self.counts["inference_rows"] += rows
+        self.counts["last_inference_ms"] = int(time.time() * 1000)
+        if ok:
+            self.success_ns += int(seconds * 1e9)
+        else:
+            self.fail_ns += int(seconds * 1e9)
+
+    # --- metadata, Triton's config and stats ---------------------------------------------------
+
+    def inputs_metadata(self) -> list[dict]:
+        entries = [_tensor_metadata(t) for t in self.signature.inputs]
+        if self.preprocess is not None:
+            entries.append({"name": preprocessing.TEXT_INPUT, "datatype": "BYTES", "shape": [-1]})
+        return entries
+
+    def metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": self.inputs_metadata(),
+            "outputs": [_tensor_metadata(t) for t in self.signature.outputs],
+        }
+
+    def triton_config(self) -> dict:
+        def entry(meta: dict, optional: bool = False) -> dict:
+            data = {
+                "name": meta["name"],
+                "data_type": f"TYPE_{'STRING' if meta['datatype'] == 'BYTES' else meta['datatype']}",
+                "dims": meta["shape"][1:],
+            }
+            if optional:
+                data["optional"] = True
+            return data
+
+        optional = self.preprocess is not None
+        return {
+            "name": self.name,
+            "platform": self.platform,
+            "backend": "tensorrt" if self.engine.backend == "tensorrt" else "onnxruntime",
+            "max_batch_size": self.max_batch_size,
+            "input": [entry(m, optional) for m in self.inputs_metadata()],
+            "output": [entry(_tensor_metadata(t)) for t in self.signature.outputs],
+            "dynamic_batching": {
+                "max_queue_delay_microseconds": int(self.batcher.max_delay_s * 1e6),
+                "default_queue_policy": {"max_queue_size": self.batcher.max_queued_rows},
+            },
+            "model_warmup": [{"name": f"batch{s['batch']}", "batch_size": s["batch"]} for s in self.warmup_shapes()],
+            "parameters": {
+                "precision": {"string_value": self.engine.precision},
+                "device": {"string_value": self.engine.device},
+                "warmup_seconds": {"string_value": f"{self.warmup_s:.3f}" if self.warmup_s is not None else ""},
+            },
+        }
+
+    def stats(self) -> dict:
+        b = self.batcher.stats
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": self.counts["last_inference_ms"],
+            "inference_count": self.counts["inference_rows"],
+            "execution_count": b.batches,
+            "inference_stats": {
+                "success": {"count": self.counts["success"], "ns": self.success_ns},
+                "fail": {"count": self.counts["fail"], "ns": self.fail_ns},
+                "queue": {"count": b.rows, "ns": b.queue_ns},
+                "compute_infer": {"count": b.batches, "ns": b.compute_ns},
+            },
+            "batch_stats": [
+                {"batch_size": size, "compute_infer": {"count": count}} for size, count in sorted(b.batch_sizes.items())
+            ],
+            "memory": self.engine.memory(),
+            "warmup_seconds": self.warmup_s,
+        }
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.engine.close()
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict:
+    from runtime.dtypes import from_name
+
+    return {
+        "name": spec.name,
+        "datatype": from_name(spec.dtype).kserve,
+        "shape": [d if isinstance(d, int) else -1 for d in spec.shape],
+    }
+
+
+def _warmup_tensor(spec: TensorSpec, shape, rng) -> np.ndarray:
+    from runtime.dtypes import from_name
+
+    dtype = from_name(spec.dtype).numpy
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return np.ones(shape, dtype)
+    return np.ones(shape, dtype)  # valid for ids and masks alike
+
+
+__all__ = ["ModelHost", "ModelOptions"]

@@ -1,0 +1,110 @@
+"""The dynamic batcher with a real (tiny) ONNX engine or plain functions; no Ray."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from runtime.batcher import DynamicBatcher, Overloaded, TimedOut
+from runtime.batching import Work
+from runtime.loader import load_engine
+from tests.fixtures.artifacts import sequence_model
+
+PAD = {"seq": {"x": 0.0}}
+
+
+@pytest.fixture
+def engine(tmp_path):
+    with load_engine(sequence_model(tmp_path / "seq" / "1")) as engine:
+        yield engine
+
+
+def feed(rows: int, seq: int, seed: int) -> dict:
+    return {"x": np.random.default_rng(seed).standard_normal((rows, seq)).astype(np.float32)}
+
+
+def test_concurrent_callers_get_exactly_their_own_rows(engine):
+    async def main():
+        batcher = DynamicBatcher(
+            engine.infer, engine.signature, max_rows=16, max_delay_s=0.002, max_queued_rows=1000, pad_values=PAD
+        )
+        feeds = [feed(1 + i % 3, 1 + (7 * i) % 40, i) for i in range(60)]
+        results = await asyncio.gather(
+            *(batcher.submit(f, Work(len(f["x"]), {"seq": f["x"].shape[1]}), 5) for f in feeds)
+        )
+        batcher.close()
+        return feeds, results, batcher.stats
+
+    feeds, results, stats = asyncio.run(main())
+    for f, (outputs, timing) in zip(feeds, results, strict=True):
+        expected = engine.infer(f)
+        assert outputs["doubled"].shape == f["x"].shape  # padding cut away
+        np.testing.assert_allclose(outputs["doubled"], expected["doubled"], rtol=1e-6)
+        np.testing.assert_allclose(outputs["total"], expected["total"], rtol=1e-5, atol=1e-5)
+        assert timing["compute_s"] > 0
+    assert stats.batches < 60 and max(stats.batch_sizes) > 1  # requests were actually batched
+    assert stats.rows == sum(len(f["x"]) for f in feeds)
+
+
+def test_no_waiting_when_nothing_else_is_queued(engine):
+    async def main():
+        batcher = DynamicBatcher(engine.infer, engine.signature, max_rows=16, max_delay_s=0.5, max_queued_rows=100)
+        started = time.perf_counter()
+        for i in range(5):
+            f = feed(1, 8, i)
+            await batcher.submit(f, Work(1, {"seq": 8}), 5)
+        batcher.close()
+        return (time.perf_counter() - started) / 5
+
+    assert asyncio.run(main()) < 0.1  # far below the 0.5 s queue delay
+
+
+def test_a_failing_request_fails_alone(engine):
+    def run(batch):
+        if np.isnan(batch["x"]).any():
+            raise RuntimeError("engine rejected NaN")
+        return engine.infer(batch)
+
+    async def main():
+        batcher = DynamicBatcher(
+            run, engine.signature, max_rows=16, max_delay_s=0.01, max_queued_rows=100, pad_values=PAD
+        )
+        good = [feed(1, 4, i) for i in range(6)]
+        bad = {"x": np.full((1, 4), np.nan, np.float32)}
+        tasks = [batcher.submit(f, Work(1, {"seq": 4}), 5) for f in [*good[:3], bad, *good[3:]]]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        batcher.close()
+        return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[3], RuntimeError) and "NaN" in str(results[3])
+    assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 3)
+
+
+def test_full_queue_is_refused_and_slow_requests_time_out():
+    def slow(batch):
+        time.sleep(0.2)
+        return {"doubled": batch["x"] * 2, "total": batch["x"].sum(1)}
+
+    from runtime.signature import DimRange, Signature, TensorSpec
+
+    sig = Signature(
+        (TensorSpec("x", "float32", ("batch", 4)),),
+        (TensorSpec("doubled", "float32", ("batch", 4)), TensorSpec("total", "float32", ("batch",))),
+        {"batch": DimRange(1, 1, 4)},
+    )
+
+    async def main():
+        batcher = DynamicBatcher(slow, sig, max_rows=1, max_delay_s=0, max_queued_rows=2)
+        x = {"x": np.zeros((1, 4), np.float32)}
+        tasks = [asyncio.ensure_future(batcher.submit(x, Work(1, {}), 0.05)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await batcher.submit(x, Work(1, {}), 5)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        batcher.close()
+        return results
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, TimedOut) for r in results)

@@ -1,0 +1,173 @@
+import struct
+
+import numpy as np
+import orjson
+import pytest
+
+from runtime.protocol import HEADER_LENGTH, InferRequest, ProtocolError, decode_request, encode_response
+
+
+def binary_body(header: dict, *chunks: bytes) -> tuple[bytes, int]:
+    raw = orjson.dumps(header)
+    return raw + b"".join(chunks), len(raw)
+
+
+def test_json_request():
+    body = orjson.dumps(
+        {
+            "id": "42",
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3, 4]]},
+                {"name": "t", "datatype": "BYTES", "shape": [2], "data": ["a", "bé"]},
+                {"name": "b", "datatype": "BOOL", "shape": [1], "data": [True]},
+            ],
+        }
+    )
+    request = decode_request(body)
+    assert request.id == "42" and request.outputs is None
+    np.testing.assert_array_equal(request.inputs["x"], np.array([[1, 2], [3, 4]], np.float32))
+    assert request.inputs["x"].dtype == np.float32
+    assert list(request.inputs["t"]) == [b"a", "bé".encode()]
+    assert request.inputs["b"].dtype == np.bool_
+
+
+def test_binary_request_with_bytes_and_numbers():
+    x = np.arange(6, dtype=np.int64).reshape(2, 3)
+    strings = b"".join(struct.pack("<I", len(s)) + s for s in (b"hi", b""))
+    body, length = binary_body(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "INT64", "shape": [2, 3], "parameters": {"binary_data_size": x.nbytes}},
+                {"name": "t", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(strings)}},
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        },
+        x.tobytes(),
+        strings,
+    )
+    request = decode_request(body, length)
+    np.testing.assert_array_equal(request.inputs["x"], x)
+    assert list(request.inputs["t"]) == [b"hi", b""]
+    assert request.outputs[0].binary
+
+
+@pytest.mark.parametrize(
+    ("header", "chunks", "length", "message"),
+    [
+        (None, [b"{not json"], None, "malformed JSON"),
+        ({"inputs": []}, [], None, "non-empty 'inputs'"),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}]},
+            [],
+            None,
+            "input 'x': shape [2] needs 2 elements, got 1",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}]},
+            [],
+            None,
+            "input 'x': unknown datatype 'FP99'",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]},
+            [],
+            None,
+            "input 'x': 'shape' must be a list of non-negative integers",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}]},
+            [],
+            None,
+            "input 'x': data is not a (nested) list of FP32 values",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}]},
+            [],
+            None,
+            "input 'x': INT32 data must be integers",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]},
+            [],
+            None,
+            "input 'x' has neither 'data' nor a binary_data_size",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]},
+            [b"\0" * 4],
+            "auto",
+            "binary_data_size 8 runs past the end",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 4}}]},
+            [b"\0" * 4],
+            "auto",
+            "shape [2] of FP32 needs 8 bytes, binary_data_size is 4",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]},
+            [b"\0" * 8],
+            "auto",
+            "4 bytes of binary data are not claimed",
+        ),
+        (
+            {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 6}}]},
+            [struct.pack("<I", 9) + b"ab"],
+            "auto",
+            "BYTES element 0 runs past its binary data",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]},
+                    {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]},
+                ]
+            },
+            [],
+            None,
+            "given twice",
+        ),
+    ],
+)
+def test_bad_requests_are_400_and_name_the_input(header, chunks, length, message):
+    if header is None:
+        body, header_length = b"".join(chunks), None
+    else:
+        body, auto = binary_body(header, *chunks)
+        header_length = auto if length == "auto" else length
+    with pytest.raises(ProtocolError) as info:
+        decode_request(body, header_length)
+    assert info.value.status == 400
+    assert message in str(info.value)
+
+
+def test_header_length_beyond_body():
+    with pytest.raises(ProtocolError, match="Inference-Header-Content-Length is 99"):
+        decode_request(b"{}", 99)
+
+
+def test_json_response():
+    outputs = {"y": np.array([[1.5, 2.0]], np.float32), "n": np.array([3], np.int64)}
+    body, headers = encode_response("m", "1", outputs, InferRequest({}, id="7"))
+    doc = orjson.loads(body)
+    assert headers["content-type"] == "application/json"
+    assert doc["id"] == "7" and doc["model_name"] == "m" and doc["model_version"] == "1"
+    assert doc["outputs"][0] == {"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [1.5, 2.0]}
+    assert doc["outputs"][1]["datatype"] == "INT64"
+
+
+def test_binary_response_round_trips():
+    y = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    request = decode_request(
+        orjson.dumps(
+            {
+                "inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [0]}],
+                "parameters": {"binary_data_output": True},
+            }
+        )
+    )
+    body, headers = encode_response("m", "1", {"y": y}, request)
+    length = int(headers[HEADER_LENGTH])
+    doc = orjson.loads(body[:length])
+    assert doc["outputs"][0]["parameters"]["binary_data_size"] == y.nbytes
+    np.testing.assert_array_equal(np.frombuffer(body[length:], np.float32).reshape(2, 3), y)
