@@ -17,10 +17,15 @@ class LoadResult:
     completed: int
     statuses: dict[int, int]
     latencies_ms: np.ndarray
+    rows: int = 0  # rows (e.g. sentences) in the requests answered 200
 
     @property
     def rps(self) -> float:
         return self.completed / self.seconds if self.seconds else 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
@@ -31,6 +36,7 @@ class LoadResult:
             "seconds": round(self.seconds, 3),
             "requests": self.completed,
             "rps": round(self.rps, 1),
+            "rows_per_s": round(self.rows_per_s, 1),
             "p50_ms": round(self.percentile(50), 3),
             "p90_ms": round(self.percentile(90), 3),
             "p99_ms": round(self.percentile(99), 3),
@@ -67,25 +73,38 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def closed_loop(
-    host: str, port: int, request: bytes, concurrency: int, duration_s: float, warmup_s: float = 1.0
+    host: str,
+    port: int,
+    requests: bytes | list[bytes],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float = 1.0,
+    rows: list[int] | None = None,
 ) -> LoadResult:
-    """`concurrency` workers, each sending the next request as soon as the last one is answered."""
+    """`concurrency` workers, each sending the next request as soon as the last one is answered.
+    Several requests are sent in turn (worker i starts at request i)."""
+    requests = [requests] if isinstance(requests, bytes) else list(requests)
+    rows = rows or [1] * len(requests)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    answered_rows = 0
+    counter = iter(range(10**12))
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop = measure_from + duration_s
 
     async def worker() -> None:
+        nonlocal answered_rows
         writer = None
         while True:
             sent = time.perf_counter()
             if sent >= stop:
                 break
+            index = next(counter) % len(requests)
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, port)
-                writer.write(request)
+                writer.write(requests[index])
                 status, _ = await _read_response(reader)
             except (OSError, asyncio.IncompleteReadError):
                 status = 0  # connection refused or dropped: counted, then reconnect
@@ -97,9 +116,13 @@ async def closed_loop(
             if sent >= measure_from:
                 latencies.append((done - sent) * 1e3)
                 statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    answered_rows += rows[index]
         if writer is not None:
             writer.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = max(time.perf_counter(), stop) - measure_from
-    return LoadResult(concurrency, min(seconds, duration_s + 0.5), len(latencies), statuses, np.array(latencies))
+    return LoadResult(
+        concurrency, min(seconds, duration_s + 0.5), len(latencies), statuses, np.array(latencies), answered_rows
+    )

@@ -53,24 +53,13 @@ class RayTelemetry(Telemetry):
 
         tags = ("model", "version")
         self.requests = Counter("trtserve_requests", "Inference requests by HTTP status.", tag_keys=(*tags, "status"))
-        self.latency = Histogram(
-            "trtserve_request_latency_seconds",
-            "End-to-end latency in the replica.",
-            boundaries=_LATENCY_BUCKETS_S,
-            tag_keys=tags,
-        )
-        self.queue = Histogram(
-            "trtserve_queue_latency_seconds",
-            "Time queued before the engine.",
-            boundaries=_LATENCY_BUCKETS_S,
-            tag_keys=tags,
-        )
-        self.compute = Histogram(
-            "trtserve_compute_latency_seconds",
-            "Engine time of the request's batch.",
-            boundaries=_LATENCY_BUCKETS_S,
-            tag_keys=tags,
-        )
+
+        def latency(name: str, description: str) -> Histogram:
+            return Histogram(name, description, boundaries=_LATENCY_BUCKETS_S, tag_keys=tags)
+
+        self.latency = latency("trtserve_request_latency_seconds", "End-to-end latency in the replica.")
+        self.queue = latency("trtserve_queue_latency_seconds", "Time queued before the engine.")
+        self.compute = latency("trtserve_compute_latency_seconds", "Engine time of the request's batch.")
         self.batch = Histogram(
             "trtserve_batch_size", "Rows per engine call.", boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256], tag_keys=tags
         )

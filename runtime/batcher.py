@@ -64,6 +64,7 @@ class DynamicBatcher:
         max_queued_rows: int,
         pad_values: Mapping[str, Mapping[str, float]] | None = None,
         on_batch: Callable[[int, float, float], None] | None = None,
+        granularity: int = 1,
     ) -> None:
         self._run = run
         self._signature = signature
@@ -71,9 +72,10 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.max_queued_rows = max_queued_rows
         self._pad_values = pad_values or {}
-        self._buckets = {d: batching.buckets_for(signature.dims[d]) for d in self._pad_values}
-        # The fixed cost of one engine call, in padded elements: about one row at the opt sizes.
-        self._call_cost = float(np.prod([signature.dims[d].opt for d in self._buckets]))
+        self._buckets = {d: batching.buckets_for(signature.dims[d], granularity) for d in self._pad_values}
+        # The fixed cost of one engine call, in padded elements; until calibrate() measures it, about one
+        # row at the opt sizes.
+        self.call_cost = float(np.prod([signature.dims[d].opt for d in self._buckets]))
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._arriving = 0
@@ -82,6 +84,14 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._on_batch = on_batch
         self.stats = BatchStats()
+
+    def calibrate(self, one_row_s: float, full_s: float, rows: int, elements_per_row: float) -> None:
+        """Set the call cost from two timed engine calls at the same sizes, 1 row and `rows` rows:
+        t(b) = fixed + b * per_row, so fixed = (rows * t(1) - t(rows)) / (rows - 1)."""
+        per_row = max((full_s - one_row_s) / (rows - 1), 1e-9)
+        fixed = max((rows * one_row_s - full_s) / (rows - 1), 0.0)
+        # Never zero: with nothing to amortise, equal-sized requests still share a call.
+        self.call_cost = max(fixed / per_row * elements_per_row, 1.0)
 
     @property
     def queued_rows(self) -> int:
@@ -152,7 +162,7 @@ class DynamicBatcher:
         return items
 
     async def _run_items(self, items: list[_Item]) -> None:
-        groups = batching.plan([i.work for i in items], self._buckets, self.max_rows, self._call_cost)
+        groups = batching.plan([i.work for i in items], self._buckets, self.max_rows, self.call_cost)
         loop = asyncio.get_running_loop()
         for group in groups:
             members = [items[i] for i in group.members]

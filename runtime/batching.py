@@ -2,8 +2,8 @@
 
 A batch is planned from the requests waiting now. Requests that differ in a dim that may not be padded
 never share an engine call. Along paddable dims (e.g. a token sequence) a group is padded to its own
-longest member, rounded up to a bucket, never to the model's maximum; the queue is split into groups
-where running two smaller calls costs less than padding everything to the longest.
+longest member (rounded up to a bucket where the engine wants one), never to the model's maximum; the
+queue is split into groups where two smaller calls cost less than padding everything to the longest.
 """
 
 from __future__ import annotations
@@ -36,15 +36,14 @@ class Group:
     rows: int
 
 
-def buckets_for(dim: DimRange) -> list[int]:
-    """Sizes a paddable dim is rounded up to: powers of two within [min, max], and max itself."""
-    sizes = {dim.max}
-    size = 1
-    while size < dim.max:
-        if size >= dim.min:
-            sizes.add(size)
-        size *= 2
-    return sorted(sizes)
+def buckets_for(dim: DimRange, granularity: int) -> list[int]:
+    """Sizes a paddable dim is rounded up to: multiples of `granularity` within the engine's profile
+    [min, max], and max itself. Granularity 1 means no rounding: on the CPU every padded element is
+    pure cost, while GPU kernels prefer aligned sizes (8 for tensor cores)."""
+    if granularity <= 1:
+        return []
+    first = -(-dim.min // granularity) * granularity
+    return sorted({*range(first, dim.max, granularity), dim.max})
 
 
 def round_up(size: int, buckets: Sequence[int]) -> int:

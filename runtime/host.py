@@ -57,6 +57,7 @@ class ModelHost:
             max_queued_rows=self.options.max_queued_rows or 8 * self.max_batch_size,
             pad_values=self.pad,
             on_batch=self._on_batch,
+            granularity=1 if self.engine.device == "cpu" else 8,
         )
         self.ready = False
         self.warmup_s: float | None = None
@@ -95,10 +96,39 @@ class ModelHost:
             for spec, shape in zip(self.signature.inputs, self.signature.shapes_at(sizes).values(), strict=True):
                 feed[spec.name] = _warmup_tensor(spec, shape, rng)
             self.engine.infer(feed)
+        if self.pad and self.max_batch_size > 1:
+            self._calibrate(rng)
         self.warmup_s = time.perf_counter() - started
         self.ready = True
         log.info("%s v%s warmed up in %.2f s on %s", self.name, self.version, self.warmup_s, self.engine)
         return self.warmup_s
+
+    def _calibrate(self, rng) -> None:
+        """Time one row and 8 rows at short padded dims (16 tokens, say), where a call's fixed cost is a
+        visible part of the whole, so the batcher knows what a call costs."""
+        sizes = {d: r.opt for d, r in self.signature.dims.items()}
+        sizes.update({d: min(max(self.signature.dims[d].min, 16), self.signature.dims[d].max) for d in self.pad})
+        rows = min(8, self.max_batch_size)
+
+        def best_of(rows: int, repeats: int) -> float:
+            feed = {
+                spec.name: _warmup_tensor(spec, shape, rng)
+                for spec, shape in zip(
+                    self.signature.inputs, self.signature.shapes_at({**sizes, "batch": rows}).values(), strict=True
+                )
+            }
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                self.engine.infer(feed)
+                times.append(time.perf_counter() - started)
+            return min(times)
+
+        elements = float(np.prod([sizes[d] for d in self.pad]))
+        self.batcher.calibrate(best_of(1, 5), best_of(rows, 3), rows, elements)
+        log.info(
+            "%s v%s: one engine call costs about %.0f padded elements", self.name, self.version, self.batcher.call_cost
+        )
 
     def feed_from(self, request: InferRequest) -> dict[str, np.ndarray]:
         """The engine feed for a request: text tokenized where the model has a tokenizer, then checked."""

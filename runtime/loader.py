@@ -27,6 +27,9 @@ def load_engine(version_dir: str | Path, backend: str = "auto", precision: str |
     version_dir = Path(version_dir)
     manifest = verify_version_dir(version_dir)
     signature = Signature.from_manifest(manifest)
+    if backend == "torch":  # the eager baseline: rebuilt from the recorded factory, never chosen by auto
+        log.info("%s: using torch eager (requested)", version_dir)
+        return engine_class("torch")(version_dir, signature, "fp32")
     entries = [e for e in manifest["engines"] if precision in (None, e["precision"])]
     if not entries:
         have = sorted({e["precision"] for e in manifest["engines"]})
@@ -43,7 +46,7 @@ def load_engine(version_dir: str | Path, backend: str = "auto", precision: str |
     elif backend == "onnxruntime":
         fallback_reason = "onnxruntime requested"
     else:
-        raise BackendUnavailable(f"unknown backend {backend!r}; expected auto, onnxruntime or tensorrt")
+        raise BackendUnavailable(f"unknown backend {backend!r}; expected auto, onnxruntime, tensorrt or torch")
 
     ort_entries = [e for e in entries if e["backend"] == "onnxruntime"]
     engine_cls = engine_class("onnxruntime")

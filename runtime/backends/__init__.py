@@ -10,6 +10,7 @@ from runtime.errors import BackendUnavailable
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "runtime.backends.onnxruntime:OnnxRuntimeEngine",
     "tensorrt": "runtime.backends.tensorrt:TensorRTEngine",
+    "torch": "runtime.backends.torch:TorchEngine",
 }
 
 

@@ -41,6 +41,7 @@ class OnnxRuntimeEngine(Engine):
         precision: str = "fp32",
         device: str = "auto",
         intra_op_threads: int | None = None,
+        spin: bool = False,
     ) -> None:
         super().__init__(signature, precision, path)
         ort = _ort()
@@ -48,6 +49,10 @@ class OnnxRuntimeEngine(Engine):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # One replica owns the CPUs it was given; more threads than that only contend.
         options.intra_op_num_threads = intra_op_threads or _cpu_count()
+        # By default idle worker threads spin waiting for work, taking the CPU a server's event loop needs
+        # to parse the next requests (measured: -20% MiniLM throughput when serving on 2 cores). A process
+        # that does nothing but run the engine is faster with spinning: spin=True.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "cuda") and self.cuda_usable():

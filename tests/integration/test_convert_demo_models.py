@@ -122,3 +122,11 @@ def test_minilm_matches_sentence_transformers_on_held_out_sentences(built_reposi
         cosines = _cosines(got, expected)
         assert cosines.min() >= floor, (precision, cosines)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
+
+
+def test_torch_eager_baseline_matches_onnxruntime(built_repository):
+    version = built_repository / "cnn" / "1"
+    feeds, references = load_samples(version / PARITY_SAMPLES)
+    with load_engine(version, backend="torch") as engine:
+        assert engine.backend == "torch"
+        np.testing.assert_allclose(engine.infer(feeds[0])["logits"], references[0]["logits"], rtol=1e-6, atol=1e-7)

@@ -289,3 +289,23 @@ def test_metrics_are_exported_by_model_and_version(client):
     ):
         assert f"ray_{name}" in text, name
     assert 'version="1"' in text
+
+
+def test_json_logs_carry_request_id_model_and_latency_split(server):
+    import time
+
+    status, _, _ = raw(server, "POST", "/v2/models/cnn/infer", _json_infer([IMAGE]), {"X-Request-ID": "log-check-1"})
+    assert status == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for path in Path("/tmp/ray/session_latest/logs/serve").glob("replica_*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if "log-check-1" in line and '"model"' in line:
+                    record = json.loads(line)
+                    assert record["request_id"] == "log-check-1"
+                    assert (record["model"], record["model_version"], record["backend"]) == ("cnn", "1", "onnxruntime")
+                    assert record["status"] == 200 and record["rows"] == 1 and record["batch_rows"] >= 1
+                    assert {"latency_ms", "queue_ms", "compute_ms"} <= set(record)
+                    return
+        time.sleep(1)
+    raise AssertionError("no JSON log line with the request id")

@@ -108,3 +108,14 @@ def test_full_queue_is_refused_and_slow_requests_time_out():
 
     results = asyncio.run(main())
     assert all(isinstance(r, TimedOut) for r in results)
+
+
+def test_calibration_turns_two_timings_into_a_call_cost(engine):
+    batcher = DynamicBatcher(
+        engine.infer, engine.signature, max_rows=8, max_delay_s=0, max_queued_rows=8, pad_values=PAD
+    )
+    batcher.calibrate(one_row_s=0.002, full_s=0.009, rows=8, elements_per_row=64)
+    assert batcher.call_cost == pytest.approx(64.0)  # fixed 1 ms = one row of 1 ms = 64 elements
+    batcher.calibrate(one_row_s=0.001, full_s=0.009, rows=8, elements_per_row=64)
+    assert batcher.call_cost == 1.0  # nothing to amortise: still positive, so equal sizes share a call
+    batcher.close()

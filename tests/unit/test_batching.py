@@ -10,13 +10,14 @@ SIG = Signature(
     dims={"batch": DimRange(1, 8, 32), "seq": DimRange(1, 128, 256)},
 )
 PAD = {"seq": {"ids": 0, "mask": 0}}
-BUCKETS = {"seq": buckets_for(SIG.dims["seq"])}
+BUCKETS = {"seq": buckets_for(SIG.dims["seq"], 16)}
 
 
 def test_buckets():
-    assert buckets_for(DimRange(1, 128, 256)) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    assert buckets_for(DimRange(10, 20, 100)) == [16, 32, 64, 100]
-    assert round_up(33, [16, 32, 64]) == 64 and round_up(16, [16, 32]) == 16
+    assert buckets_for(DimRange(1, 128, 256), 64) == [64, 128, 192, 256]
+    assert buckets_for(DimRange(10, 20, 100), 8) == [16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 100]
+    assert buckets_for(DimRange(1, 128, 256), 1) == []  # no rounding: the group's own longest
+    assert round_up(33, [16, 32, 64]) == 64 and round_up(16, [16, 32]) == 16 and round_up(33, []) == 33
 
 
 def test_similar_lengths_share_one_call_padded_to_the_longest_bucket():
@@ -24,6 +25,8 @@ def test_similar_lengths_share_one_call_padded_to_the_longest_bucket():
     [group] = plan(works, BUCKETS, max_rows=32, call_cost=128)
     assert group.members == (0, 1, 2) and group.rows == 4
     assert group.sizes == {"seq": 32}  # the batch's own longest (31) rounded up, not the model's 256
+    [group] = plan(works, {"seq": []}, max_rows=32, call_cost=128)
+    assert group.sizes == {"seq": 31}  # no buckets: exactly the longest
 
 
 def test_very_different_lengths_are_split():
