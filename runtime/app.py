@@ -22,6 +22,8 @@ from runtime.repository import version_dir
 log = logging.getLogger("trtserve.server")
 
 _MODEL_KEYS = {
+    "intra_op_threads",
+    "spin",
     "name",
     "version",
     "backend",

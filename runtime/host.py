@@ -27,13 +27,16 @@ class ModelOptions:
     max_queue_delay_ms: float | None = None  # default: the manifest's
     max_queued_rows: int | None = None  # default: 8 batches
     timeout_s: float = 30.0
+    intra_op_threads: int | None = None  # ONNX Runtime threads; default: the replica's CPUs
+    spin: bool = False  # ONNX Runtime worker threads spin between calls (lower latency, more CPU)
 
 
 class ModelHost:
     def __init__(self, version_dir: Path, options: ModelOptions | None = None) -> None:
         self.options = options or ModelOptions()
         self.version_dir = Path(version_dir)
-        self.engine = load_engine(self.version_dir, self.options.backend, self.options.precision)
+        ort_options = {"intra_op_threads": self.options.intra_op_threads, "spin": self.options.spin}
+        self.engine = load_engine(self.version_dir, self.options.backend, self.options.precision, **ort_options)
         self.manifest = manifest = self._read_manifest()
         self.name = manifest["name"]
         self.version = str(manifest["version"])

@@ -25,10 +25,23 @@ import yaml
 INGRESSES = ("haproxy", "proxy")
 
 
-def ingress_env(ingress: str) -> dict[str, str]:
+def serve_env(ingress: str) -> dict[str, str]:
+    """The environment `serve run` gets.
+
+    haproxy: Ray's high-throughput mode, RAY_SERVE_ENABLE_HA_PROXY=1 with RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+    (user code on the replica's own event loop, replica logs to files only, not copied to the driver's
+    console). That mode also buffers request logs 1000 lines at a time; we keep them unbuffered so a
+    request's log line is in the file when the response is sent.
+    proxy: Ray's defaults (the Python proxy)."""
     if ingress not in INGRESSES:
         raise ValueError(f"unknown ingress {ingress!r}; expected one of {', '.join(INGRESSES)}")
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if ingress == "haproxy" else "0"}
+    if ingress == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+    }
 
 
 class LocalServe:
@@ -47,7 +60,7 @@ class LocalServe:
 
     def start(self, timeout_s: float = 300) -> LocalServe:
         serve = Path(sys.executable).with_name("serve")
-        env = {**os.environ, **ingress_env(self.ingress)}
+        env = {**os.environ, **serve_env(self.ingress)}
         out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.started_at = time.perf_counter()
         self.process = subprocess.Popen(

@@ -18,11 +18,12 @@ log = logging.getLogger("trtserve.runtime")
 _GPU_PRECISION_ORDER = ("fp16", "fp32")
 
 
-def load_engine(version_dir: str | Path, backend: str = "auto", precision: str | None = None) -> Engine:
+def load_engine(version_dir: str | Path, backend: str = "auto", precision: str | None = None, **ort_options) -> Engine:
     """Load one engine from a model version directory (checksums and paths verified first).
 
     backend: 'auto' picks a TensorRT plan built for this GPU and TensorRT version, else ONNX Runtime
-    (CUDA when installed, else CPU). The choice and the reason are logged.
+    (CUDA when installed, else CPU). The choice and the reason are logged. `ort_options` (e.g.
+    intra_op_threads, spin) go to the ONNX Runtime engine when that is the one loaded.
     """
     version_dir = Path(version_dir)
     manifest = verify_version_dir(version_dir)
@@ -63,7 +64,7 @@ def load_engine(version_dir: str | Path, backend: str = "auto", precision: str |
         "cuda" if on_gpu else "cpu",
         fallback_reason,
     )
-    return engine_cls(version_dir / entry["file"], signature, entry["precision"])
+    return engine_cls(version_dir / entry["file"], signature, entry["precision"], **ort_options)
 
 
 def _pick_tensorrt(entries: list[dict]) -> tuple[dict | None, list[str]]:

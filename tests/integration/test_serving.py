@@ -206,10 +206,9 @@ def test_binary_sizes_that_lie_and_oversized_bodies(server):
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(client, server):
     rng = np.random.default_rng(5)
-    requests = []
-    for i in range(48):
-        words = rng.choice(" ".join(TEXTS).split(), size=int(rng.integers(1, 60))).tolist()
-        requests.append([" ".join(words) + f" #{i}"] * int(rng.integers(1, 3)))
+    # Six distinct sentences (so some requests have equal lengths and must share calls), 1-2 rows each.
+    pool = [" ".join(rng.choice(" ".join(TEXTS).split(), size=n).tolist()) for n in (3, 7, 12, 20, 33, 50)]
+    requests = [[pool[i % 6] + f" #{i % 3}"] * int(rng.integers(1, 3)) for i in range(48)]
 
     def infer(texts):
         array = np.array([t.encode() for t in texts], dtype=object)
