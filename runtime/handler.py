@@ -42,6 +42,15 @@ class Telemetry:
         pass
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trtserve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _json(status: int, doc) -> HttpResponse:
     return HttpResponse(status, orjson.dumps(doc), {"content-type": "application/json"})
 
@@ -56,14 +65,13 @@ class KServeHandler:
         hosts: list[ModelHost],
         max_body_bytes: int = 64 << 20,
         telemetry: Telemetry | None = None,
-        version: str = "0.1.0",
     ) -> None:
         self.hosts: dict[str, dict[str, ModelHost]] = {}
         for host in hosts:
             self.hosts.setdefault(host.name, {})[host.version] = host
         self.max_body_bytes = max_body_bytes
         self.telemetry = telemetry or Telemetry()
-        self.version = version
+        self.version = _package_version()
 
     def _host(self, name: str, version: str | None) -> ModelHost:
         versions = self.hosts.get(name)
@@ -147,6 +155,7 @@ class KServeHandler:
                     feed = host.feed_from(request)
                     rows = next(iter(feed.values())).shape[0]
                     pending = host.batcher.submit(feed, host.work_of(feed), host.options.timeout_s)
+                # Awaited outside `arriving()`: once queued, the request no longer counts as on its way.
                 outputs, timing = await pending
                 queue_s, compute_s = timing.get("queue_s", 0.0), timing.get("compute_s", 0.0)
                 timing_rows = timing.get("batch_rows", rows)

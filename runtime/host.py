@@ -11,6 +11,7 @@ import numpy as np
 
 from runtime import batching, preprocessing
 from runtime.batcher import DynamicBatcher
+from runtime.dtypes import from_name
 from runtime.errors import InputError
 from runtime.loader import load_engine
 from runtime.protocol import InferRequest
@@ -51,7 +52,7 @@ class ModelHost:
             )
         delay_ms = self.options.max_queue_delay_ms
         delay_ms = serving["max_queue_delay_ms"] if delay_ms is None else delay_ms
-        self.pad = {d: v for d, v in (serving.get("pad") or {}).items()}
+        self.pad = dict(serving.get("pad") or {})
         self.batcher = DynamicBatcher(
             self.engine.infer,
             self.signature,
@@ -252,8 +253,6 @@ class ModelHost:
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict:
-    from runtime.dtypes import from_name
-
     return {
         "name": spec.name,
         "datatype": from_name(spec.dtype).kserve,
@@ -262,8 +261,6 @@ def _tensor_metadata(spec: TensorSpec) -> dict:
 
 
 def _warmup_tensor(spec: TensorSpec, shape, rng) -> np.ndarray:
-    from runtime.dtypes import from_name
-
     dtype = from_name(spec.dtype).numpy
     if dtype.kind == "f":
         return rng.standard_normal(shape).astype(dtype)
