@@ -175,6 +175,11 @@ def run(repository: Path, results: Path, duration_s: float = 10.0) -> dict:
             "warmup_s": round(_warmup_seconds(server, "minilm"), 3),
         }
         report["minilm_text_mix"] = _load(as_text, 32, duration_s)
+        stats = json.loads(server.get("/v2/models/minilm/stats")[1])["model_stats"][0]
+        report["minilm_server_compute_ms_per_sentence"] = round(
+            stats["inference_stats"]["compute_infer"]["ns"] / stats["inference_count"] / 1e6, 3
+        )
+        report["minilm_server_rows_per_engine_call"] = round(stats["inference_count"] / stats["execution_count"], 2)
         report["minilm_pad128"] = _load(padded, 32, duration_s)
     print(f"minilm: {report['minilm_text_mix']} vs pad128 {report['minilm_pad128']}", file=sys.stderr)
 
