@@ -116,7 +116,7 @@ def _serving(data: dict) -> list[str]:
         ),
         row(
             f"MiniLM, sentence mix: >= 0.85x the raw engine at its best batch size ({best_batch})",
-            f"{mix:.0f} vs {raw[best_batch]:.0f} sentences/s = {mix / raw[best_batch]:.2f}x",
+            f"{mix:.0f} vs {raw[best_batch]:.0f} sentences/s = {mix / raw[best_batch]:.3f}x",
             mix >= 0.85 * raw[best_batch],
         ),
         row(
