@@ -124,7 +124,15 @@ class LocalServe:
         self.stop()
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(args) -> int:
+    # Ctrl-C, and a SIGTERM from a supervisor, both stop everything this started; SIGINT is re-armed
+    # because a shell that starts us in the background leaves it ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     server = LocalServe(args.config, log_path=args.log)
     print(f"starting {args.config} ({server.ingress} ingress); logs in {args.log} ...", flush=True)
     with server:
