@@ -109,10 +109,6 @@ class DynamicBatcher:
         # Never zero: with nothing to amortise, equal-sized requests still share a call.
         self.call_cost = max(fixed / per_row * elements_per_row, 1.0)
 
-    @property
-    def queued_rows(self) -> int:
-        return self._queued_rows
-
     def arriving(self) -> _Arriving:
         """Context manager a handler holds while decoding a request, so the batcher knows one is coming."""
         return _Arriving(self)

@@ -161,10 +161,6 @@ class ModelHost:
                     sizes[dim] = feed[spec.name].shape[axis]
         return batching.Work(next(iter(feed.values())).shape[0], sizes)
 
-    async def infer(self, request: InferRequest) -> tuple[dict[str, np.ndarray], dict]:
-        feed = self.feed_from(request)
-        return await self.batcher.submit(feed, self.work_of(feed), self.options.timeout_s)
-
     def _on_batch(self, rows: int, seconds: float, requests: int) -> None:
         if self.batch_observer:
             self.batch_observer(self, rows, seconds, requests)

@@ -19,10 +19,6 @@ def register_backend(name: str, target: str) -> None:
     _REGISTRY[name] = target
 
 
-def backend_names() -> list[str]:
-    return list(_REGISTRY)
-
-
 def engine_class(name: str) -> type[Engine]:
     try:
         target = _REGISTRY[name]
@@ -32,8 +28,4 @@ def engine_class(name: str) -> type[Engine]:
     return getattr(importlib.import_module(module), attr)
 
 
-def availability(name: str) -> tuple[bool, str]:
-    return engine_class(name).availability()
-
-
-__all__ = ["Engine", "availability", "backend_names", "engine_class", "register_backend"]
+__all__ = ["Engine", "engine_class", "register_backend"]
