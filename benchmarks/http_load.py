@@ -126,3 +126,103 @@ async def closed_loop(
     return LoadResult(
         concurrency, min(seconds, duration_s + 0.5), len(latencies), statuses, np.array(latencies), answered_rows
     )
+
+
+@dataclass
+class OpenLoopResult:
+    """Per request: when it was due, when it went out, when it came back, and how it ended."""
+
+    rate: float
+    scheduled: np.ndarray  # seconds from the start
+    sent: np.ndarray
+    completed: np.ndarray
+    statuses: np.ndarray  # 0: connection error or timeout
+
+    @property
+    def latencies_ms(self) -> np.ndarray:
+        """From the scheduled send time, so a stalled server (or generator) is charged in full: no
+        coordinated omission."""
+        return (self.completed - self.scheduled) * 1e3
+
+    @property
+    def send_lag_ms(self) -> np.ndarray:
+        return (self.sent - self.scheduled) * 1e3
+
+    def summary(self) -> dict:
+        lat, lag = self.latencies_ms, self.send_lag_ms
+        span = float(self.completed.max() - self.scheduled.min()) if len(lat) else 0.0
+        ok = self.statuses == 200
+        statuses, counts = np.unique(self.statuses, return_counts=True)
+        result = {
+            "offered_rps": round(self.rate, 1),
+            "achieved_rps": round(float(ok.sum()) / span, 1) if span else 0.0,
+            "requests": len(lat),
+            **{f"p{q:g}_ms".replace(".", "_"): round(float(np.percentile(lat, q)), 3) for q in (50, 90, 95, 99, 99.9)},
+            "send_lag_p99_ms": round(float(np.percentile(lag, 99)), 3),
+            "statuses": {str(int(s)): int(c) for s, c in zip(statuses, counts, strict=True)},
+        }
+        result["generator_behind"] = result["send_lag_p99_ms"] > 2.0
+        return result
+
+
+async def open_loop(
+    host: str,
+    port: int,
+    requests: bytes | list[bytes],
+    rate: float,
+    duration_s: float,
+    poisson: bool = True,
+    seed: int = 0,
+    timeout_s: float = 30.0,
+    max_connections: int = 512,
+) -> OpenLoopResult:
+    """Send at `rate`/s (Poisson or constant spacing) whatever the server does: each request goes out at
+    its scheduled time on an idle keep-alive connection (a new one when all are busy), and its latency
+    counts from that schedule."""
+    requests = [requests] if isinstance(requests, bytes) else list(requests)
+    rng = np.random.default_rng(seed)
+    count = max(1, int(rate * duration_s))
+    gaps = rng.exponential(1.0 / rate, count) if poisson else np.full(count, 1.0 / rate)
+    scheduled = np.cumsum(gaps) - gaps[0]
+    sent = np.zeros(count)
+    completed = np.zeros(count)
+    statuses = np.zeros(count, dtype=int)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    open_connections = 0
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+
+    async def one(i: int) -> None:
+        nonlocal open_connections
+        connection = idle.pop() if idle else None
+        try:
+            if connection is None:
+                if open_connections >= max_connections:
+                    raise OSError("connection limit reached")
+                open_connections += 1
+                connection = await asyncio.open_connection(host, port)
+            reader, writer = connection
+            sent[i] = loop.time() - start
+            writer.write(requests[i % len(requests)])
+            status, _ = await asyncio.wait_for(_read_response(reader), timeout_s)
+            completed[i] = loop.time() - start
+            statuses[i] = status
+            idle.append(connection)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            completed[i] = loop.time() - start
+            if not sent[i]:
+                sent[i] = completed[i]
+            if connection is not None:
+                connection[1].close()
+                open_connections -= 1
+
+    tasks = []
+    for i, due in enumerate(scheduled):
+        delay = start + due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i)))
+    await asyncio.gather(*tasks)
+    for _, writer in idle:
+        writer.close()
+    return OpenLoopResult(rate, scheduled, sent, completed, statuses)

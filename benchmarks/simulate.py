@@ -1,0 +1,109 @@
+"""A discrete-event simulation of replicas running trtserve's dynamic batcher under Poisson arrivals.
+
+It answers "what p99 does this configuration give at R requests/s?" from a service-time profile,
+without queueing-theory shortcuts (batching is not M/M/c). Each replica has one engine and its own queue;
+Ray's router sends each request to the less loaded of two random replicas. When an engine is free it
+takes everything queued, up to max_batch_size rows, as trtserve's batcher does (it waits only for
+requests already arriving, which a Poisson source never has).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+ServiceTime = Callable[[int, np.random.Generator], float]  # rows -> seconds for one engine call
+
+
+@dataclass
+class SimResult:
+    rate: float
+    latencies_s: np.ndarray
+    batch_sizes: np.ndarray
+    duration_s: float
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q) * 1e3)
+
+    @property
+    def mean_s(self) -> float:
+        return float(self.latencies_s.mean())
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_s) / self.duration_s
+
+
+def simulate(
+    rate: float,
+    service_time: ServiceTime,
+    max_batch_size: int = 1,
+    replicas: int = 1,
+    requests: int = 100_000,
+    overhead_s: float = 0.0,
+    seed: int = 0,
+    warmup_fraction: float = 0.1,
+) -> SimResult:
+    """Latency of `requests` Poisson arrivals at `rate`/s. `overhead_s` is the per-request cost outside the
+    engine (HTTP, decoding), added to every latency. The first `warmup_fraction` of requests is dropped."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, size=requests))
+    queues: list[deque[int]] = [deque() for _ in range(replicas)]
+    busy = [False] * replicas
+    outstanding = [0] * replicas
+    finish = np.zeros(requests)
+    batches: list[int] = []
+    events: list[tuple[float, int, int, list[int]]] = []  # (time, kind 0=finish, replica, members)
+    counter = 0
+
+    def start(replica: int, now: float) -> None:
+        nonlocal counter
+        members = [queues[replica].popleft() for _ in range(min(max_batch_size, len(queues[replica])))]
+        busy[replica] = True
+        batches.append(len(members))
+        counter += 1
+        heapq.heappush(events, (now + service_time(len(members), rng), counter, replica, members))
+
+    for index, now in enumerate(arrivals):
+        while events and events[0][0] <= now:
+            done, _, replica, members = heapq.heappop(events)
+            for m in members:
+                finish[m] = done
+            outstanding[replica] -= len(members)
+            busy[replica] = False
+            if queues[replica]:
+                start(replica, done)
+        if replicas == 1:
+            replica = 0
+        else:
+            a, b = rng.choice(replicas, size=2, replace=False)
+            replica = a if outstanding[a] <= outstanding[b] else b
+        queues[replica].append(index)
+        outstanding[replica] += 1
+        if not busy[replica]:
+            start(replica, now)
+    while events:
+        done, _, replica, members = heapq.heappop(events)
+        for m in members:
+            finish[m] = done
+        busy[replica] = False
+        if queues[replica]:
+            start(replica, done)
+    skip = int(requests * warmup_fraction)
+    latencies = finish[skip:] - arrivals[skip:] + overhead_s
+    return SimResult(rate, latencies, np.array(batches), float(finish[-1] - arrivals[skip]))
+
+
+def profile_service_time(batch_seconds: dict[int, float]) -> ServiceTime:
+    """Deterministic service time from a measured profile {batch size: seconds}, linearly interpolated."""
+    sizes = np.array(sorted(batch_seconds))
+    seconds = np.array([batch_seconds[b] for b in sizes])
+
+    def service(rows: int, rng: np.random.Generator) -> float:
+        return float(np.interp(rows, sizes, seconds))
+
+    return service
