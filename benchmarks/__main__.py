@@ -1,4 +1,4 @@
-"""python -m benchmarks convert|serving|report ... (profile, load, plan, validate and compare: issue 4)."""
+"""python -m benchmarks convert|serving|profile|plan|report ... (load, validate and compare: issue 4, to come)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,25 @@ def main() -> None:
     s.add_argument("--repository", type=Path, default=Path("model_repository"))
     s.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     s.add_argument("--duration", type=float, default=10.0, help="seconds measured per load point")
+    p = sub.add_parser("profile", help="engine latency and throughput against batch size, and memory")
+    p.add_argument("version_dir", type=Path)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--sweep", help="also sweep this dynamic dim (e.g. seq)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    pl = sub.add_parser("plan", help="cheapest replicas x batch limit meeting a p99 SLO at a rate (simulated)")
+    pl.add_argument("--model", required=True)
+    pl.add_argument("--rate", type=float, required=True, help="requests/s to serve")
+    pl.add_argument("--slo-p99-ms", type=float, required=True)
+    pl.add_argument(
+        "--http-overhead-ms",
+        type=float,
+        required=True,
+        help="the HTTP path's own cost per request, measured (e.g. c=1 p50 through the server minus "
+        "the engine's batch-1 median)",
+    )
+    pl.add_argument("--max-replicas", type=int, default=4)
+    pl.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     r = sub.add_parser("report", help="render RESULTS.md from a results directory")
     r.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     r.add_argument("--output", type=Path, default=Path("benchmarks/RESULTS.md"))
@@ -25,6 +44,51 @@ def main() -> None:
         from benchmarks import convert_time
 
         convert_time.run(args.configs, args.results, args.repeats)
+    elif args.command == "profile":
+        import json
+
+        from benchmarks.profile import profile
+
+        report = profile(args.version_dir, args.backend, args.sweep, args.repeats)
+        args.results.mkdir(parents=True, exist_ok=True)
+        out = args.results / f"profile-{report['model']}.json"
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        for point in report["points"]:
+            print(
+                f"{point['sizes']}: median {point['median_ms']:.3f} ms "
+                f"(p10 {point['p10_ms']:.3f}, p90 {point['p90_ms']:.3f}), {point['rows_per_s']:.0f} rows/s"
+            )
+        print(f"memory: {report['memory']}; written to {out}")
+    elif args.command == "plan":
+        import json
+
+        from benchmarks.plan import plan
+        from benchmarks.profile import batch_seconds
+
+        source = args.results / f"profile-{args.model}.json"
+        if not source.exists():
+            raise SystemExit(f"{source} not found: run `python -m benchmarks profile` for {args.model} first")
+        result = plan(
+            batch_seconds(json.loads(source.read_text())),
+            args.rate,
+            args.slo_p99_ms,
+            args.http_overhead_ms,
+            args.max_replicas,
+        )
+        (args.results / f"plan-{args.model}.json").write_text(json.dumps(result, indent=2) + "\n")
+        if result["plan"] is None:
+            raise SystemExit(
+                f"no configuration up to {args.max_replicas} replicas meets p99 <= {args.slo_p99_ms} ms "
+                f"at {args.rate} req/s"
+            )
+        best = result["plan"]
+        print(
+            f"{args.model}: {best['replicas']} replica(s), max_batch_size {best['max_batch_size']}: predicted "
+            f"max {best['max_rps']:.0f} req/s within p99 {args.slo_p99_ms} ms; p99 {best['p99_ms_at_rate']:.1f} ms "
+            f"at {args.rate:.0f} req/s"
+        )
+        for point in result["curve"]:
+            print(f"  {point['rps']:.0f} req/s -> p99 {point['p99_ms']:.1f} ms")
     elif args.command == "serving":
         from benchmarks import serving
 

@@ -1,0 +1,92 @@
+"""`python -m benchmarks profile VERSION_DIR`: engine latency and throughput against batch size (and a
+swept dynamic dim), measured in-process after warm-up, with the replica's memory."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import machine
+from runtime import load_engine
+
+
+def _feed(signature, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    from runtime.dtypes import from_name
+
+    feed = {}
+    for spec, shape in zip(signature.inputs, signature.shapes_at(sizes).values(), strict=True):
+        dtype = from_name(spec.dtype).numpy
+        feed[spec.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype)
+    return feed
+
+
+def profile(
+    version_dir: Path,
+    backend: str = "auto",
+    sweep: str | None = None,
+    repeats: int = 20,
+    warmup: int = 3,
+) -> dict:
+    """Median and spread of engine latency at each batch size (powers of two up to the serving
+    max_batch_size), other dims at their opt size; with `sweep`, also at several sizes of that dim."""
+    version_dir = Path(version_dir)
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    rng = np.random.default_rng(0)
+    with load_engine(version_dir, backend) as engine:
+        signature = engine.signature
+        max_batch = manifest["serving"]["max_batch_size"]
+        batches = sorted({min(2**k, max_batch) for k in range(max_batch.bit_length() + 1)})
+        base = {d: r.opt for d, r in signature.dims.items()}
+        grid = [{**base, "batch": b} for b in batches]
+        if sweep:
+            if sweep not in signature.dims or sweep == "batch":
+                raise SystemExit(f"--sweep {sweep}: not a dynamic dim of {manifest['name']} (batch is swept anyway)")
+            r = signature.dims[sweep]
+            sizes = sorted({r.min, *[s for s in (16, 32, 64, 128, 256, 512) if r.min < s < r.max], r.max})
+            grid += [{**base, "batch": b, sweep: s} for b in batches for s in sizes if s != base[sweep]]
+        points = []
+        for sizes in grid:
+            feed = _feed(signature, sizes, rng)
+            for _ in range(warmup):
+                engine.infer(feed)
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                engine.infer(feed)
+                times.append(time.perf_counter() - started)
+            ms = np.array(times) * 1e3
+            points.append(
+                {
+                    "batch": sizes["batch"],
+                    "sizes": sizes,
+                    "median_ms": round(float(np.median(ms)), 4),
+                    "p10_ms": round(float(np.percentile(ms, 10)), 4),
+                    "p90_ms": round(float(np.percentile(ms, 90)), 4),
+                    "rows_per_s": round(sizes["batch"] / float(np.median(ms)) * 1e3, 1),
+                }
+            )
+        memory = engine.memory()
+        info = {"backend": engine.backend, "precision": engine.precision, "device": engine.device}
+    return {
+        "benchmark": "profile",
+        "model": manifest["name"],
+        "version": manifest["version"],
+        **info,
+        "machine": machine.describe(),
+        "repeats": repeats,
+        "opt_sizes": base,
+        "points": points,
+        "memory": memory,
+    }
+
+
+def batch_seconds(report: dict) -> dict[int, float]:
+    """Median engine seconds per batch size at the opt sizes: what `plan` simulates with."""
+    return {
+        p["batch"]: p["median_ms"] / 1e3
+        for p in report["points"]
+        if p["sizes"] == {**report["opt_sizes"], "batch": p["batch"]}
+    }
