@@ -46,6 +46,7 @@ test: lint
 
 bench: models
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks convert configs/models/minilm.yaml configs/models/cnn.yaml --results benchmarks/results
+	$(PY) -m benchmarks generator --results benchmarks/results
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks serving --repository $(REPOSITORY) --results benchmarks/results
 	$(PY) -m benchmarks report --results benchmarks/results --output benchmarks/RESULTS.md
 

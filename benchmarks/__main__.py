@@ -1,4 +1,4 @@
-"""python -m benchmarks convert|serving|profile|plan|report ... (load, validate and compare: issue 4, to come)."""
+"""python -m benchmarks convert|serving|profile|plan|load|report ... (validate and compare: issue 4, to come)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,21 @@ def main() -> None:
     )
     pl.add_argument("--max-replicas", type=int, default=4)
     pl.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    lo = sub.add_parser("load", help="closed-loop concurrency or open-loop rate sweep against an endpoint")
+    lo.add_argument("--url", default="http://127.0.0.1:8000")
+    lo.add_argument("--model", required=True)
+    lo.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], help="e.g. 1,8,32")
+    lo.add_argument("--rate", type=lambda s: [float(x) for x in s.split(",")], help="requests/s, e.g. 100,200")
+    lo.add_argument("--constant", action="store_true", help="evenly spaced sends instead of Poisson arrivals")
+    lo.add_argument("--binary", action="store_true", help="binary tensor data instead of JSON")
+    lo.add_argument("--batch", type=int, default=1)
+    lo.add_argument("--body", type=Path, help="send this file as the request body instead of generated data")
+    lo.add_argument("--window", type=float, default=5.0, help="seconds per measurement window")
+    lo.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    g = sub.add_parser("generator", help="check the open-loop generator keeps its schedule (trivial endpoint)")
+    g.add_argument("--rate", type=float, default=1500)
+    g.add_argument("--duration", type=float, default=10.0)
+    g.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     r = sub.add_parser("report", help="render RESULTS.md from a results directory")
     r.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     r.add_argument("--output", type=Path, default=Path("benchmarks/RESULTS.md"))
@@ -89,6 +104,34 @@ def main() -> None:
         )
         for point in result["curve"]:
             print(f"  {point['rps']:.0f} req/s -> p99 {point['p99_ms']:.1f} ms")
+    elif args.command == "load":
+        from benchmarks import load
+
+        if not (args.concurrency or args.rate):
+            raise SystemExit("give --concurrency and/or --rate")
+        if args.body:
+            body, headers = args.body.read_bytes(), {"Content-Type": "application/json"}
+        else:
+            body, headers = load.request_body(args.url, args.model, args.batch, binary=args.binary)
+        request = load.build(args.url, f"/v2/models/{args.model}/infer", body, headers)
+        report = load.run(
+            args.url, request, args.results, args.model, args.concurrency, args.rate, not args.constant, args.window
+        )
+        for p in report["points"]:
+            label = f"c={p['concurrency']}" if p["concurrency"] else f"rate={p['rate']:g}/s"
+            print(
+                f"{label}: {p['throughput']:.1f} req/s, p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms, "
+                f"send lag p99 {p['send_lag_p99_ms']:.2f} ms, {'stable' if p['stable'] else 'NOT stable'} "
+                f"after {p['windows']} windows{', generator fell behind' if p['generator_behind'] else ''}"
+            )
+    elif args.command == "generator":
+        from benchmarks import generator_check
+
+        report = generator_check.run(args.results, args.rate, args.duration)
+        print(
+            f"offered {report['offered_rps']:.0f}/s, achieved {report['achieved_rps']:.0f}/s, "
+            f"send lag p99 {report['send_lag_p99_ms']:.2f} ms"
+        )
     elif args.command == "serving":
         from benchmarks import serving
 

@@ -39,6 +39,22 @@ def render(results: Path) -> str:
                 f"{f'< {target:.0f} s' if target else '-'} | {met} |"
             )
         lines.append("")
+    generator = results / "generator.json"
+    if generator.exists():
+        g = json.loads(generator.read_text())
+        ok = g["achieved_rps"] >= 1500 and g["send_lag_p99_ms"] < 2
+        lines += [
+            "## Load generator self-check",
+            "",
+            _machine(g["machine"]),
+            "",
+            f"Command: `python -m benchmarks generator` (open loop, Poisson, {g['duration_s']:.0f} s against a trivial "
+            "endpoint in another process). Target: >= 1500 requests/s with send-lag p99 < 2 ms.",
+            "",
+            f"Offered {g['offered_rps']:.0f}/s, achieved {g['achieved_rps']:.0f}/s, send-lag p99 "
+            f"{g['send_lag_p99_ms']:.2f} ms, latency p99 {g['p99_ms']:.2f} ms: {'met' if ok else '**missed**'}.",
+            "",
+        ]
     serving = results / "serving.json"
     if serving.exists():
         lines += _serving(json.loads(serving.read_text()))
