@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from runtime.handler import KServeHandler, Telemetry
+from runtime.histograms import CumulativeHistogram, Publisher
 from runtime.host import ModelHost, ModelOptions
 from runtime.repository import version_dir
 
@@ -48,26 +49,29 @@ _LATENCY_BUCKETS_S = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0
 
 
 class RayTelemetry(Telemetry):
-    """Prometheus metrics through Ray's metrics system, in base units, labelled by model and version."""
+    """Prometheus metrics through Ray's metrics system, in base units, labelled by model and version.
+    Histograms are aggregated in the replica and published once a second (runtime/histograms.py)."""
 
-    def __init__(self) -> None:
-        from ray.serve.metrics import Counter, Gauge, Histogram
+    def __init__(self, publish_interval_s: float = 1.0) -> None:
+        from ray.serve.metrics import Counter, Gauge
 
         tags = ("model", "version")
         self.requests = Counter("trtserve_requests", "Inference requests by HTTP status.", tag_keys=(*tags, "status"))
 
-        def latency(name: str, description: str) -> Histogram:
-            return Histogram(name, description, boundaries=_LATENCY_BUCKETS_S, tag_keys=tags)
+        def gauge(name: str, description: str, tag_keys: tuple[str, ...]) -> Gauge:
+            return Gauge(name, description, tag_keys=tag_keys)
 
-        self.latency = latency("trtserve_request_latency_seconds", "End-to-end latency in the replica.")
-        self.queue = latency("trtserve_queue_latency_seconds", "Time queued before the engine.")
-        self.compute = latency("trtserve_compute_latency_seconds", "Engine time of the request's batch.")
-        self.batch = Histogram(
-            "trtserve_batch_size", "Rows per engine call.", boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256], tag_keys=tags
-        )
+        def histogram(name: str, description: str, boundaries=_LATENCY_BUCKETS_S) -> CumulativeHistogram:
+            return CumulativeHistogram(name, description, boundaries, tags, gauge)
+
+        self.latency = histogram("trtserve_request_latency_seconds", "End-to-end latency in the replica.")
+        self.queue = histogram("trtserve_queue_latency_seconds", "Time a request queued before the engine.")
+        self.compute = histogram("trtserve_compute_latency_seconds", "Engine time of one engine call.")
+        self.batch = histogram("trtserve_batch_size", "Rows per engine call.", [1, 2, 4, 8, 16, 32, 64, 128, 256])
         self.inflight = Gauge("trtserve_in_flight_requests", "Requests in the replica.", tag_keys=tags)
         self.warmup = Gauge("trtserve_warmup_seconds", "Warm-up time of the model.", tag_keys=tags)
         self._inflight: dict[tuple[str, str], int] = {}
+        self.publisher = Publisher([self.latency, self.queue, self.compute, self.batch], publish_interval_s).start()
 
     @staticmethod
     def _tags(host: ModelHost) -> dict[str, str]:
@@ -81,7 +85,6 @@ class RayTelemetry(Telemetry):
         self.latency.observe(seconds, tags)
         if status == 200:
             self.queue.observe(queue_s, tags)
-            self.compute.observe(compute_s, tags)
 
     def in_flight(self, host, delta) -> None:
         key = (host.name, host.version)
@@ -89,7 +92,9 @@ class RayTelemetry(Telemetry):
         self.inflight.set(self._inflight[key], self._tags(host))
 
     def batch_done(self, host: ModelHost, rows: int, seconds: float, requests: int) -> None:
-        self.batch.observe(rows, self._tags(host))
+        tags = self._tags(host)
+        self.batch.observe(rows, tags)
+        self.compute.observe(seconds, tags)
 
     def warmed_up(self, host: ModelHost) -> None:
         self.warmup.set(host.warmup_s or 0.0, self._tags(host))
@@ -109,6 +114,12 @@ class KServeServer:
             telemetry.warmed_up(host)
             hosts.append(host)
         self.handler = KServeHandler(hosts, max_body_bytes=int(max_body_mb * 2**20), telemetry=telemetry)
+        self._telemetry, self._hosts = telemetry, hosts
+
+    def __del__(self) -> None:  # Ray Serve calls this when it stops the replica
+        self._telemetry.publisher.stop()
+        for host in self._hosts:
+            host.close()
 
     async def __call__(self, request: Request) -> Response:
         body = await request.body()

@@ -1,0 +1,123 @@
+"""Prometheus histograms kept in the replica and exported as cumulative gauges.
+
+Ray's `Histogram` is exact but costs per observation where it hurts: every 10 s each worker reports
+its histograms to the node's metrics agent, which replays every observation one by one
+(ray-project/ray#64891). At ~800 requests/s on a 2-core machine that replay took a few hundred ms of
+CPU every 10 s, and the requests in flight at that moment made the p99 (benchmarks/RESULTS.md).
+Here an observation is a bucket increment in this process; a background thread publishes the
+cumulative counts once a second as gauges named like Prometheus' own histogram series
+(`<name>_bucket{le=...}`, `<name>_sum`, `<name>_count`), so `histogram_quantile` and `rate` work on
+them unchanged, and the agent handles a few dozen values per report whatever the request rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+log = logging.getLogger("trtserve.server")
+
+
+class GaugeLike(Protocol):
+    def set(self, value: float, tags: dict[str, str]) -> None: ...
+
+
+GaugeFactory = Callable[[str, str, tuple[str, ...]], GaugeLike]  # (name, description, tag keys)
+
+
+def le_label(bound: float) -> str:
+    """Prometheus' spelling of a bucket bound: 0.005, 1.0, +Inf."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class CumulativeHistogram:
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        boundaries: Sequence[float],
+        tag_keys: Sequence[str],
+        gauge: GaugeFactory,
+    ) -> None:
+        if list(boundaries) != sorted(set(boundaries)) or not boundaries:
+            raise ValueError(f"{name}: bucket boundaries must be increasing and not empty")
+        self.name = name
+        self.boundaries = [float(b) for b in boundaries]
+        self._labels = [le_label(b) for b in self.boundaries] + ["+Inf"]
+        tag_keys = tuple(tag_keys)
+        self._bucket = gauge(f"{name}_bucket", description, (*tag_keys, "le"))
+        self._sum = gauge(f"{name}_sum", f"{description} (sum)", tag_keys)
+        self._count = gauge(f"{name}_count", f"{description} (count)", tag_keys)
+        self._series: dict[tuple[tuple[str, str], ...], list] = {}  # tags -> [counts, sum, changed]
+        self._lock = threading.Lock()
+
+    def observe(self, value: float, tags: Mapping[str, str]) -> None:
+        key = tuple(sorted(tags.items()))
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = [[0] * (len(self.boundaries) + 1), 0.0, True]
+            series[0][bisect_left(self.boundaries, value)] += 1  # le semantics: value <= bound
+            series[1] += value
+            series[2] = True
+
+    def snapshot(self) -> dict[tuple[tuple[str, str], ...], tuple[list[int], float]]:
+        """Cumulative bucket counts (one per bound, +Inf last) and the sum, per tag set."""
+        with self._lock:
+            return {key: (_cumulative(counts), total) for key, (counts, total, _) in self._series.items()}
+
+    def flush(self) -> None:
+        """Publish the series that changed since the last flush."""
+        with self._lock:
+            changed = []
+            for key, series in self._series.items():
+                if series[2]:
+                    changed.append((key, list(series[0]), series[1]))
+                    series[2] = False
+        for key, counts, total in changed:
+            tags = dict(key)
+            cumulative = _cumulative(counts)
+            for label, count in zip(self._labels, cumulative, strict=True):
+                self._bucket.set(count, {**tags, "le": label})
+            self._sum.set(total, tags)
+            self._count.set(cumulative[-1], tags)
+
+
+def _cumulative(counts: list[int]) -> list[int]:
+    out, running = [], 0
+    for c in counts:
+        running += c
+        out.append(running)
+    return out
+
+
+class Publisher:
+    """Flushes histograms every `interval_s` from a daemon thread."""
+
+    def __init__(self, histograms: Sequence[CumulativeHistogram], interval_s: float = 1.0) -> None:
+        self._histograms = list(histograms)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="histogram-publisher", daemon=True)
+
+    def start(self) -> Publisher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.flush()
+            except Exception:  # metrics must never take the replica down; try again next time
+                log.exception("publishing histograms failed")
+
+    def flush(self) -> None:
+        for histogram in self._histograms:
+            histogram.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.flush()
