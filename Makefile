@@ -48,6 +48,9 @@ bench: models
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks convert configs/models/minilm.yaml configs/models/cnn.yaml --results benchmarks/results
 	$(PY) -m benchmarks generator --results benchmarks/results
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks serving --repository $(REPOSITORY) --results benchmarks/results
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks validate --model cnn --slo-p99-ms 50 --repository $(REPOSITORY) --results benchmarks/results/cnn
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks validate --model minilm --slo-p99-ms 100 --repository $(REPOSITORY) --results benchmarks/results/minilm
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks compare --repository $(REPOSITORY) --results benchmarks/results
 	$(PY) -m benchmarks report --results benchmarks/results --output benchmarks/RESULTS.md
 
 clean:

@@ -1,9 +1,17 @@
-"""python -m benchmarks convert|serving|profile|plan|load|report ... (validate and compare: issue 4, to come)."""
+"""python -m benchmarks convert|serving|profile|calibrate|plan|validate|compare|load|generator|report ..."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+
+def _sizes(text: str) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in (item.split("=", 1) for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DIM=SIZE[,DIM=SIZE...], got {text!r}") from None
 
 
 def main() -> None:
@@ -22,7 +30,13 @@ def main() -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--sweep", help="also sweep this dynamic dim (e.g. seq)")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--sizes", type=_sizes, help="other dims at these sizes instead of opt, e.g. seq=12")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    ca = sub.add_parser("calibrate", help="measure the HTTP path's own cost against a running server (for plan)")
+    ca.add_argument("--url", default="http://127.0.0.1:8000")
+    ca.add_argument("--model", required=True)
+    ca.add_argument("--window", type=float, default=8.0, help="seconds per run")
+    ca.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     pl = sub.add_parser("plan", help="cheapest replicas x batch limit meeting a p99 SLO at a rate (simulated)")
     pl.add_argument("--model", required=True)
     pl.add_argument("--rate", type=float, required=True, help="requests/s to serve")
@@ -30,12 +44,22 @@ def main() -> None:
     pl.add_argument(
         "--http-overhead-ms",
         type=float,
-        required=True,
-        help="the HTTP path's own cost per request, measured (e.g. c=1 p50 through the server minus "
-        "the engine's batch-1 median)",
+        help="what-if: this per-request cost instead of the one `calibrate` measured (results/http-MODEL.json)",
     )
     pl.add_argument("--max-replicas", type=int, default=4)
     pl.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    v = sub.add_parser("validate", help="predict max rate under a p99 SLO and p99 at 70%%, then measure both")
+    v.add_argument("--model", required=True)
+    v.add_argument("--slo-p99-ms", type=float, required=True)
+    v.add_argument("--repository", type=Path, default=Path("model_repository"))
+    v.add_argument("--version", default="latest")
+    v.add_argument("--url", help="use this running server instead of starting one")
+    v.add_argument("--window", type=float, default=10.0, help="seconds per open-loop probe")
+    v.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    co = sub.add_parser("compare", help="one workload against raw engine, naive Ray Serve, trtserve, torch eager")
+    co.add_argument("--repository", type=Path, default=Path("model_repository"))
+    co.add_argument("--duration", type=float, default=8.0, help="seconds measured per load point")
+    co.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     lo = sub.add_parser("load", help="closed-loop concurrency or open-loop rate sweep against an endpoint")
     lo.add_argument("--url", default="http://127.0.0.1:8000")
     lo.add_argument("--model", required=True)
@@ -60,11 +84,9 @@ def main() -> None:
 
         convert_time.run(args.configs, args.results, args.repeats)
     elif args.command == "profile":
-        import json
-
         from benchmarks.profile import profile
 
-        report = profile(args.version_dir, args.backend, args.sweep, args.repeats)
+        report = profile(args.version_dir, args.backend, args.sweep, args.repeats, sizes=args.sizes)
         args.results.mkdir(parents=True, exist_ok=True)
         out = args.results / f"profile-{report['model']}.json"
         out.write_text(json.dumps(report, indent=2) + "\n")
@@ -75,21 +97,24 @@ def main() -> None:
             )
         print(f"memory: {report['memory']}; written to {out}")
     elif args.command == "plan":
-        import json
-
-        from benchmarks.plan import plan
+        from benchmarks.plan import HttpPath, plan
         from benchmarks.profile import batch_seconds
 
         source = args.results / f"profile-{args.model}.json"
         if not source.exists():
             raise SystemExit(f"{source} not found: run `python -m benchmarks profile` for {args.model} first")
-        result = plan(
-            batch_seconds(json.loads(source.read_text())),
-            args.rate,
-            args.slo_p99_ms,
-            args.http_overhead_ms,
-            args.max_replicas,
-        )
+        if args.http_overhead_ms is not None:
+            http = HttpPath.fixed(args.http_overhead_ms)
+        else:
+            measured = args.results / f"http-{args.model}.json"
+            if not measured.exists():
+                raise SystemExit(
+                    f"{measured} not found: run `python -m benchmarks calibrate --model {args.model}` against a "
+                    "running server first (or give --http-overhead-ms)"
+                )
+            http = HttpPath.read(measured)
+        seconds = batch_seconds(json.loads(source.read_text()))
+        result = plan(seconds, args.rate, args.slo_p99_ms, http, args.max_replicas)
         (args.results / f"plan-{args.model}.json").write_text(json.dumps(result, indent=2) + "\n")
         if result["plan"] is None:
             raise SystemExit(
@@ -100,10 +125,49 @@ def main() -> None:
         print(
             f"{args.model}: {best['replicas']} replica(s), max_batch_size {best['max_batch_size']}: predicted "
             f"max {best['max_rps']:.0f} req/s within p99 {args.slo_p99_ms} ms; p99 {best['p99_ms_at_rate']:.1f} ms "
-            f"at {args.rate:.0f} req/s"
+            f"at {args.rate:.0f} req/s (HTTP path {result['http_per_request_ms']:.3f} ms a request in the replica, "
+            f"{result['http_floor_p50_ms']:.2f} ms outside it)"
         )
         for point in result["curve"]:
             print(f"  {point['rps']:.0f} req/s -> p99 {point['p99_ms']:.1f} ms")
+    elif args.command == "calibrate":
+        from urllib.parse import urlparse
+
+        from benchmarks import calibrate, load
+        from benchmarks.profile import batch_seconds
+
+        source = args.results / f"profile-{args.model}.json"
+        if not source.exists():
+            raise SystemExit(f"{source} not found: run `python -m benchmarks profile` for {args.model} first")
+        body, headers = load.request_body(args.url, args.model)
+        request = load.build(args.url, f"/v2/models/{args.model}/infer", body, headers)
+        parsed = urlparse(args.url)
+        seconds = batch_seconds(json.loads(source.read_text()))
+        report = calibrate.calibrate(
+            args.url, parsed.hostname, parsed.port or 80, args.model, request, seconds, args.window
+        )
+        path = calibrate.write(report, args.results)
+        print(
+            f"{args.model}: {report['per_request_ms']:.3f} ms a request in the replica outside the engine "
+            f"(saturation {report['saturation']['rps']:.0f} req/s at {report['saturation']['rows_per_engine_call']} "
+            f"rows a call), {report['floor_p50_ms']:.2f} ms p50 / {report['floor_p99_ms']:.2f} ms p99 outside "
+            f"the replica; written to {path}"
+        )
+    elif args.command == "validate":
+        from benchmarks.validate import validate
+        from runtime.repository import version_dir
+
+        report = validate(
+            version_dir(args.repository, args.model, args.version), args.slo_p99_ms, args.results, args.url, args.window
+        )
+        p, m = report["predicted"], report["measured"]
+        print(
+            f"{args.model} (1 replica, max_batch_size {report['config']['max_batch_size']}, SLO p99 "
+            f"{args.slo_p99_ms:g} ms): max rate predicted {p['max_rps']:.0f} vs measured {m['max_rps']:.0f} req/s "
+            f"({report['relative_error']['max_rps']:+.1%}); p99 at {m['at_rps']:.0f} req/s predicted "
+            f"{p['p99_ms']:.1f} vs measured {m['p99_ms']:.1f} ms ({report['relative_error']['p99_ms']:+.1%}); "
+            f"written to {args.results / 'validate.json'}"
+        )
     elif args.command == "load":
         from benchmarks import load
 
@@ -132,6 +196,16 @@ def main() -> None:
             f"offered {report['offered_rps']:.0f}/s, achieved {report['achieved_rps']:.0f}/s, "
             f"send lag p99 {report['send_lag_p99_ms']:.2f} ms"
         )
+    elif args.command == "compare":
+        from benchmarks import compare
+
+        report = compare.run(args.repository, args.results, args.duration)
+        for row in report["table"]:
+            ratio = f" ({row['vs_trtserve']:.2f}x trtserve)" if row["vs_trtserve"] else ""
+            print(
+                f"{row['contender']}, {row['where']}: {row['rps']:.0f} req/s{ratio}, "
+                f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms"
+            )
     elif args.command == "serving":
         from benchmarks import serving
 
@@ -139,7 +213,7 @@ def main() -> None:
     else:
         from benchmarks import report
 
-        args.output.write_text(report.render(args.results))
+        args.output.write_text(report.render(args.results, args.output))
         print(args.output)
 
 

@@ -1,20 +1,57 @@
 """`python -m benchmarks plan`: the cheapest replica count and batch limit that meet a p99 SLO at a
-request rate, predicted by simulating the batcher on a measured profile (benchmarks.simulate).
+request rate, predicted by simulating the batcher (benchmarks.simulate) on two measurements:
 
-Replicas are simulated as independent (each with its own cores or GPU); on one small machine they share
-the CPU, which the simulation does not model."""
+- the engine's profile (`benchmarks profile`): seconds per engine call at each batch size;
+- the server path (`benchmarks calibrate`): the replica's event-loop time per request (HTTP, decoding,
+  encoding), how much slower the engine runs inside a loaded replica than alone (from the server's own
+  /stats), and the latency added outside the replica (ingress, loopback, client) as measured samples.
+
+The simulation is `benchmarks.simulate.simulate_replicas`: the event loop, then the batcher's rule
+(including max_queue_delay), then the engine. Replicas are simulated as independent (each with its own
+cores or GPU); on one small machine they share the CPU, which is not modelled, so plans for this machine
+are made for one replica.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from benchmarks.simulate import profile_service_time, simulate
+import numpy as np
+
+from benchmarks.simulate import profile_service_time, simulate_replicas
+
+SIM_REQUESTS = 8000
+LOAD_FRACTION = 0.7  # validate compares p99 at this fraction of the max sustainable rate
+
+
+@dataclass
+class HttpPath:
+    per_request_s: float  # the replica's event-loop time per request
+    floor_s: np.ndarray = field(default_factory=lambda: np.zeros(1))  # latency samples outside the replica
+    engine_slowdown: float = 1.0  # engine time in a loaded replica / engine time alone
+
+    @classmethod
+    def read(cls, path: Path) -> HttpPath:
+        doc = json.loads(Path(path).read_text())
+        return cls.from_report(doc)
+
+    @classmethod
+    def from_report(cls, doc: dict) -> HttpPath:
+        return cls(doc["per_request_ms"] / 1e3, np.array(doc["floor_samples_ms"]) / 1e3, doc["engine_slowdown"])
+
+    @classmethod
+    def fixed(cls, per_request_ms: float) -> HttpPath:
+        """A per-request cost given by hand (what-if planning); no latency outside the queue."""
+        return cls(per_request_ms / 1e3)
 
 
 @dataclass
 class Candidate:
     replicas: int
     max_batch_size: int
+    max_queue_delay_ms: float
     max_rps: float  # highest rate whose simulated p99 meets the SLO
     p99_ms_at_rate: float
 
@@ -22,70 +59,103 @@ class Candidate:
         return {
             "replicas": self.replicas,
             "max_batch_size": self.max_batch_size,
+            "max_queue_delay_ms": self.max_queue_delay_ms,
             "max_rps": round(self.max_rps, 1),
             "p99_ms_at_rate": round(self.p99_ms_at_rate, 3),
         }
 
 
-def _p99_ms(rate, service, batch, replicas, overhead_s, requests) -> float:
-    return simulate(rate, service, batch, replicas, requests=requests, overhead_s=overhead_s).percentile_ms(99)
+@dataclass
+class Replica:
+    """What one replica configuration costs, for the simulator."""
 
+    batch_seconds: dict[int, float]
+    http: HttpPath
+    max_batch_size: int
+    max_queue_delay_ms: float
+    replicas: int = 1
 
-def max_sustainable_rate(service, batch, replicas, slo_ms, overhead_s, requests=5000, iterations=12) -> float:
-    """Bisection on the rate: the largest whose p99 stays within the SLO."""
-    capacity = replicas * batch / service(batch, None)  # the engine's ceiling at full batches
-    low, high = 0.0, capacity
-    for _ in range(iterations):
-        middle = (low + high) / 2
-        if _p99_ms(middle, service, batch, replicas, overhead_s, requests) <= slo_ms:
-            low = middle
-        else:
-            high = middle
-    return low
+    def engine(self):
+        profiled = profile_service_time(self.batch_seconds)
+        slowdown = self.http.engine_slowdown
+        return lambda rows, rng: profiled(rows, rng) * slowdown
+
+    def simulate(self, rate: float, requests: int = SIM_REQUESTS, seed: int = 0):
+        return simulate_replicas(
+            rate,
+            self.engine(),
+            self.http.per_request_s,
+            self.max_batch_size,
+            self.max_queue_delay_ms / 1e3,
+            self.replicas,
+            requests=requests,
+            overhead_s=self.http.floor_s,
+            seed=seed,
+        )
+
+    def capacity(self) -> float:
+        """Requests/s at full batches: the slower of the event loop and the engine."""
+        engine = self.max_batch_size / self.engine()(self.max_batch_size, None)
+        loop = 1.0 / self.http.per_request_s if self.http.per_request_s else float("inf")
+        return self.replicas * min(engine, loop)
+
+    def p99_ms(self, rate: float, requests: int = SIM_REQUESTS) -> float:
+        return self.simulate(rate, requests).percentile_ms(99)
+
+    def max_sustainable_rate(self, slo_ms: float, requests: int = SIM_REQUESTS, iterations: int = 10) -> float:
+        """Bisection on the rate: the largest whose simulated p99 stays within the SLO."""
+        low, high = 0.0, self.capacity()
+        for _ in range(iterations):
+            middle = (low + high) / 2
+            if self.p99_ms(middle, requests) <= slo_ms:
+                low = middle
+            else:
+                high = middle
+        return low
+
+    def curve(self, max_rps: float, fractions=(0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1)) -> list[dict]:
+        return [{"rps": round(max_rps * f, 1), "p99_ms": round(self.p99_ms(max_rps * f), 3)} for f in fractions]
 
 
 def plan(
     batch_seconds: dict[int, float],
     rate: float,
     slo_p99_ms: float,
-    http_overhead_ms: float,
+    http: HttpPath,
     max_replicas: int = 4,
-    requests: int = 5000,
+    delays_ms: tuple[float, ...] = (0.0, 2.0, 5.0),
+    requests: int = SIM_REQUESTS,
 ) -> dict:
-    engine = profile_service_time(batch_seconds)
-    per_request_s = http_overhead_ms / 1e3
-
-    # The HTTP path (parsing, encoding, the ingress) runs on the replica's CPU for every request, so it
-    # is part of what a replica spends per batch, not just added latency.
-    def service(rows: int, rng) -> float:
-        return engine(rows, rng) + rows * per_request_s
-
-    overhead_s = 0.0
     candidates = []
     for replicas in range(1, max_replicas + 1):
         for batch in sorted(batch_seconds):
-            max_rps = max_sustainable_rate(service, batch, replicas, slo_p99_ms, overhead_s, requests)
-            p99 = (
-                _p99_ms(rate, service, batch, replicas, overhead_s, requests) if rate < max_rps * 1.5 else float("inf")
-            )
-            candidates.append(Candidate(replicas, batch, max_rps, p99))
+            for delay in delays_ms:
+                replica = Replica(batch_seconds, http, batch, delay, replicas)
+                max_rps = replica.max_sustainable_rate(slo_p99_ms, requests)
+                p99 = replica.p99_ms(rate, requests) if rate < max_rps * 1.5 else float("inf")
+                candidates.append(Candidate(replicas, batch, delay, max_rps, p99))
     meeting = [c for c in candidates if c.max_rps >= rate and c.p99_ms_at_rate <= slo_p99_ms]
     best = min(meeting, key=lambda c: (c.replicas, c.p99_ms_at_rate)) if meeting else None
-    curve = []
-    if best:
-        for fraction in (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0):
-            r = best.max_rps * fraction
-            curve.append(
-                {
-                    "rps": round(r, 1),
-                    "p99_ms": round(_p99_ms(r, service, best.max_batch_size, best.replicas, overhead_s, requests), 3),
-                }
-            )
+    chosen = Replica(batch_seconds, http, best.max_batch_size, best.max_queue_delay_ms, best.replicas) if best else None
     return {
         "rate": rate,
         "slo_p99_ms": slo_p99_ms,
-        "http_overhead_ms": http_overhead_ms,
+        "http_per_request_ms": round(http.per_request_s * 1e3, 4),
+        "http_floor_p50_ms": round(float(np.median(http.floor_s)) * 1e3, 3),
+        "engine_slowdown": round(http.engine_slowdown, 3),
         "plan": best.to_dict() if best else None,
-        "curve": curve,
+        "curve": chosen.curve(best.max_rps) if best else [],
         "candidates": [c.to_dict() for c in candidates],
+    }
+
+
+def predict(replica: Replica, slo_p99_ms: float) -> dict:
+    """For one replica configuration: the max sustainable rate within the SLO, the p99 at LOAD_FRACTION of
+    it, and the rate-vs-p99 curve (what `validate` measures)."""
+    max_rps = replica.max_sustainable_rate(slo_p99_ms)
+    return {
+        "max_rps": round(max_rps, 1),
+        "p99_ms": round(replica.p99_ms(max_rps * LOAD_FRACTION), 3),
+        "at_rps": round(max_rps * LOAD_FRACTION, 1),
+        "curve": replica.curve(max_rps),
     }

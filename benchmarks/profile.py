@@ -29,9 +29,11 @@ def profile(
     sweep: str | None = None,
     repeats: int = 20,
     warmup: int = 3,
+    sizes: dict[str, int] | None = None,
 ) -> dict:
     """Median and spread of engine latency at each batch size (powers of two up to the serving
-    max_batch_size), other dims at their opt size; with `sweep`, also at several sizes of that dim."""
+    max_batch_size), other dims at their opt size or at `sizes` (e.g. the token count of the requests a
+    benchmark sends); with `sweep`, also at several sizes of that dim."""
     version_dir = Path(version_dir)
     manifest = json.loads((version_dir / "manifest.json").read_text())
     rng = np.random.default_rng(0)
@@ -40,6 +42,12 @@ def profile(
         max_batch = manifest["serving"]["max_batch_size"]
         batches = sorted({min(2**k, max_batch) for k in range(max_batch.bit_length() + 1)})
         base = {d: r.opt for d, r in signature.dims.items()}
+        for dim, size in (sizes or {}).items():
+            if dim not in base or dim == "batch":
+                raise SystemExit(f"--sizes {dim}={size}: not a dynamic dim of {manifest['name']} other than batch")
+            if not signature.dims[dim].min <= size <= signature.dims[dim].max:
+                raise SystemExit(f"--sizes {dim}={size}: outside the engine's range")
+            base[dim] = size
         grid = [{**base, "batch": b} for b in batches]
         if sweep:
             if sweep not in signature.dims or sweep == "batch":

@@ -8,7 +8,7 @@ from pathlib import Path
 CONVERT_TARGET_S = {"minilm": 90.0}
 
 
-def render(results: Path) -> str:
+def render(results: Path, output: Path | None = None) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -58,7 +58,98 @@ def render(results: Path) -> str:
     serving = results / "serving.json"
     if serving.exists():
         lines += _serving(json.loads(serving.read_text()))
+    validations = sorted(results.glob("*/validate.json"))
+    if validations:
+        plots = (output.parent if output else results) / "plots"
+        lines += _validation([json.loads(v.read_text()) for v in validations], validations, plots, output)
+    compare = results / "compare.json"
+    if compare.exists():
+        lines += _compare(json.loads(compare.read_text()))
     return "\n".join(lines)
+
+
+def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Path | None) -> list[str]:
+    """Predicted vs measured per model; the plots are copied next to RESULTS.md and linked."""
+    plots.mkdir(parents=True, exist_ok=True)
+    first = reports[0]
+    lines = [
+        "## Capacity planning: predicted vs measured (issue 4)",
+        "",
+        _machine(first["machine"]),
+        "",
+        "Command, per model: `python -m benchmarks validate --model M --slo-p99-ms S --results "
+        "benchmarks/results/M` (part of `make bench`). It profiles the engine in-process, starts the server, "
+        "measures the HTTP path (`calibrate`), predicts with the simulator for each batch limit, restarts "
+        "the server with the best one, then measures open loop (Poisson arrivals, latency from the "
+        f"scheduled send): the highest rate whose p99 stays within the SLO with every request answered "
+        f"200 (bisection, {first['window_s']:.0f} s per probe), and the p99 at 70% of that rate "
+        f"({2 * first['window_s']:.0f} s). The predicted p99 is taken at the same offered rate. "
+        "Targets: max rate within +-15%, p99 within +-25%.",
+        "",
+        "| model (workload) | SLO p99 | config | max rate predicted | measured | error | met "
+        "| p99 at 70% predicted | measured | error | met |",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in reports:
+        p, m, e, met = r["predicted"], r["measured"], r["relative_error"], r["met"]
+        sizes = ", ".join(f"{k}={v}" for k, v in r["workload"]["sizes"].items()) or "fixed shape"
+        lines.append(
+            f"| {r['model']} ({r['workload']['request']}, 1 row, {sizes}) | {r['slo_p99_ms']:g} ms "
+            f"| max_batch_size {r['config']['max_batch_size']}, delay {r['config']['max_queue_delay_ms']:g} ms "
+            f"| {p['max_rps']:.0f} req/s | {m['max_rps']:.0f} req/s | {e['max_rps']:+.1%} "
+            f"| {'yes' if met['max_rps'] else '**no**'} | {p['p99_ms']:.1f} ms | {m['p99_ms']:.1f} ms "
+            f"| {e['p99_ms']:+.1%} | {'yes' if met['p99_ms'] else '**no**'} |"
+        )
+    lines += ["", "What the simulator was given, measured in the same run:", ""]
+    for r in reports:
+        h = r["http"]
+        sat = h["saturation"]
+        lines.append(
+            f"- {r['model']}: event loop {h['per_request_ms']:.3f} ms a request (saturation "
+            f"{sat['rps']:.0f} req/s at {sat['rows_per_engine_call']} rows a call); engine "
+            f"{h['engine_slowdown']:.1f}x slower inside the loaded replica than alone "
+            f"({sat['engine_ms_per_call_served']:.2f} vs {sat['engine_ms_per_call_profiled']:.2f} ms a call); "
+            f"{h['floor_p50_ms']:.2f} ms p50 / {h['floor_p99_ms']:.2f} ms p99 outside the replica "
+            f"(open loop at {h['low_load']['rate']:.0f} req/s)."
+        )
+    lines += [
+        "",
+        "The simulator does not model requests refused by the bounded queue (503) or the CPU that other processes "
+        "take in bursts (Ray's metrics reports every 10 s); both make the measured tail heavier near the maximum.",
+        "",
+    ]
+    for r, path in zip(reports, paths, strict=True):
+        for png in sorted(path.parent.glob(f"{r['model']}-*.png")):
+            target = plots / png.name
+            target.write_bytes(png.read_bytes())
+            link = target.relative_to(output.parent) if output else target
+            lines.append(f"![{png.stem}]({link.as_posix()})")
+        lines.append("")
+    return lines
+
+
+def _compare(data: dict) -> list[str]:
+    lines = [
+        "## Compare: one workload, every contender (issue 4)",
+        "",
+        _machine(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks compare` (part of `make bench`). Workload: {data['workload']}; "
+        f"{data['duration_s']:.0f} s per point. In-process rows are the engine called back to back in one "
+        "thread (no HTTP, no JSON): the ceiling a server can approach. Ratios are requests/s against "
+        "trtserve (ONNX Runtime, HAProxy) at concurrency 32.",
+        "",
+        "| contender | where | req/s | p50 ms | p99 ms | vs trtserve |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in data["table"]:
+        ratio = f"{row['vs_trtserve']:.2f}x" if row["vs_trtserve"] is not None else "-"
+        lines.append(
+            f"| {row['contender']} | {row['where']} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+            f"| {ratio} |"
+        )
+    lines.append("")
+    return lines
 
 
 def _machine(m: dict) -> str:

@@ -44,12 +44,13 @@ def simulate(
     max_batch_size: int = 1,
     replicas: int = 1,
     requests: int = 100_000,
-    overhead_s: float = 0.0,
+    overhead_s: float | np.ndarray = 0.0,
     seed: int = 0,
     warmup_fraction: float = 0.1,
 ) -> SimResult:
-    """Latency of `requests` Poisson arrivals at `rate`/s. `overhead_s` is the per-request cost outside the
-    engine (HTTP, decoding), added to every latency. The first `warmup_fraction` of requests is dropped."""
+    """Latency of `requests` Poisson arrivals at `rate`/s. `overhead_s` is latency added outside the
+    replica's queue (network, ingress, the client): one figure for every request, or measured samples
+    drawn at random per request. The first `warmup_fraction` of requests is dropped."""
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, size=requests))
     queues: list[deque[int]] = [deque() for _ in range(replicas)]
@@ -94,7 +95,11 @@ def simulate(
         if queues[replica]:
             start(replica, done)
     skip = int(requests * warmup_fraction)
-    latencies = finish[skip:] - arrivals[skip:] + overhead_s
+    latencies = finish[skip:] - arrivals[skip:]
+    if np.ndim(overhead_s):
+        latencies = latencies + rng.choice(np.asarray(overhead_s, dtype=float), size=len(latencies))
+    else:
+        latencies = latencies + overhead_s
     return SimResult(rate, latencies, np.array(batches), float(finish[-1] - arrivals[skip]))
 
 
@@ -107,3 +112,74 @@ def profile_service_time(batch_seconds: dict[int, float]) -> ServiceTime:
         return float(np.interp(rows, sizes, seconds))
 
     return service
+
+
+def simulate_replicas(
+    rate: float,
+    engine_time: ServiceTime,
+    loop_s: float,
+    max_batch_size: int,
+    max_delay_s: float,
+    replicas: int = 1,
+    requests: int = 20_000,
+    overhead_s: float | np.ndarray = 0.0,
+    seed: int = 0,
+    warmup_fraction: float = 0.1,
+) -> SimResult:
+    """trtserve's replica as it runs: each request first costs `loop_s` of the replica's event loop (HTTP,
+    decoding, encoding; one request at a time, in arrival order), then joins the batcher's queue; the
+    engine runs in its own thread. When the engine is free it takes what is queued, but while requests are
+    still being decoded and the batch has room it waits for them, up to max_delay_s after the oldest was
+    queued (trtserve's rule: under load something is nearly always being decoded, so the delay is paid).
+    Replicas each get an equal share of the Poisson stream. `overhead_s` as in `simulate`."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, size=requests))
+    owner = rng.integers(0, replicas, size=requests) if replicas > 1 else np.zeros(requests, dtype=int)
+    finish = np.zeros(requests)
+    batches: list[int] = []
+    for replica in range(replicas):
+        index = np.flatnonzero(owner == replica)
+        a = arrivals[index]
+        decoded = np.empty(len(a))
+        free = 0.0
+        for j, t in enumerate(a):  # the event loop: FIFO, one request at a time
+            free = max(free, t) + loop_s
+            decoded[j] = free
+        done = _run_batcher(a, decoded, engine_time, max_batch_size, max_delay_s, rng, batches)
+        finish[index] = done
+    skip = int(requests * warmup_fraction)
+    latencies = finish[skip:] - arrivals[skip:]
+    if np.ndim(overhead_s):
+        latencies = latencies + rng.choice(np.asarray(overhead_s, dtype=float), size=len(latencies))
+    else:
+        latencies = latencies + overhead_s
+    return SimResult(rate, latencies, np.array(batches), float(finish.max() - arrivals[skip]))
+
+
+def _run_batcher(arrived, decoded, engine_time, max_batch, max_delay_s, rng, batches) -> np.ndarray:
+    n = len(arrived)
+    done = np.zeros(n)
+    queue: deque[int] = deque()
+    nxt = 0  # next request not yet in the queue (requests are queued in decode order)
+    now = 0.0  # when the engine is next free
+    while nxt < n or queue:
+        while nxt < n and decoded[nxt] <= now:
+            queue.append(nxt)
+            nxt += 1
+        if not queue:
+            now = decoded[nxt]
+            continue
+        deadline = decoded[queue[0]] + max_delay_s
+        # Wait while a request is being decoded (arrived, not yet queued) and the batch has room.
+        while len(queue) < max_batch and nxt < n and arrived[nxt] <= now and now < deadline:
+            if decoded[nxt] <= deadline:
+                now = decoded[nxt]
+                queue.append(nxt)
+                nxt += 1
+            else:
+                now = deadline
+        members = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
+        batches.append(len(members))
+        now += engine_time(len(members), rng)
+        done[members] = now
+    return done

@@ -1,33 +1,52 @@
+import numpy as np
 import pytest
 
-from benchmarks.plan import max_sustainable_rate, plan
+from benchmarks.plan import HttpPath, Replica, plan, predict
 from benchmarks.profile import batch_seconds
-from benchmarks.simulate import profile_service_time
 
 # 2 ms a call plus 0.5 ms a row: batching pays.
 PROFILE = {1: 0.0025, 2: 0.003, 4: 0.004, 8: 0.006, 16: 0.010}
+HTTP = HttpPath(per_request_s=0.0002, floor_s=np.array([0.001]))
 
 
 def test_max_sustainable_rate_grows_with_batching_and_replicas():
-    service = profile_service_time(PROFILE)
-    one = max_sustainable_rate(service, 1, 1, slo_ms=50, overhead_s=0.001)
-    batched = max_sustainable_rate(service, 16, 1, slo_ms=50, overhead_s=0.001)
-    two = max_sustainable_rate(service, 16, 2, slo_ms=50, overhead_s=0.001)
+    one = Replica(PROFILE, HTTP, 1, 0.0).max_sustainable_rate(50, requests=4000)
+    batched = Replica(PROFILE, HTTP, 16, 0.0).max_sustainable_rate(50, requests=4000)
+    two = Replica(PROFILE, HTTP, 16, 0.0, replicas=2).max_sustainable_rate(50, requests=4000)
     assert one < 400 < batched  # one at a time tops out near 1 / 2.5 ms
     assert two > 1.5 * batched
 
 
+def test_the_event_loop_caps_a_replica():
+    slow_loop = HttpPath(per_request_s=0.002)  # 500 requests/s at most, whatever the batch
+    replica = Replica(PROFILE, slow_loop, 16, 0.0)
+    assert replica.capacity() == pytest.approx(500)
+    assert replica.max_sustainable_rate(50, requests=4000) < 500
+
+
+def test_a_slower_engine_in_the_server_lowers_capacity():
+    slowed = HttpPath(per_request_s=0.0002, engine_slowdown=3.0)
+    assert Replica(PROFILE, slowed, 16, 0.0).capacity() < Replica(PROFILE, HTTP, 16, 0.0).capacity() / 2
+
+
 def test_plan_picks_the_fewest_replicas_meeting_the_slo():
-    result = plan(PROFILE, rate=800, slo_p99_ms=50, http_overhead_ms=0.2, max_replicas=2, requests=2000)
+    result = plan(PROFILE, rate=800, slo_p99_ms=50, http=HTTP, max_replicas=2, delays_ms=(0.0,), requests=2000)
     assert result["plan"]["replicas"] == 1 and result["plan"]["max_batch_size"] >= 4
     assert result["plan"]["p99_ms_at_rate"] <= 50
     assert [p["rps"] for p in result["curve"]] == sorted(p["rps"] for p in result["curve"])
-    harder = plan(PROFILE, rate=2000, slo_p99_ms=50, http_overhead_ms=0.2, max_replicas=3, requests=2000)
+    harder = plan(PROFILE, rate=2000, slo_p99_ms=50, http=HTTP, max_replicas=3, delays_ms=(0.0,), requests=2000)
     assert harder["plan"]["replicas"] >= 2
 
 
 def test_an_impossible_slo_has_no_plan():
-    assert plan(PROFILE, rate=100, slo_p99_ms=1.0, http_overhead_ms=2.0, max_replicas=2, requests=2000)["plan"] is None
+    http = HttpPath(per_request_s=0.002, floor_s=np.array([0.002]))
+    assert plan(PROFILE, rate=100, slo_p99_ms=1.0, http=http, max_replicas=2, requests=2000)["plan"] is None
+
+
+def test_predict_reports_the_p99_at_70_percent():
+    result = predict(Replica(PROFILE, HTTP, 16, 2.0), slo_p99_ms=50)
+    assert result["at_rps"] == pytest.approx(0.7 * result["max_rps"], abs=0.1)
+    assert result["p99_ms"] < 50
 
 
 def test_profile_points_feed_the_planner():

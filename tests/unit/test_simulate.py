@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.simulate import profile_service_time, simulate
+from benchmarks.simulate import profile_service_time, simulate, simulate_replicas
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.8])
@@ -39,3 +39,32 @@ def test_more_replicas_lower_the_tail():
     one = simulate(120, service, max_batch_size=8, replicas=1, requests=20_000)
     two = simulate(120, service, max_batch_size=8, replicas=2, requests=20_000)
     assert two.percentile_ms(99) < one.percentile_ms(99)
+
+
+def test_replica_model_with_a_free_loop_and_no_delay_is_the_batching_queue():
+    # With no event-loop cost and no delay, the replica model is `simulate` with one replica.
+    service = profile_service_time({1: 0.004, 8: 0.012})
+    plain = simulate(300, service, max_batch_size=8, requests=20_000, seed=3)
+    replica = simulate_replicas(300, service, 0.0, 8, 0.0, requests=20_000, seed=3)
+    assert replica.percentile_ms(50) == pytest.approx(plain.percentile_ms(50), rel=0.05)
+    assert replica.percentile_ms(99) == pytest.approx(plain.percentile_ms(99), rel=0.1)
+
+
+def test_replica_event_loop_is_an_md1_queue_when_the_engine_is_free():
+    # Engine time 0: latency is the loop's M/D/1 sojourn, mean d + rho * d / (2 (1 - rho)).
+    d, rho = 0.001, 0.7
+    result = simulate_replicas(rho / d, lambda rows, rng: 0.0, d, 1, 0.0, requests=200_000, seed=4)
+    assert result.mean_s == pytest.approx(d + rho * d / (2 * (1 - rho)), rel=0.05)
+
+
+def test_queue_delay_is_paid_only_while_requests_are_being_decoded():
+    engine = profile_service_time({1: 0.0002, 16: 0.0008})
+    # Light load: a request is rarely being decoded when the engine frees up, so the delay costs ~nothing.
+    light0 = simulate_replicas(50, engine, 0.0005, 16, 0.0, requests=5000)
+    light5 = simulate_replicas(50, engine, 0.0005, 16, 0.005, requests=5000)
+    assert light5.percentile_ms(50) - light0.percentile_ms(50) < 0.5
+    # Heavy load: something is always being decoded, so batches wait and grow.
+    heavy0 = simulate_replicas(1600, engine, 0.0005, 16, 0.0, requests=20_000)
+    heavy5 = simulate_replicas(1600, engine, 0.0005, 16, 0.005, requests=20_000)
+    assert heavy5.batch_sizes.mean() > heavy0.batch_sizes.mean()
+    assert heavy5.percentile_ms(50) > heavy0.percentile_ms(50)

@@ -1,0 +1,115 @@
+"""`python -m benchmarks compare`: one workload against the baselines, side by side in one run.
+
+Workload: the `cnn` demo model, one 1x3x32x32 FP32 image per request as KServe v2 JSON, closed loop at
+concurrency 1 and 32 over loopback. Contenders:
+- raw engine: ONNX Runtime in this process, no server (batch 1, and at the batch size trtserve formed);
+- torch eager in this process, batch 1 (the model rebuilt from its recorded factory);
+- naive Ray Serve + ONNX Runtime (benchmarks/naive_app.py) with Ray's default ingress;
+- trtserve (HAProxy ingress, ONNX Runtime backend), and trtserve with the `torch` backend.
+Each server is started fresh and stopped before the next. Ratios are against trtserve (ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import machine
+from benchmarks.calibrate import model_stats, rows_per_call
+from benchmarks.serving import ROOT, _config, _json_request, _load, ensure_model
+from runtime import load_engine
+from runtime.launch import LocalServe
+
+
+def _in_process(version_dir: Path, backend: str, batch: int, seconds: float) -> dict:
+    x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    with load_engine(version_dir, backend) as engine:
+        for _ in range(20):
+            engine.infer({"image": x})
+        times = []
+        stop = time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            started = time.perf_counter()
+            engine.infer({"image": x})
+            times.append(time.perf_counter() - started)
+    ms = np.array(times) * 1e3
+    return {
+        "rps": round(batch * len(times) / float(np.sum(times)), 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "batch": batch,
+    }
+
+
+def run(repository: Path, results: Path, duration_s: float = 8.0) -> dict:
+    repository = repository.resolve()
+    cnn = ensure_model(repository, ROOT / "configs/models/cnn.yaml")
+    work = Path(tempfile.mkdtemp(prefix="trtserve-compare-"))
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    image = {"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": x.ravel()}
+    rows: dict[str, dict] = {}
+    naive = ("naive Ray Serve + ONNX Runtime", "benchmarks.naive_app:build", {"model": str(cnn / "model.onnx")})
+    torch_models = {"models": [{"name": "cnn", "backend": "torch"}]}
+    servers = (
+        (*naive, "proxy"),
+        (*naive, "haproxy"),
+        ("trtserve (onnxruntime)", "runtime.app:build_app", {"models": [{"name": "cnn"}]}, "haproxy"),
+        ("trtserve (torch eager)", "runtime.app:build_app", torch_models, "haproxy"),
+    )
+    trtserve_batch = 1
+    for label, import_path, args, ingress in servers:
+        if import_path.startswith("runtime."):
+            args = {"repository": str(repository), **args}
+        path = "/" if "naive" in import_path else "/v2/models/cnn/infer"
+        config = _config(work / f"{len(rows)}.yaml", import_path, args)
+        with LocalServe(config, ingress=ingress, log_path=work / f"{len(rows)}.log") as server:
+            request = _json_request(path, [image])
+            before = model_stats(server.url, "cnn") if path != "/" else None
+            c1, c32 = _load(request, 1, duration_s), _load(request, 32, duration_s)
+            entry = {"ingress": ingress, "c1": c1, "c32": c32}
+            if before is not None:
+                entry["rows_per_engine_call"] = round(rows_per_call(before, model_stats(server.url, "cnn")), 2)
+                if label == "trtserve (onnxruntime)":
+                    trtserve_batch = max(1, round(entry["rows_per_engine_call"]))
+        rows[f"{label} [{ingress}]"] = entry
+        print(f"{label}: c1 {c1['rps']} req/s, c32 {c32['rps']} req/s", file=sys.stderr)
+    rows["raw engine, ONNX Runtime, batch 1"] = {"in_process": _in_process(cnn, "onnxruntime", 1, duration_s)}
+    rows[f"raw engine, ONNX Runtime, batch {trtserve_batch}"] = {
+        "in_process": _in_process(cnn, "onnxruntime", trtserve_batch, duration_s)
+    }
+    rows["raw torch eager, batch 1"] = {"in_process": _in_process(cnn, "torch", 1, duration_s)}
+    reference = rows["trtserve (onnxruntime) [haproxy]"]["c32"]["rps"]
+    table = []
+    for label, entry in rows.items():
+        if "in_process" in entry:
+            best = entry["in_process"]
+            table.append({"contender": label, "where": "in process, no HTTP", **_figures(best, reference)})
+        else:
+            for c in ("c32", "c1"):
+                where = f"HTTP, {entry['ingress']} ingress, concurrency {c[1:]}"
+                table.append({"contender": label, "where": where, **_figures(entry[c], reference)})
+    report = {
+        "benchmark": "compare",
+        "machine": machine.describe(),
+        "workload": "cnn, one 1x3x32x32 FP32 image per request, KServe v2 JSON, closed loop",
+        "duration_s": duration_s,
+        "runs": rows,
+        "table": table,
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _figures(summary: dict, reference: float | None) -> dict:
+    return {
+        "rps": summary["rps"],
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
+        "vs_trtserve": round(summary["rps"] / reference, 2) if reference else None,
+    }

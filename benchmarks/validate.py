@@ -1,0 +1,204 @@
+"""`python -m benchmarks validate`: predict a replica's capacity under a p99 SLO, then measure it.
+
+1. Profile the engine in-process at the sizes the workload sends (no server running).
+2. Start the server (or use `--url`), measure the HTTP path (`benchmarks.calibrate`).
+3. Predict with the simulator (`benchmarks.plan.predict`) for each batch limit; the one with the highest
+   predicted max rate is the recommended config, and the server is restarted with it if it differs.
+4. Measure, open loop with Poisson arrivals, latency from the schedule: the highest rate whose p99 stays
+   within the SLO with every request answered 200 (bisection), then the p99 at 70% of that rate.
+5. Write DIR/validate.json: `predicted` and `measured`, each with `max_rps` and `p99_ms`; and the plots.
+
+The p99 is compared at one offered rate, 70% of the measured max, so the latency prediction is judged on
+the same load as the measurement (the prediction at 70% of its own max rate is recorded too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import urllib.request
+from contextlib import nullcontext
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from benchmarks import calibrate, load, machine
+from benchmarks.http_load import open_loop
+from benchmarks.plan import LOAD_FRACTION, HttpPath, Replica, predict
+from benchmarks.profile import batch_seconds, profile
+
+TARGETS = {"max_rps": 0.15, "p99_ms": 0.25}
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+
+
+def workload_sizes(version_dir: Path) -> dict[str, int]:
+    """The non-batch sizes of what `load.request_body` sends: the sentence's token count for models that
+    take text, 16 for any other dynamic dim."""
+    from runtime.preprocessing import load as load_preprocessing
+    from runtime.signature import Signature
+
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    signature = Signature.from_manifest(manifest)
+    tokenize = load_preprocessing(version_dir, manifest, signature)
+    if tokenize is not None:
+        ids = tokenize(np.array([SENTENCE.encode()], dtype=object))["input_ids"]
+        seq = signature.input("input_ids").shape[1]
+        return {seq: ids.shape[1]} if isinstance(seq, str) else {}
+    return {d: 16 for d in signature.dims if d != "batch"}
+
+
+def _takes_text(version_dir: Path) -> bool:
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    return "tokenizer" in (manifest.get("preprocessing") or {})
+
+
+def sustained(host: str, port: int, request: bytes, rate: float, slo_ms: float, window_s: float) -> dict:
+    """One open-loop probe. Sustained: p99 within the SLO, every request answered 200, and answers keep up
+    with the schedule. Send lag is recorded but does not fail a probe: latency counts from the schedule,
+    so a generator that falls behind is charged in the latency anyway."""
+    summary = asyncio.run(open_loop(host, port, request, rate, window_s)).summary()
+    misses = []
+    if summary["p99_ms"] > slo_ms:
+        misses.append(f"p99 {summary['p99_ms']:.1f} ms")
+    if set(summary["statuses"]) != {"200"}:
+        misses.append(f"statuses {summary['statuses']}")
+    if summary["achieved_rps"] < 0.95 * summary["scheduled_rps"]:
+        misses.append(f"answered {summary['achieved_rps']:.0f}/s of {summary['scheduled_rps']:.0f}/s scheduled")
+    return {"rate": round(rate, 1), "sustained": not misses, "misses": misses, **summary}
+
+
+def measure_max_rate(host, port, request, slo_ms: float, low: float, high: float, window_s: float, iterations=6):
+    """Bisection between `low` (assumed sustainable, checked) and `high` on open-loop probes."""
+    probes = []
+    first = sustained(host, port, request, low, slo_ms, window_s)
+    probes.append(first)
+    if not first["sustained"]:
+        return 0.0, probes
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        probe = sustained(host, port, request, middle, slo_ms, window_s)
+        probes.append(probe)
+        verdict = "sustained" if probe["sustained"] else "not sustained: " + "; ".join(probe["misses"])
+        print(f"  {middle:.0f} req/s: p99 {probe['p99_ms']:.1f} ms, {verdict}", file=sys.stderr)
+        low, high = (middle, high) if probe["sustained"] else (low, middle)
+    return low, probes
+
+
+def _server_batching(url: str, model: str) -> tuple[int, float]:
+    """max_batch_size and max_queue_delay_ms of the running model (Triton's config)."""
+    with urllib.request.urlopen(f"{url}/v2/models/{model}/config", timeout=10) as response:
+        config = json.loads(response.read())
+    delay_us = config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0)
+    return int(config["max_batch_size"]), float(delay_us) / 1e3
+
+
+def validate(
+    version_dir: Path,
+    slo_p99_ms: float,
+    results: Path,
+    url: str | None = None,
+    window_s: float = 10.0,
+) -> dict:
+    from benchmarks.serving import HOST, PORT, _config
+    from runtime.launch import LocalServe
+
+    version_dir = Path(version_dir).resolve()
+    model = json.loads((version_dir / "manifest.json").read_text())["name"]
+    sizes = workload_sizes(version_dir)
+    engine_profile = profile(version_dir, sizes=sizes)
+    seconds = batch_seconds(engine_profile)
+    work = Path(tempfile.mkdtemp(prefix="trtserve-validate-"))
+
+    def server(max_batch_size: int | None):
+        if url:
+            return nullcontext()
+        spec = {"name": model, **({"max_batch_size": max_batch_size} if max_batch_size else {})}
+        args = {"repository": str(version_dir.parent.parent), "models": [spec]}
+        return LocalServe(_config(work / f"{model}.yaml", "runtime.app:build_app", args), log_path=work / "serve.log")
+
+    base = url or f"http://{HOST}:{PORT}"
+    parsed = urlparse(base)
+    host, port = parsed.hostname, parsed.port or 80
+    with server(None):
+        body, headers = load.request_body(base, model, 1, text=SENTENCE)
+        request = load.build(base, f"/v2/models/{model}/infer", body, headers)
+        http_report = calibrate.calibrate(base, host, port, model, request, seconds, window_s=min(window_s, 8.0))
+        calibrate.write(http_report, results)
+        http = HttpPath.from_report(http_report)
+        running_batch, delay_ms = _server_batching(base, model)
+        options = [running_batch] if url else sorted(seconds)
+        predictions = {b: predict(Replica(seconds, http, b, delay_ms), slo_p99_ms) for b in options}
+        best = max(options, key=lambda b: (predictions[b]["max_rps"], -b))
+        print(f"{model}: recommended max_batch_size {best}: {predictions[best]['max_rps']} req/s", file=sys.stderr)
+        restart = best != running_batch
+        if not restart:
+            measured = _measure(host, port, request, slo_p99_ms, http_report, window_s)
+    if restart:
+        with server(best):
+            measured = _measure(host, port, request, slo_p99_ms, http_report, window_s)
+    prediction = predictions[best]
+    # The prediction at the rate the p99 was measured at.
+    at_measured = Replica(seconds, http, best, delay_ms).simulate(measured["at_rps"])
+    predicted = {
+        "max_rps": prediction["max_rps"],
+        "p99_ms": round(at_measured.percentile_ms(99), 3),
+        "at_rps": measured["at_rps"],
+        "p99_ms_at_own_70pct": prediction["p99_ms"],
+        "latency_quantiles_ms": [round(at_measured.percentile_ms(q), 3) for q in range(1, 100)],
+        "curve": prediction["curve"],
+    }
+    errors = {k: round((predicted[k] - measured[k]) / measured[k], 4) for k in TARGETS}
+    report = {
+        "benchmark": "validate",
+        "model": model,
+        "version": version_dir.name,
+        "machine": machine.describe(),
+        "slo_p99_ms": slo_p99_ms,
+        "workload": {"request": "text" if _takes_text(version_dir) else "tensor", "sizes": sizes, "rows": 1},
+        "config": {"replicas": 1, "max_batch_size": best, "max_queue_delay_ms": delay_ms, "url": base},
+        "window_s": window_s,
+        "predicted": predicted,
+        "measured": measured,
+        "relative_error": errors,
+        "met": {k: abs(errors[k]) <= TARGETS[k] for k in TARGETS},
+        "http": {k: v for k, v in http_report.items() if k != "floor_samples_ms"},
+        "profile": engine_profile,
+        "predicted_by_batch_limit": {str(b): p["max_rps"] for b, p in predictions.items()},
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "validate.json").write_text(json.dumps(report, indent=1) + "\n")
+    from benchmarks import plots
+
+    plots.validation(report, results)
+    return report
+
+
+def _measure(host, port, request, slo_ms, http_report, window_s) -> dict:
+    ceiling = http_report["saturation"]["rps"]
+    max_rps, probes = measure_max_rate(host, port, request, slo_ms, 0.2 * ceiling, 1.2 * ceiling, window_s)
+    if not max_rps:
+        low = probes[0]
+        raise SystemExit(
+            f"even {low['rate']:.0f} req/s (a fifth of the closed-loop maximum) is not sustained within p99 "
+            f"<= {slo_ms:g} ms: {'; '.join(low['misses'])}"
+        )
+    at = round(max_rps * LOAD_FRACTION, 1)
+    result = asyncio.run(open_loop(host, port, request, at, 2 * window_s, seed=7))
+    summary = result.summary()
+    latencies = result.latencies_ms[result.statuses == 200]
+    return {
+        "max_rps": round(max_rps, 1),
+        "p99_ms": summary["p99_ms"],
+        "at_rps": at,
+        "achieved_rps": summary["achieved_rps"],
+        "statuses": summary["statuses"],
+        "send_lag_p99_ms": summary["send_lag_p99_ms"],
+        "latency_quantiles_ms": [round(float(np.percentile(latencies, q)), 3) for q in range(1, 100)],
+        "probes": [
+            {k: p[k] for k in ("rate", "achieved_rps", "p50_ms", "p99_ms", "send_lag_p99_ms", "sustained", "misses")}
+            for p in probes
+        ],
+    }
