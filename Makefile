@@ -51,6 +51,7 @@ bench: models
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks validate --model cnn --slo-p99-ms 50 --repository $(REPOSITORY) --results benchmarks/results/cnn
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks validate --model minilm --slo-p99-ms 100 --repository $(REPOSITORY) --results benchmarks/results/minilm
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks compare --repository $(REPOSITORY) --results benchmarks/results
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks autoscale --repository $(REPOSITORY) --results benchmarks/results
 	$(PY) -m benchmarks report --results benchmarks/results --output benchmarks/RESULTS.md
 
 clean:

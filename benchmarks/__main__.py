@@ -1,4 +1,4 @@
-"""python -m benchmarks convert|serving|profile|calibrate|plan|validate|compare|load|generator|report ..."""
+"""python -m benchmarks convert|serving|profile|calibrate|plan|validate|compare|autoscale|load|generator|report"""
 
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ def main() -> None:
     co.add_argument("--repository", type=Path, default=Path("model_repository"))
     co.add_argument("--duration", type=float, default=8.0, help="seconds measured per load point")
     co.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    au = sub.add_parser("autoscale", help="issue 5's ramp: memory-aware autoscaling of cnn under 10%%->200%% load")
+    au.add_argument("--repository", type=Path, default=Path("model_repository"))
+    au.add_argument("--ramp", type=float, default=30.0, help="seconds from 10%% to 200%% of one replica")
+    au.add_argument("--hold", type=float, default=30.0, help="seconds held at 200%%")
+    au.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     lo = sub.add_parser("load", help="closed-loop concurrency or open-loop rate sweep against an endpoint")
     lo.add_argument("--url", default="http://127.0.0.1:8000")
     lo.add_argument("--model", required=True)
@@ -206,6 +211,10 @@ def main() -> None:
                 f"{row['contender']}, {row['where']}: {row['rps']:.0f} req/s{ratio}, "
                 f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms"
             )
+    elif args.command == "autoscale":
+        from benchmarks import autoscale
+
+        autoscale.run(args.repository, args.results, ramp_s=args.ramp, hold_s=args.hold)
     elif args.command == "serving":
         from benchmarks import serving
 

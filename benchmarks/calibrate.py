@@ -1,15 +1,18 @@
 """`python -m benchmarks calibrate`: what the HTTP path costs, measured against a running server, so that
 `plan` charges a measured figure, not an assumed one.
 
-Two runs of one request kind:
-1. saturation, closed loop at high concurrency: throughput X, b rows per engine call and the engine's
+Three runs of one request kind:
+1. saturation, closed loop at concurrency 32: throughput X, b rows per engine call and the engine's
    time per call T inside the server (its /stats). The replica's event loop, which handles every request
-   one at a time, is the bottleneck there, so it spends per_request = 1/X on each. The engine, in its own
-   thread, shares the CPU with that loop (and with the ingress): it ran T / t(b) times slower than the
-   profile t measured alone (engine_slowdown).
-2. low load, open loop at a tenth of X: each latency minus the time in the replica
-   (per_request + t(1)) is latency added outside it (ingress, loopback, client, waking idle threads);
-   its samples, not just a mean, go into the simulation so the low-load tail is kept.
+   and every engine call one at a time, is the bottleneck there: 1/X = per_request + per_call / b. The
+   engine, in its own thread, shares the CPU with that loop (and with the ingress): it ran T / t(b) times
+   slower than the profile t measured alone (engine_slowdown).
+2. small batches, closed loop at concurrency 4: X' at b' rows a call gives the second equation, so
+   per_request and per_call separate (the cost of an engine call on the loop: stacking, the hand-off,
+   splitting, answering), which is what makes small batches dear.
+3. low load, open loop at a tenth of X: each latency minus the time in the replica is latency added
+   outside it (ingress, loopback, client, waking idle threads); its samples, not just a mean, go into
+   the simulation so the low-load tail is kept.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from benchmarks.http_load import closed_loop, open_loop
 from benchmarks.simulate import profile_service_time
 
 SATURATION_CONCURRENCY = 32
+SMALL_BATCH_CONCURRENCY = 4
 LOW_LOAD_FRACTION = 0.1
 
 
@@ -39,6 +43,18 @@ def rows_per_call(before: dict, after: dict) -> float:
     return (after["inference_count"] - before["inference_count"]) / calls if calls else float("nan")
 
 
+def _closed(url, host, port, model, request, concurrency, window_s):
+    """Throughput, rows per engine call and the engine's seconds per call inside the server."""
+    before = model_stats(url, model)
+    result = asyncio.run(closed_loop(host, port, request, concurrency, window_s, warmup_s=1.0))
+    after = model_stats(url, model)
+    if result.statuses.get(200, 0) != result.completed:
+        raise RuntimeError(f"calibration: the server answered {result.statuses} at concurrency {concurrency}")
+    calls = after["execution_count"] - before["execution_count"]
+    compute_ns = after["inference_stats"]["compute_infer"]["ns"] - before["inference_stats"]["compute_infer"]["ns"]
+    return result.rps, rows_per_call(before, after), compute_ns / calls / 1e9
+
+
 def calibrate(
     url: str,
     host: str,
@@ -50,20 +66,18 @@ def calibrate(
 ) -> dict:
     engine = profile_service_time(batch_seconds)
     asyncio.run(closed_loop(host, port, request, 4, 1.0, warmup_s=0.5))  # connections and caches warm
-    before = model_stats(url, model)
-    saturated = asyncio.run(closed_loop(host, port, request, SATURATION_CONCURRENCY, window_s, warmup_s=1.0))
-    after = model_stats(url, model)
-    if saturated.statuses.get(200, 0) != saturated.completed:
-        raise RuntimeError(f"calibration: the server answered {saturated.statuses} at saturation")
-    rows = rows_per_call(before, after)
-    calls = after["execution_count"] - before["execution_count"]
-    compute_ns = after["inference_stats"]["compute_infer"]["ns"] - before["inference_stats"]["compute_infer"]["ns"]
-    served_call_s = compute_ns / calls / 1e9
-    per_request_s = 1.0 / saturated.rps
-    slowdown = max(1.0, served_call_s / engine(rows, None))
-    low_rate = LOW_LOAD_FRACTION * saturated.rps
+    x_high, rows_high, served_call_s = _closed(url, host, port, model, request, SATURATION_CONCURRENCY, window_s)
+    x_low, rows_low, _ = _closed(url, host, port, model, request, SMALL_BATCH_CONCURRENCY, window_s)
+    # The loop's time per request is per_request + per_call / rows_per_call; two runs with different batch
+    # sizes give both. If they do not separate (same batch size, or noise), it is all per request.
+    per_call_s = 0.0
+    if rows_low < rows_high * 0.7:
+        per_call_s = max(0.0, (1 / x_low - 1 / x_high) / (1 / rows_low - 1 / rows_high))
+    per_request_s = max(1e-6, 1 / x_high - per_call_s / rows_high)
+    slowdown = max(1.0, served_call_s / engine(rows_high, None))
+    low_rate = LOW_LOAD_FRACTION * x_high
     low = asyncio.run(open_loop(host, port, request, low_rate, window_s))
-    in_replica_s = engine(1, None) + per_request_s
+    in_replica_s = engine(1, None) + per_request_s + per_call_s
     floor_s = np.clip(low.completed - low.scheduled - in_replica_s, 0.0, None)
     low_summary = low.summary()
     return {
@@ -73,13 +87,19 @@ def calibrate(
         "machine": machine.describe(),
         "saturation": {
             "concurrency": SATURATION_CONCURRENCY,
-            "rps": round(saturated.rps, 1),
-            "rows_per_engine_call": round(rows, 2),
-            "engine_ms_per_call_profiled": round(engine(rows, None) * 1e3, 4),
+            "rps": round(x_high, 1),
+            "rows_per_engine_call": round(rows_high, 2),
+            "engine_ms_per_call_profiled": round(engine(rows_high, None) * 1e3, 4),
             "engine_ms_per_call_served": round(served_call_s * 1e3, 4),
+        },
+        "small_batches": {
+            "concurrency": SMALL_BATCH_CONCURRENCY,
+            "rps": round(x_low, 1),
+            "rows_per_engine_call": round(rows_low, 2),
         },
         "low_load": {"rate": round(low_rate, 1), **{k: low_summary[k] for k in ("p50_ms", "p99_ms", "statuses")}},
         "per_request_ms": round(per_request_s * 1e3, 4),
+        "per_call_ms": round(per_call_s * 1e3, 4),
         "engine_slowdown": round(slowdown, 3),
         "floor_p50_ms": round(float(np.median(floor_s)) * 1e3, 3),
         "floor_p99_ms": round(float(np.percentile(floor_s, 99)) * 1e3, 3),

@@ -6,7 +6,8 @@ concurrency 1 and 32 over loopback. Contenders:
 - torch eager in this process, batch 1 (the model rebuilt from its recorded factory);
 - naive Ray Serve + ONNX Runtime (benchmarks/naive_app.py) with Ray's default ingress;
 - trtserve (HAProxy ingress, ONNX Runtime backend), and trtserve with the `torch` backend.
-Each server is started fresh and stopped before the next. Ratios are against trtserve (ONNX Runtime).
+Each server is started fresh and stopped before the next. Ratios are requests/s against trtserve (ONNX
+Runtime, HAProxy) at the same concurrency; in-process rows against its concurrency-32 figure.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def run(repository: Path, results: Path, duration_s: float = 8.0) -> dict:
         config = _config(work / f"{len(rows)}.yaml", import_path, args)
         with LocalServe(config, ingress=ingress, log_path=work / f"{len(rows)}.log") as server:
             request = _json_request(path, [image])
+            c1 = _load(request, 1, duration_s)
             before = model_stats(server.url, "cnn") if path != "/" else None
-            c1, c32 = _load(request, 1, duration_s), _load(request, 32, duration_s)
+            c32 = _load(request, 32, duration_s)
             entry = {"ingress": ingress, "c1": c1, "c32": c32}
             if before is not None:
                 entry["rows_per_engine_call"] = round(rows_per_call(before, model_stats(server.url, "cnn")), 2)
@@ -83,16 +85,16 @@ def run(repository: Path, results: Path, duration_s: float = 8.0) -> dict:
         "in_process": _in_process(cnn, "onnxruntime", trtserve_batch, duration_s)
     }
     rows["raw torch eager, batch 1"] = {"in_process": _in_process(cnn, "torch", 1, duration_s)}
-    reference = rows["trtserve (onnxruntime) [haproxy]"]["c32"]["rps"]
+    ours = rows["trtserve (onnxruntime) [haproxy]"]
     table = []
     for label, entry in rows.items():
         if "in_process" in entry:
             best = entry["in_process"]
-            table.append({"contender": label, "where": "in process, no HTTP", **_figures(best, reference)})
+            table.append({"contender": label, "where": "in process, no HTTP", **_figures(best, ours["c32"]["rps"])})
         else:
             for c in ("c32", "c1"):
                 where = f"HTTP, {entry['ingress']} ingress, concurrency {c[1:]}"
-                table.append({"contender": label, "where": where, **_figures(entry[c], reference)})
+                table.append({"contender": label, "where": where, **_figures(entry[c], ours[c]["rps"])})
     report = {
         "benchmark": "compare",
         "machine": machine.describe(),

@@ -18,6 +18,7 @@ class LoadResult:
     statuses: dict[int, int]
     latencies_ms: np.ndarray
     rows: int = 0  # rows (e.g. sentences) in the requests answered 200
+    retried: int = 0  # requests sent again after a kept-alive connection was closed under them
 
     @property
     def rps(self) -> float:
@@ -41,6 +42,7 @@ class LoadResult:
             "p90_ms": round(self.percentile(90), 3),
             "p99_ms": round(self.percentile(99), 3),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "retried": self.retried,
         }
 
 
@@ -72,6 +74,36 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _exchange(host: str, port: int, connection: Connection | None, request: bytes):
+    """Send `request` and read the answer: (status, connection to reuse or None, retried). A keep-alive
+    connection the server closed while it sat idle (an ingress reloading its configuration does that)
+    fails before any answer arrives; like HTTP clients do, the request is then sent once more on a fresh
+    connection, and that is counted. A failure on a fresh connection is the server's: status 0."""
+    for attempt in range(2):
+        reused = connection is not None
+        try:
+            if connection is None:
+                connection = await asyncio.open_connection(host, port)
+            connection[1].write(request)
+            status, _ = await _read_response(connection[0])
+            return status, connection, attempt > 0
+        except asyncio.IncompleteReadError as e:
+            connection[1].close()
+            connection = None
+            if not (reused and not e.partial):
+                break
+        except OSError:
+            if connection is not None:
+                connection[1].close()
+            connection = None
+            if not reused:
+                break
+    return 0, None, False
+
+
 async def closed_loop(
     host: str,
     port: int,
@@ -87,44 +119,43 @@ async def closed_loop(
     rows = rows or [1] * len(requests)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    answered_rows = 0
+    answered_rows = retried = 0
     counter = iter(range(10**12))
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop = measure_from + duration_s
 
     async def worker() -> None:
-        nonlocal answered_rows
-        writer = None
+        nonlocal answered_rows, retried
+        connection = None
         while True:
             sent = time.perf_counter()
             if sent >= stop:
                 break
             index = next(counter) % len(requests)
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(host, port)
-                writer.write(requests[index])
-                status, _ = await _read_response(reader)
-            except (OSError, asyncio.IncompleteReadError):
-                status = 0  # connection refused or dropped: counted, then reconnect
-                if writer is not None:
-                    writer.close()
-                writer = None
-                await asyncio.sleep(0.01)
+            status, connection, again = await _exchange(host, port, connection, requests[index])
+            if status == 0:
+                await asyncio.sleep(0.01)  # connection refused or dropped: counted, then reconnect
             done = time.perf_counter()
             if sent >= measure_from:
                 latencies.append((done - sent) * 1e3)
                 statuses[status] = statuses.get(status, 0) + 1
+                retried += again
                 if status == 200:
                     answered_rows += rows[index]
-        if writer is not None:
-            writer.close()
+        if connection is not None:
+            connection[1].close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = max(time.perf_counter(), stop) - measure_from
     return LoadResult(
-        concurrency, min(seconds, duration_s + 0.5), len(latencies), statuses, np.array(latencies), answered_rows
+        concurrency,
+        min(seconds, duration_s + 0.5),
+        len(latencies),
+        statuses,
+        np.array(latencies),
+        answered_rows,
+        retried,
     )
 
 
@@ -137,6 +168,7 @@ class OpenLoopResult:
     sent: np.ndarray
     completed: np.ndarray
     statuses: np.ndarray  # 0: connection error or timeout
+    retried: int = 0  # requests sent again after a kept-alive connection was closed under them
 
     @property
     def latencies_ms(self) -> np.ndarray:
@@ -162,6 +194,7 @@ class OpenLoopResult:
             **{f"p{q:g}_ms".replace(".", "_"): round(float(np.percentile(lat, q)), 3) for q in (50, 90, 95, 99, 99.9)},
             "send_lag_p99_ms": round(float(np.percentile(lag, 99)), 3),
             "statuses": {str(int(s)): int(c) for s, c in zip(statuses, counts, strict=True)},
+            "retried": self.retried,
         }
         result["generator_behind"] = result["send_lag_p99_ms"] > 2.0
         return result
@@ -198,32 +231,34 @@ async def open_loop(
     )
     idle += [c for c in opened if not isinstance(c, BaseException)]
     open_connections = len(idle)
+    retried = 0
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
 
     async def one(i: int) -> None:
-        nonlocal open_connections
+        nonlocal open_connections, retried
         connection = idle.pop() if idle else None
+        if connection is None:
+            if open_connections >= max_connections:
+                sent[i] = completed[i] = loop.time() - start  # status 0: the generator's own limit
+                return
+            open_connections += 1
+        sent[i] = loop.time() - start
         try:
-            if connection is None:
-                if open_connections >= max_connections:
-                    raise OSError("connection limit reached")
-                open_connections += 1
-                connection = await asyncio.open_connection(host, port)
-            reader, writer = connection
-            sent[i] = loop.time() - start
-            writer.write(requests[i % len(requests)])
-            status, _ = await asyncio.wait_for(_read_response(reader), timeout_s)
-            completed[i] = loop.time() - start
-            statuses[i] = status
-            idle.append(connection)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
-            completed[i] = loop.time() - start
-            if not sent[i]:
-                sent[i] = completed[i]
+            status, connection, again = await asyncio.wait_for(
+                _exchange(host, port, connection, requests[i % len(requests)]), timeout_s
+            )
+        except asyncio.TimeoutError:
             if connection is not None:
                 connection[1].close()
-                open_connections -= 1
+            status, connection, again = 0, None, False
+        completed[i] = loop.time() - start
+        statuses[i] = status
+        retried += again
+        if connection is None:
+            open_connections -= 1
+        else:
+            idle.append(connection)
 
     tasks = []
     for i, due in enumerate(scheduled):
@@ -234,4 +269,4 @@ async def open_loop(
     await asyncio.gather(*tasks)
     for _, writer in idle:
         writer.close()
-    return OpenLoopResult(rate, scheduled, sent, completed, statuses)
+    return OpenLoopResult(rate, scheduled, sent, completed, statuses, retried)

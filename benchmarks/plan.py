@@ -31,6 +31,7 @@ class HttpPath:
     per_request_s: float  # the replica's event-loop time per request
     floor_s: np.ndarray = field(default_factory=lambda: np.zeros(1))  # latency samples outside the replica
     engine_slowdown: float = 1.0  # engine time in a loaded replica / engine time alone
+    per_call_s: float = 0.0  # the replica's event-loop time per engine call
 
     @classmethod
     def read(cls, path: Path) -> HttpPath:
@@ -39,7 +40,12 @@ class HttpPath:
 
     @classmethod
     def from_report(cls, doc: dict) -> HttpPath:
-        return cls(doc["per_request_ms"] / 1e3, np.array(doc["floor_samples_ms"]) / 1e3, doc["engine_slowdown"])
+        return cls(
+            doc["per_request_ms"] / 1e3,
+            np.array(doc["floor_samples_ms"]) / 1e3,
+            doc["engine_slowdown"],
+            doc.get("per_call_ms", 0.0) / 1e3,
+        )
 
     @classmethod
     def fixed(cls, per_request_ms: float) -> HttpPath:
@@ -91,12 +97,14 @@ class Replica:
             requests=requests,
             overhead_s=self.http.floor_s,
             seed=seed,
+            call_s=self.http.per_call_s,
         )
 
     def capacity(self) -> float:
         """Requests/s at full batches: the slower of the event loop and the engine."""
         engine = self.max_batch_size / self.engine()(self.max_batch_size, None)
-        loop = 1.0 / self.http.per_request_s if self.http.per_request_s else float("inf")
+        loop_s = self.http.per_request_s + self.http.per_call_s / self.max_batch_size
+        loop = 1.0 / loop_s if loop_s else float("inf")
         return self.replicas * min(engine, loop)
 
     def p99_ms(self, rate: float, requests: int = SIM_REQUESTS) -> float:

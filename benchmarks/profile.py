@@ -11,6 +11,7 @@ import numpy as np
 
 from benchmarks import machine
 from runtime import load_engine
+from runtime.memory import FootprintMeter
 
 
 def _feed(signature, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -37,6 +38,7 @@ def profile(
     version_dir = Path(version_dir)
     manifest = json.loads((version_dir / "manifest.json").read_text())
     rng = np.random.default_rng(0)
+    meter = FootprintMeter()
     with load_engine(version_dir, backend) as engine:
         signature = engine.signature
         max_batch = manifest["serving"]["max_batch_size"]
@@ -76,7 +78,9 @@ def profile(
                     "rows_per_s": round(sizes["batch"] / float(np.median(ms)) * 1e3, 1),
                 }
             )
-        memory = engine.memory()
+        # The replica's footprint, as a server measures it: after a call at the largest batch and dims.
+        engine.infer(_feed(signature, {d: r.max for d, r in signature.dims.items()} | {"batch": max_batch}, rng))
+        memory = {**engine.memory(), "footprint": meter.finish(engine, max_batch).to_dict()}
         info = {"backend": engine.backend, "precision": engine.precision, "device": engine.device}
     return {
         "benchmark": "profile",

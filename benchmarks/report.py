@@ -65,6 +65,9 @@ def render(results: Path, output: Path | None = None) -> str:
     compare = results / "compare.json"
     if compare.exists():
         lines += _compare(json.loads(compare.read_text()))
+    ramp = results / "autoscale.json"
+    if ramp.exists():
+        lines += _autoscale(json.loads(ramp.read_text()))
     return "\n".join(lines)
 
 
@@ -137,7 +140,7 @@ def _compare(data: dict) -> list[str]:
         f"Command: `python -m benchmarks compare` (part of `make bench`). Workload: {data['workload']}; "
         f"{data['duration_s']:.0f} s per point. In-process rows are the engine called back to back in one "
         "thread (no HTTP, no JSON): the ceiling a server can approach. Ratios are requests/s against "
-        "trtserve (ONNX Runtime, HAProxy) at concurrency 32.",
+        "trtserve (ONNX Runtime, HAProxy) at the same concurrency (in-process rows: against its concurrency 32).",
         "",
         "| contender | where | req/s | p50 ms | p99 ms | vs trtserve |",
         "|---|---|---:|---:|---:|---:|",
@@ -262,3 +265,49 @@ def _serving(data: dict) -> list[str]:
         "",
     ]
     return lines
+
+
+def _autoscale(data: dict) -> list[str]:
+    limit = data["memory_permitted_replicas"]
+    reached = data["reached_limit_after_s"]
+
+    def row(target: str, measured: str, ok: bool) -> str:
+        return f"| {target} | {measured} | {'yes' if ok else '**no**'} |"
+
+    return [
+        "## Memory-aware autoscaling: load ramp (issue 5)",
+        "",
+        _machine(data["machine"]),
+        "",
+        "Command: `python -m benchmarks autoscale` (part of `make bench`). The cnn deployment with "
+        "`autoscaling: {...}` (runtime/autoscaling.py), each replica declared at "
+        f"{data['replica_mb']:.0f} MiB, a budget of {data['memory_budget_mb']:.0f} MiB (memory holds {limit} "
+        f"replicas; Ray's max_replicas is {data['ray_max_replicas']}). Open loop, Poisson: "
+        f"{data['ramp']['from_rps']:.0f} -> {data['ramp']['to_rps']:.0f} req/s over {data['ramp']['seconds']:.0f} s "
+        f"(10% -> 200% of one replica's measured capacity, {data['one_replica_capacity_rps']:.0f} req/s), then "
+        f"{data['hold']['seconds']:.0f} s at {data['hold']['rps']:.0f} req/s.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        row(
+            "replicas reach the memory-permitted maximum within 30 s",
+            f"{limit} reached after {reached} s"
+            if reached is not None
+            else f"not reached (max {data['max_replicas_seen']})",
+            reached is not None and reached <= 30,
+        ),
+        row("never beyond it", f"max seen {data['max_replicas_seen']}", data["max_replicas_seen"] <= limit),
+        row("no replica killed for memory", f"{data['killed_for_memory']} in the logs", data["killed_for_memory"] == 0),
+        row("no request lost (only 200 or 503)", f"statuses {data['statuses']}", data["lost"] == 0),
+        row(
+            f"steady-state p99 within what `plan` predicts for {limit} replicas",
+            f"{data['hold_p99_ms']:.1f} ms vs predicted {data['predicted_p99_ms_for_limit']:.1f} ms",
+            data["hold_p99_ms"] <= data["predicted_p99_ms_for_limit"],
+        ),
+        "",
+        f"Back to one replica {data['back_to_one_after_load_s']:.0f} s after the load ended. On this 2-core "
+        "machine the replicas share the same two cores, so a second or third replica adds no capacity: 200% "
+        "of one replica's capacity is an overload here, answered with 503 by the bounded queues, and `plan`, "
+        "which treats replicas as independent machines, predicts a p99 this machine cannot give.",
+        "",
+    ]

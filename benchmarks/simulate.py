@@ -125,13 +125,15 @@ def simulate_replicas(
     overhead_s: float | np.ndarray = 0.0,
     seed: int = 0,
     warmup_fraction: float = 0.1,
+    call_s: float = 0.0,
 ) -> SimResult:
-    """trtserve's replica as it runs: each request first costs `loop_s` of the replica's event loop (HTTP,
-    decoding, encoding; one request at a time, in arrival order), then joins the batcher's queue; the
-    engine runs in its own thread. When the engine is free it takes what is queued, but while requests are
-    still being decoded and the batch has room it waits for them, up to max_delay_s after the oldest was
-    queued (trtserve's rule: under load something is nearly always being decoded, so the delay is paid).
-    Replicas each get an equal share of the Poisson stream. `overhead_s` as in `simulate`."""
+    """trtserve's replica as it runs. Its event loop does one thing at a time: each request costs it
+    `loop_s` (HTTP, decoding, encoding), in arrival order, before joining the batcher's queue, and each
+    engine call costs it `call_s` (stacking, the hand-off to the engine thread, splitting, answering).
+    The engine runs in its own thread. When the engine is free it takes what is queued, but while requests
+    are still being decoded and the batch has room it waits for them, up to max_delay_s after the oldest
+    was queued (trtserve's rule: under load something is nearly always being decoded, so the delay is
+    paid). Replicas each get an equal share of the Poisson stream. `overhead_s` as in `simulate`."""
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, size=requests))
     owner = rng.integers(0, replicas, size=requests) if replicas > 1 else np.zeros(requests, dtype=int)
@@ -139,14 +141,8 @@ def simulate_replicas(
     batches: list[int] = []
     for replica in range(replicas):
         index = np.flatnonzero(owner == replica)
-        a = arrivals[index]
-        decoded = np.empty(len(a))
-        free = 0.0
-        for j, t in enumerate(a):  # the event loop: FIFO, one request at a time
-            free = max(free, t) + loop_s
-            decoded[j] = free
-        done = _run_batcher(a, decoded, engine_time, max_batch_size, max_delay_s, rng, batches)
-        finish[index] = done
+        loop = _EventLoop(arrivals[index], loop_s)
+        finish[index] = _run_batcher(loop, engine_time, call_s, max_batch_size, max_delay_s, rng, batches)
     skip = int(requests * warmup_fraction)
     latencies = finish[skip:] - arrivals[skip:]
     if np.ndim(overhead_s):
@@ -156,30 +152,59 @@ def simulate_replicas(
     return SimResult(rate, latencies, np.array(batches), float(finish.max() - arrivals[skip]))
 
 
-def _run_batcher(arrived, decoded, engine_time, max_batch, max_delay_s, rng, batches) -> np.ndarray:
+class _EventLoop:
+    """One replica's event loop: decodes requests in arrival order, and runs engine-call work when asked;
+    a decode that could start before that work goes first."""
+
+    def __init__(self, arrived: np.ndarray, loop_s: float) -> None:
+        self.arrived = arrived
+        self.loop_s = loop_s
+        self.decoded = np.full(len(arrived), np.inf)
+        self.free = 0.0  # when the loop is next idle
+        self.next = 0  # the next request to decode
+
+    def decode_through(self, j: int) -> float:
+        """When request j is decoded (decoding every request before it first)."""
+        while self.next <= j:
+            self.free = max(self.free, self.arrived[self.next]) + self.loop_s
+            self.decoded[self.next] = self.free
+            self.next += 1
+        return self.decoded[j]
+
+    def run(self, at: float, seconds: float) -> float:
+        """Work of `seconds` wanted at `at`: returns when it is done."""
+        while self.next < len(self.arrived) and max(self.free, self.arrived[self.next]) < at:
+            self.decode_through(self.next)
+        self.free = max(self.free, at) + seconds
+        return self.free
+
+
+def _run_batcher(loop: _EventLoop, engine_time, call_s, max_batch, max_delay_s, rng, batches) -> np.ndarray:
+    arrived = loop.arrived
     n = len(arrived)
     done = np.zeros(n)
     queue: deque[int] = deque()
     nxt = 0  # next request not yet in the queue (requests are queued in decode order)
     now = 0.0  # when the engine is next free
     while nxt < n or queue:
-        while nxt < n and decoded[nxt] <= now:
+        while nxt < n and loop.decode_through(nxt) <= now:
             queue.append(nxt)
             nxt += 1
         if not queue:
-            now = decoded[nxt]
+            now = loop.decode_through(nxt)
             continue
-        deadline = decoded[queue[0]] + max_delay_s
+        deadline = loop.decoded[queue[0]] + max_delay_s
         # Wait while a request is being decoded (arrived, not yet queued) and the batch has room.
         while len(queue) < max_batch and nxt < n and arrived[nxt] <= now and now < deadline:
-            if decoded[nxt] <= deadline:
-                now = decoded[nxt]
+            if loop.decode_through(nxt) <= deadline:
+                now = loop.decoded[nxt]
                 queue.append(nxt)
                 nxt += 1
             else:
                 now = deadline
         members = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
         batches.append(len(members))
-        now += engine_time(len(members), rng)
+        started = loop.run(now, call_s) if call_s else now
+        now = started + engine_time(len(members), rng)
         done[members] = now
     return done

@@ -15,9 +15,12 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+from runtime import autoscaling
 from runtime.handler import KServeHandler, Telemetry
 from runtime.histograms import CumulativeHistogram, Publisher
 from runtime.host import ModelHost, ModelOptions
+from runtime.memory import gpu_free_total, host_available_bytes, host_rss_bytes
+from runtime.placement import ReplicaNeed, actor_options, cluster_free, measure_replica
 from runtime.repository import version_dir
 
 log = logging.getLogger("trtserve.server")
@@ -33,6 +36,7 @@ _MODEL_KEYS = {
     "max_queue_delay_ms",
     "max_queued_rows",
     "timeout_s",
+    "memory_low_water_mb",
 }
 _APP_KEYS = {
     "repository",
@@ -44,7 +48,24 @@ _APP_KEYS = {
     "max_ongoing_requests",
     "max_queued_requests",
     "log_level",
+    "autoscaling",
+    "placement",
 }
+_AUTOSCALING_KEYS = {
+    "min_replicas",
+    "max_replicas",
+    "initial_replicas",
+    "target_ongoing_requests",
+    "upscale_delay_s",
+    "downscale_delay_s",
+    "look_back_period_s",
+    "hysteresis",
+    "batch_fill_high",
+    "headroom",
+    "memory_budget_mb",
+    "gpu_memory_budget_mb",
+}
+_PLACEMENT_KEYS = {"headroom", "measure", "host_mb", "device_mb"}
 _LATENCY_BUCKETS_S = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
 
 
@@ -70,6 +91,12 @@ class RayTelemetry(Telemetry):
         self.batch = histogram("trtserve_batch_size", "Rows per engine call.", [1, 2, 4, 8, 16, 32, 64, 128, 256])
         self.inflight = Gauge("trtserve_in_flight_requests", "Requests in the replica.", tag_keys=tags)
         self.warmup = Gauge("trtserve_warmup_seconds", "Warm-up time of the model.", tag_keys=tags)
+        self.memory = Gauge(
+            "trtserve_memory_bytes",
+            "Memory the model added to its replica, measured after warm-up at its largest batch "
+            "(kind: host or device).",
+            tag_keys=(*tags, "kind"),
+        )
         self._inflight: dict[tuple[str, str], int] = {}
         self.publisher = Publisher([self.latency, self.queue, self.compute, self.batch], publish_interval_s).start()
 
@@ -97,7 +124,12 @@ class RayTelemetry(Telemetry):
         self.compute.observe(seconds, tags)
 
     def warmed_up(self, host: ModelHost) -> None:
-        self.warmup.set(host.warmup_s or 0.0, self._tags(host))
+        tags = self._tags(host)
+        self.warmup.set(host.warmup_s or 0.0, tags)
+        if host.footprint is not None:
+            self.memory.set(host.footprint.host_bytes, {**tags, "kind": "host"})
+            if host.footprint.device_bytes is not None:
+                self.memory.set(host.footprint.device_bytes, {**tags, "kind": "device"})
 
 
 @serve.deployment(name="trtserve", max_ongoing_requests=512)
@@ -115,6 +147,35 @@ class KServeServer:
             hosts.append(host)
         self.handler = KServeHandler(hosts, max_body_bytes=int(max_body_mb * 2**20), telemetry=telemetry)
         self._telemetry, self._hosts = telemetry, hosts
+        self._last_batches: dict[str, tuple[int, int]] = {}
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """What the memory-aware autoscaling policy reads (runtime/autoscaling.py), per replica."""
+        fills, queued, device = [], 0, 0
+        for host in self._hosts:
+            stats = host.batcher.stats
+            last = self._last_batches.get(host.name, (0, 0))
+            calls, rows = stats.batches - last[0], stats.rows - last[1]
+            self._last_batches[host.name] = (stats.batches, stats.rows)
+            if calls:
+                fills.append(rows / calls / host.max_batch_size)
+            queued += host.batcher.queued_rows
+            if host.footprint and host.footprint.device_bytes:
+                device += host.footprint.device_bytes
+        report = {
+            autoscaling.BATCH_FILL: max(fills) if fills else 0.0,
+            autoscaling.QUEUED_ROWS: float(queued),
+            autoscaling.REPLICA_HOST_BYTES: float(host_rss_bytes() or 0),
+        }
+        available = host_available_bytes()
+        if available is not None:
+            report[autoscaling.HOST_AVAILABLE_BYTES] = float(available)
+        if device:
+            report[autoscaling.REPLICA_DEVICE_BYTES] = float(device)
+            free_total = gpu_free_total()
+            if free_total:
+                report[autoscaling.DEVICE_FREE_BYTES] = float(free_total[0])
+        return report
 
     def __del__(self) -> None:  # Ray Serve calls this when it stops the replica
         self._telemetry.publisher.stop()
@@ -177,6 +238,20 @@ def parse_args(args: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"models[{i}] ({spec['name']}): version must be a positive integer or 'latest'")
         version_dir(repository, spec["name"], version)  # fails now, with the reason, if it does not exist
         parsed.append({**spec, "version": version})
+    for key, allowed in (("autoscaling", _AUTOSCALING_KEYS), ("placement", _PLACEMENT_KEYS)):
+        section = args.get(key)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise ValueError(f"`{key}` must be a mapping of {sorted(allowed)}")
+        bad = set(section) - allowed
+        if bad:
+            raise ValueError(f"{key}: unknown keys {sorted(bad)}; expected some of {sorted(allowed)}")
+    if "autoscaling" in args and ("autoscaling_config" in args or "num_replicas" in args):
+        raise ValueError(
+            "give either `autoscaling` (trtserve's memory-aware policy) or Ray's `autoscaling_config` / "
+            "`num_replicas`, not both"
+        )
     return {**args, "repository": str(repository), "models": parsed}
 
 
@@ -185,12 +260,69 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     options: dict[str, Any] = {
         "max_ongoing_requests": args.get("max_ongoing_requests", 512),
         "max_queued_requests": args.get("max_queued_requests", 1024),
+        # Scale-down drains: a stopping replica gets this long to finish what it holds.
+        "graceful_shutdown_timeout_s": 30,
     }
-    if "autoscaling_config" in args:
+    need = replica_need(args)
+    if need is not None:
+        placement = args.get("placement") or {}
+        options["ray_actor_options"] = actor_options(
+            need, args.get("ray_actor_options"), float(placement.get("headroom", 0.2)), cluster_free()
+        )
+        log.info("replica need %s -> ray_actor_options %s", need.to_dict(), options["ray_actor_options"])
+    elif "ray_actor_options" in args:
+        options["ray_actor_options"] = args["ray_actor_options"]
+    if "autoscaling" in args:
+        options["autoscaling_config"] = autoscaling_config(args["autoscaling"], need)
+    elif "autoscaling_config" in args:
         options["autoscaling_config"] = args["autoscaling_config"]
     else:
         options["num_replicas"] = args.get("num_replicas", 1)
-    if "ray_actor_options" in args:
-        options["ray_actor_options"] = args["ray_actor_options"]
     options["logging_config"] = {"encoding": "JSON", "log_level": args.get("log_level", "INFO")}
     return KServeServer.options(**options).bind(args["repository"], args["models"], args.get("max_body_mb", 64))
+
+
+def replica_need(args: dict[str, Any]) -> ReplicaNeed | None:
+    """What one replica needs: given in `placement` (host_mb, device_mb), else measured in a fresh process
+    (placement.measure, default true). None when ray_actor_options already sets memory (and num_gpus)."""
+    placement = args.get("placement") or {}
+    configured = args.get("ray_actor_options") or {}
+    if "host_mb" in placement:
+        device = placement.get("device_mb")
+        gpu = gpu_free_total() if device is not None else None
+        return ReplicaNeed(
+            int(placement["host_mb"] * 2**20),
+            None if device is None else int(device * 2**20),
+            gpu[1] if gpu else None,
+            {},
+        )
+    if not placement.get("measure", True) or ("memory" in configured and "num_gpus" in configured):
+        return None
+    return measure_replica(Path(args["repository"]), args["models"])
+
+
+def autoscaling_config(spec: dict[str, Any], need: ReplicaNeed | None) -> dict[str, Any]:
+    """Ray's autoscaling_config running trtserve's memory-aware policy (runtime/autoscaling.py)."""
+    ray_keys = (
+        "min_replicas",
+        "max_replicas",
+        "initial_replicas",
+        "upscale_delay_s",
+        "downscale_delay_s",
+        "look_back_period_s",
+        "target_ongoing_requests",
+    )
+    config = {k: spec[k] for k in ray_keys if k in spec}
+    kwargs: dict[str, Any] = {
+        k: spec[k] for k in ("target_ongoing_requests", "hysteresis", "batch_fill_high", "headroom") if k in spec
+    }
+    if "memory_budget_mb" in spec:
+        kwargs["host_budget_bytes"] = int(spec["memory_budget_mb"] * 2**20)
+    if "gpu_memory_budget_mb" in spec:
+        kwargs["device_budget_bytes"] = int(spec["gpu_memory_budget_mb"] * 2**20)
+    if need is not None:
+        kwargs["replica_host_bytes"] = need.host_bytes
+        if need.device_bytes is not None:
+            kwargs["replica_device_bytes"] = need.device_bytes
+    config["policy"] = {"policy_function": "runtime.autoscaling:MemoryAwarePolicy", "policy_kwargs": kwargs}
+    return config

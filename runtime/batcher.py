@@ -109,6 +109,10 @@ class DynamicBatcher:
         # Never zero: with nothing to amortise, equal-sized requests still share a call.
         self.call_cost = max(fixed / per_row * elements_per_row, 1.0)
 
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
     def arriving(self) -> _Arriving:
         """Context manager a handler holds while decoding a request, so the batcher knows one is coming."""
         return _Arriving(self)
@@ -155,7 +159,9 @@ class DynamicBatcher:
 
     def _take(self) -> list[_Item]:
         items, rows = [], 0
-        while self._queue and rows + self._queue[0].work.rows <= self.max_rows:
+        # The first request always goes, even above max_rows: the limit may have stepped down under memory
+        # pressure after it was accepted.
+        while self._queue and (not items or rows + self._queue[0].work.rows <= self.max_rows):
             item = self._queue.popleft()
             self._queued_rows -= item.work.rows
             if item.future.done():  # timed out while queued
@@ -165,7 +171,10 @@ class DynamicBatcher:
         return items
 
     async def _run_items(self, items: list[_Item]) -> None:
-        groups = batching.plan([i.work for i in items], self._buckets, self.max_rows, self.call_cost)
+        if not items:
+            return
+        limit = max(self.max_rows, max(i.work.rows for i in items))
+        groups = batching.plan([i.work for i in items], self._buckets, limit, self.call_cost)
         loop = asyncio.get_running_loop()
         for group in groups:
             members = [items[i] for i in group.members]

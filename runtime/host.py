@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from runtime.batcher import DynamicBatcher
 from runtime.dtypes import from_name
 from runtime.errors import InputError
 from runtime.loader import load_engine
+from runtime.memory import BatchLimiter, Footprint, FootprintMeter, gpu_free_total, host_available_bytes
 from runtime.protocol import InferRequest
 from runtime.signature import TensorSpec
 
@@ -30,6 +32,9 @@ class ModelOptions:
     timeout_s: float = 30.0
     intra_op_threads: int | None = None  # ONNX Runtime threads; default: the replica's CPUs
     spin: bool = False  # ONNX Runtime worker threads spin between calls (lower latency, more CPU)
+    # Below this much available memory (host, or the GPU's for a CUDA engine) the batch limit halves,
+    # back up above twice it. Default: 5% of the host's memory, at least 256 MiB; 0 turns it off.
+    memory_low_water_mb: float | None = None
 
 
 class ModelHost:
@@ -37,6 +42,9 @@ class ModelHost:
         self.options = options or ModelOptions()
         self.version_dir = Path(version_dir)
         ort_options = {"intra_op_threads": self.options.intra_op_threads, "spin": self.options.spin}
+        self._meter = FootprintMeter()
+        self.footprint: Footprint | None = None  # measured by warmup()
+        self.limiter: BatchLimiter | None = None  # set up by warmup()
         self.engine = load_engine(self.version_dir, self.options.backend, self.options.precision, **ort_options)
         self.manifest = manifest = self._read_manifest()
         self.name = manifest["name"]
@@ -102,6 +110,8 @@ class ModelHost:
             self.engine.infer(feed)
         if self.pad and self.max_batch_size > 1:
             self._calibrate(rng)
+        self.footprint = self._meter.finish(self.engine, self.max_batch_size)
+        self.limiter = self._batch_limiter()
         self.warmup_s = time.perf_counter() - started
         self.ready = True
         log.info("%s v%s warmed up in %.2f s on %s", self.name, self.version, self.warmup_s, self.engine)
@@ -164,6 +174,43 @@ class ModelHost:
     def _on_batch(self, rows: int, seconds: float, requests: int) -> None:
         if self.batch_observer:
             self.batch_observer(self, rows, seconds, requests)
+        self.check_memory()
+
+    def _batch_limiter(self) -> BatchLimiter | None:
+        low_mb = self.options.memory_low_water_mb
+        if low_mb == 0:
+            return None
+        if low_mb is None:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            low = max(256 * 2**20, int(0.05 * total))
+        else:
+            low = int(low_mb * 2**20)
+        return BatchLimiter(self.max_batch_size, low)
+
+    def available_memory(self) -> int | None:
+        """What is left where this model allocates: the GPU's free memory for a CUDA engine, else the host's."""
+        if self.engine.device.startswith("cuda"):
+            free_total = gpu_free_total()
+            return free_total[0] if free_total else None
+        return host_available_bytes()
+
+    def check_memory(self, now: float | None = None) -> None:
+        """Under memory pressure the batch limit steps down before an allocation fails (and back up)."""
+        if self.limiter is None:
+            return
+        now = time.monotonic() if now is None else now
+        if not self.limiter.due(now):
+            return
+        changed = self.limiter.update(self.available_memory(), now)
+        if changed:
+            self.batcher.max_rows = changed[1]
+            log.warning(
+                "%s v%s: memory %s; max_batch_size %d -> %d",
+                self.name,
+                self.version,
+                "pressure" if changed[1] < changed[0] else "recovered",
+                *changed,
+            )
 
     def record(self, ok: bool, seconds: float, rows: int = 0) -> None:
         self.counts["success" if ok else "fail"] += 1
@@ -239,8 +286,9 @@ class ModelHost:
             "batch_stats": [
                 {"batch_size": size, "compute_infer": {"count": count}} for size, count in sorted(b.batch_sizes.items())
             ],
-            "memory": self.engine.memory(),
+            "memory": {**self.engine.memory(), "footprint": self.footprint.to_dict() if self.footprint else None},
             "warmup_seconds": self.warmup_s,
+            "max_batch_size": {"configured": self.max_batch_size, "now": self.batcher.max_rows},
         }
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):
-    gpu_skip = None
+    gpu_skip = cuda_skip = None
     for item in items:
         path = Path(str(item.fspath)).relative_to(ROOT).parts
         if "unit" in path:
@@ -27,6 +27,11 @@ def pytest_collection_modifyitems(config, items):
                 gpu_skip = _gpu_missing()
             if gpu_skip:
                 item.add_marker(pytest.mark.skip(reason=gpu_skip))
+        if item.get_closest_marker("cuda"):
+            if cuda_skip is None:
+                cuda_skip = _cuda_missing()
+            if cuda_skip:
+                item.add_marker(pytest.mark.skip(reason=cuda_skip))
 
 
 def _gpu_missing() -> str:
@@ -37,6 +42,16 @@ def _gpu_missing() -> str:
     device, why = probe()
     if device is None:
         return f"requires an NVIDIA GPU ({why})"
+    return ""
+
+
+def _cuda_missing() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "requires torch with CUDA (torch is not installed)"
+    if not torch.cuda.is_available():
+        return f"requires a CUDA device for torch (torch {torch.__version__}: torch.cuda.is_available() is False)"
     return ""
 
 

@@ -6,7 +6,6 @@ then hands over to `_infer_impl`, which only does the work.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from runtime.errors import TrtserveError
+from runtime.memory import host_rss_bytes
 from runtime.signature import Signature
 
 
@@ -58,7 +58,7 @@ class Engine(ABC):
 
     def memory(self) -> dict[str, int | None]:
         """Memory this process holds: host RSS, and device bytes where the backend can tell."""
-        return {"host_rss_bytes": _host_rss_bytes(), "device_bytes": None}
+        return {"host_rss_bytes": host_rss_bytes(), "device_bytes": None}
 
     def close(self) -> None:
         if not self._closed:
@@ -76,11 +76,3 @@ class Engine(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.precision} {self.path} on {self.device}>"
-
-
-def _host_rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None

@@ -70,5 +70,5 @@ class TorchEngine(Engine):
     def memory(self) -> dict[str, int | None]:
         report = super().memory()
         if self._device == "cuda":
-            report["device_bytes"] = int(self._torch.cuda.memory_allocated())
+            report["device_bytes"] = int(self._torch.cuda.memory_reserved())  # what the allocator holds
         return report

@@ -79,3 +79,42 @@ def test_coordinated_omission_is_visible_closed_loop_and_absent_open_loop():
     # Open loop: every request due during the stall is charged from its due time: about a third of them.
     assert np.percentile(opened.latencies_ms, 90) > 300
     assert opened.summary()["p99_ms"] > 600
+
+
+def test_a_keep_alive_connection_closed_while_idle_is_retried_once_and_counted():
+    """An ingress that reloads closes idle keep-alive connections: the next request on one fails before
+    any answer, is sent again on a fresh connection, and counts as retried, not as lost. A server that
+    drops a fresh connection is still an error (status 0)."""
+    import asyncio
+
+    from benchmarks.http_load import build_request, closed_loop, open_loop
+
+    async def main():
+        async def one_answer_then_close(reader, writer):
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            finally:
+                writer.close()  # no Connection: close header: the client finds out on its next request
+
+        async def drop(reader, writer):
+            writer.close()
+
+        closing = await asyncio.start_server(one_answer_then_close, "127.0.0.1", 0)
+        dropping = await asyncio.start_server(drop, "127.0.0.1", 0)
+        port_a, port_b = closing.sockets[0].getsockname()[1], dropping.sockets[0].getsockname()[1]
+        request = build_request("127.0.0.1", port_a, "/", b"{}")
+        closed = await closed_loop("127.0.0.1", port_a, request, 1, 0.5, warmup_s=0.0)
+        opened = await open_loop("127.0.0.1", port_a, request, 50, 0.5)
+        dropped = await closed_loop("127.0.0.1", port_b, request, 1, 0.2, warmup_s=0.0)
+        closing.close()
+        dropping.close()
+        return closed, opened, dropped
+
+    closed, opened, dropped = asyncio.run(main())
+    assert set(closed.statuses) == {200} and closed.retried >= closed.completed - 1 > 0
+    summary = opened.summary()
+    assert summary["statuses"] == {"200": summary["requests"]} and summary["retried"] > 0
+    assert set(dropped.statuses) == {0}

@@ -119,3 +119,21 @@ def test_calibration_turns_two_timings_into_a_call_cost(engine):
     batcher.calibrate(one_row_s=0.001, full_s=0.009, rows=8, elements_per_row=64)
     assert batcher.call_cost == 1.0  # nothing to amortise: still positive, so equal sizes share a call
     batcher.close()
+
+
+def test_a_request_above_a_stepped_down_limit_still_runs(engine):
+    # The batch limit fell (memory pressure) after a 4-row request was accepted: it runs, it is not stuck.
+    async def main():
+        batcher = DynamicBatcher(engine.infer, engine.signature, max_rows=8, max_delay_s=0.0, max_queued_rows=64)
+        batcher.max_rows = 2
+        feeds = [feed(4, 8, 0), feed(1, 8, 1), feed(1, 8, 2)]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(batcher.submit(f, Work(len(f["x"]), {"seq": 8}), 5) for f in feeds)), 10
+        )
+        batcher.close()
+        return feeds, results, batcher.stats
+
+    feeds, results, stats = asyncio.run(main())
+    for f, (outputs, _) in zip(feeds, results, strict=True):
+        np.testing.assert_allclose(outputs["doubled"], f["x"] * 2, rtol=1e-6)
+    assert max(stats.batch_sizes) == 4 and stats.rows == 6

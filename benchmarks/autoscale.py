@@ -1,0 +1,162 @@
+"""`python -m benchmarks autoscale`: issue 5's ramp. The cnn deployment with the memory-aware policy and
+a declared memory budget; open-loop load rising from 10% to 200% of one replica's capacity, then held at
+200%; the replica count sampled twice a second.
+
+Reported: the memory-permitted replica count and how long after the ramp started it was reached, the
+highest count seen (it must not pass the memory limit), replicas killed for memory (Ray's OOM killer in
+the logs), requests lost (anything but 200 or 503), and the p99 of the hold phase beside what
+`benchmarks plan` predicts for that many replicas at that rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import yaml
+
+from benchmarks import machine
+from benchmarks.calibrate import calibrate
+from benchmarks.http_load import build_request, open_loop
+from benchmarks.plan import HttpPath, Replica
+from benchmarks.profile import batch_seconds, profile
+from benchmarks.serving import HOST, PORT, ROOT, ensure_model
+from runtime.launch import LocalServe
+
+APP = "autoscale"
+
+
+def replica_count() -> int:
+    out = subprocess.run(["pgrep", "-f", f"^ray::ServeReplica:{APP}:trtserve"], capture_output=True, text=True)
+    return len(out.stdout.split())
+
+
+def _config(path: Path, repository: Path, replica_mb: float, budget_replicas: int, max_replicas: int) -> Path:
+    args = {
+        "repository": str(repository),
+        "models": [{"name": "cnn"}],
+        "placement": {"host_mb": replica_mb, "headroom": 0.0},
+        "ray_actor_options": {"num_cpus": 0.5},  # so that memory, not Ray's CPU accounting, is the limit
+        "autoscaling": {
+            "min_replicas": 1,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": 4,
+            "upscale_delay_s": 1,
+            "downscale_delay_s": 10,
+            "look_back_period_s": 2,
+            "memory_budget_mb": replica_mb * budget_replicas + replica_mb / 2,
+            "headroom": 0.0,
+        },
+    }
+    doc = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": HOST, "port": PORT},
+        "applications": [{"name": APP, "route_prefix": "/", "import_path": "runtime.app:build_app", "args": args}],
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+async def _ramp(request: bytes, low: float, high: float, ramp_s: float, hold_s: float, step_s: float = 2.0):
+    """Open loop in steps of `step_s` from `low` to `high` requests/s over `ramp_s`, then `hold_s` at `high`."""
+    phases = []
+    steps = max(1, int(ramp_s / step_s))
+    for i in range(steps):
+        rate = low + (high - low) * i / max(1, steps - 1)
+        phases.append(("ramp", rate, await open_loop(HOST, PORT, request, rate, step_s, seed=i)))
+    phases.append(("hold", high, await open_loop(HOST, PORT, request, high, hold_s, seed=99)))
+    return phases
+
+
+def run(repository: Path, results: Path, slo_p99_ms: float = 50.0, ramp_s: float = 30.0, hold_s: float = 30.0):
+    repository = repository.resolve()
+    cnn = ensure_model(repository, ROOT / "configs/models/cnn.yaml")
+    work = Path(tempfile.mkdtemp(prefix="trtserve-autoscale-"))
+    engine_profile = profile(cnn)
+    seconds = batch_seconds(engine_profile)
+    # A cnn replica measures ~200-300 MiB; 600 MiB each and a budget of three keeps the limit independent of
+    # this machine's figures, and Ray's own max_replicas (6) out of the way.
+    replica_mb, budget_replicas, ray_max = 600.0, 3, 6
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    body = orjson.dumps(
+        {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": x.ravel()}]},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    request = build_request(HOST, PORT, "/v2/models/cnn/infer", body, {"Content-Type": "application/json"})
+    config = _config(work / "autoscale.yaml", repository, replica_mb, budget_replicas, ray_max)
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+    with LocalServe(config, log_path=work / "serve.log") as server:
+        url = server.url
+        # One replica's capacity: the closed-loop saturation throughput of the one replica running now,
+        # measured before the policy has had time to add another (5 s).
+        http_report = calibrate(url, HOST, PORT, "cnn", request, seconds, window_s=4.0)
+        capacity = http_report["saturation"]["rps"]
+        deadline = time.monotonic() + 120
+        while replica_count() > 1 and time.monotonic() < deadline:  # let it settle back to one
+            time.sleep(1)
+        started = time.monotonic()
+
+        def watch() -> None:
+            while not stop.is_set():
+                samples.append((round(time.monotonic() - started, 2), replica_count()))
+                time.sleep(0.5)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        phases = asyncio.run(_ramp(request, 0.1 * capacity, 2.0 * capacity, ramp_s, hold_s))
+        ended = time.monotonic() - started
+        deadline = time.monotonic() + 120
+        while replica_count() > 1 and time.monotonic() < deadline:
+            time.sleep(1)
+        down_after = time.monotonic() - started - ended
+        stop.set()
+        watcher.join()
+    log = (work / "serve.log").read_text()
+    statuses: dict[str, int] = {}
+    for _, _, result in phases:
+        for status, count in result.summary()["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    hold = phases[-1][2].summary()
+    limit = budget_replicas
+    reached = next((t for t, n in samples if n >= limit), None)
+    http = HttpPath.from_report(http_report)
+    predicted = Replica(seconds, http, 64, 2.0, replicas=limit).p99_ms(2.0 * capacity)
+    report = {
+        "benchmark": "autoscale",
+        "machine": machine.describe(),
+        "one_replica_capacity_rps": capacity,
+        "ramp": {"from_rps": round(0.1 * capacity, 1), "to_rps": round(2 * capacity, 1), "seconds": ramp_s},
+        "hold": {"rps": round(2 * capacity, 1), "seconds": hold_s, **{k: hold[k] for k in hold if k != "statuses"}},
+        "replica_mb": replica_mb,
+        "memory_budget_mb": replica_mb * budget_replicas + replica_mb / 2,
+        "memory_permitted_replicas": limit,
+        "ray_max_replicas": ray_max,
+        "reached_limit_after_s": reached,
+        "max_replicas_seen": max(n for _, n in samples),
+        "back_to_one_after_load_s": round(down_after, 1),
+        "killed_for_memory": log.count("OutOfMemoryError") + log.count("low on memory"),
+        "statuses": statuses,
+        "lost": sum(v for k, v in statuses.items() if k not in ("200", "503")),
+        "hold_p99_ms": hold["p99_ms"],
+        "predicted_p99_ms_for_limit": round(predicted, 2),
+        "slo_p99_ms": slo_p99_ms,
+        "samples": samples,
+        "phases": [{"phase": p, "rate": round(r, 1), **res.summary()} for p, r, res in phases],
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "autoscale.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(
+        f"replicas reached {report['max_replicas_seen']} (memory limit {limit}) after {reached} s; lost "
+        f"{report['lost']}; hold p99 {hold['p99_ms']:.1f} ms (plan for {limit} replicas: {predicted:.1f} ms)",
+        file=sys.stderr,
+    )
+    return report

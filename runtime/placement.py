@@ -1,0 +1,154 @@
+"""Sizing replicas from the memory they measurably use.
+
+`measure_replica` loads the application's models in a fresh process, the way a replica does (Ray Serve
+imported, each model loaded and warmed up at its largest batch), and reports that process's memory:
+host RSS and, on a GPU, device memory. `actor_options` turns the figure into Ray actor options:
+`memory` (host bytes Ray reserves for the replica) and, on a GPU, a `num_gpus` fraction = device need /
+the GPU's memory, both with headroom; options the config sets are kept as they are. A replica that
+cannot fit anywhere is refused at deploy time with what it needs and what is free.
+
+    python -m runtime.placement REPOSITORY '[{"name": "cnn", "max_batch_size": 64}]'   # prints the JSON
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from runtime.errors import TrtserveError
+
+MiB = 2**20
+
+
+class PlacementError(TrtserveError):
+    """The replica cannot fit: raised at deploy time, with the figures."""
+
+
+@dataclass
+class ReplicaNeed:
+    host_bytes: int  # the replica process after warm-up
+    device_bytes: int | None  # GPU memory of the replica's models; None on the CPU
+    device_total_bytes: int | None  # the GPU's memory, where there is one
+    models: dict[str, dict]  # per model: its footprint
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Free:
+    """What the cluster has for one more replica: the largest node's figures."""
+
+    host_bytes: int | None
+    device_bytes: int | None = None
+
+
+def actor_options(need: ReplicaNeed, configured: dict | None, headroom: float, free: Free | None) -> dict:
+    """Ray actor options for a replica of this need; keys the config sets win. Raises PlacementError
+    when the replica does not fit what is free."""
+    if headroom < 0:
+        raise ValueError("headroom must be >= 0")
+    options = dict(configured or {})
+    host = math.ceil(need.host_bytes * (1.0 + headroom))
+    options.setdefault("memory", host)
+    if need.device_bytes is not None:
+        if not need.device_total_bytes:
+            raise PlacementError(
+                "the replica uses a GPU but the GPU's memory is unknown; set ray_actor_options.num_gpus"
+            )
+        device = need.device_bytes * (1.0 + headroom)
+        # Round up to a hundredth, never to zero: Ray schedules GPUs in fractions.
+        options.setdefault("num_gpus", min(1.0, max(0.01, math.ceil(device / need.device_total_bytes * 100) / 100)))
+    if free is not None:
+        _check_fits(need, options, headroom, free)
+    return options
+
+
+def _check_fits(need: ReplicaNeed, options: dict, headroom: float, free: Free) -> None:
+    wanted = options.get("memory", 0)
+    models = ", ".join(need.models) or "the replica"
+    if free.host_bytes is not None and wanted > free.host_bytes:
+        raise PlacementError(
+            f"{models}: a replica needs {wanted / MiB:.0f} MiB of host memory (measured "
+            f"{need.host_bytes / MiB:.0f} MiB + {headroom:.0%} headroom) but the largest node has "
+            f"{free.host_bytes / MiB:.0f} MiB free; free memory, lower max_batch_size, or set "
+            "ray_actor_options.memory"
+        )
+    if need.device_bytes is not None and free.device_bytes is not None:
+        device = need.device_bytes * (1.0 + headroom)
+        if device > free.device_bytes:
+            raise PlacementError(
+                f"{models}: a replica needs {device / MiB:.0f} MiB of GPU memory (measured "
+                f"{need.device_bytes / MiB:.0f} MiB + {headroom:.0%} headroom) but the GPU has "
+                f"{free.device_bytes / MiB:.0f} MiB free"
+            )
+
+
+def cluster_free() -> Free | None:
+    """The largest free logical `memory` on one alive Ray node (what Ray can still reserve), and this
+    machine's free GPU memory; None when Ray is not running here."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    available = ray.available_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    host = None
+    if len(nodes) == 1:
+        host = int(available.get("memory", 0)) or None
+    elif nodes:  # per-node availability is not in available_resources(); the largest node total bounds it
+        host = int(max(n["Resources"].get("memory", 0) for n in nodes)) or None
+    from runtime.memory import gpu_free_total
+
+    gpu = gpu_free_total()
+    return Free(host, gpu[0] if gpu else None)
+
+
+def measure_replica(repository: Path, models: list[dict], timeout_s: float = 600) -> ReplicaNeed:
+    """The memory of a process holding these models after warm-up, measured in a fresh subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.placement", str(repository), json.dumps(models)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if proc.returncode != 0:
+        raise PlacementError(f"measuring the replica's memory failed: {proc.stderr.strip().splitlines()[-1:]}")
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    return ReplicaNeed(**doc)
+
+
+def _measure_here(repository: Path, models: list[dict]) -> ReplicaNeed:
+    import ray.serve  # noqa: F401 - a replica has Ray Serve imported; count it
+
+    from runtime.cuda_device import probe
+    from runtime.host import ModelHost, ModelOptions
+    from runtime.memory import gpu_process_bytes, host_rss_bytes
+    from runtime.repository import version_dir
+
+    hosts, footprints = [], {}
+    for spec in models:
+        options = ModelOptions(**{k: v for k, v in spec.items() if k not in ("name", "version")})
+        host = ModelHost(version_dir(repository, spec["name"], spec.get("version", "latest")), options)
+        host.warmup()
+        hosts.append(host)
+        footprints[spec["name"]] = host.footprint.to_dict()
+    device = None
+    if any(h.engine.device.startswith("cuda") for h in hosts):
+        device = gpu_process_bytes()
+        if device is None:
+            device = sum(f["device_bytes"] or 0 for f in footprints.values())
+    gpu, _ = probe()
+    return ReplicaNeed(host_rss_bytes() or 0, device, gpu.total_memory if gpu and device else None, footprints)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: " + __doc__.strip().splitlines()[-1].strip())
+    print(json.dumps(_measure_here(Path(sys.argv[1]), json.loads(sys.argv[2])).to_dict()))

@@ -1,0 +1,39 @@
+"""GPU memory accounting with the torch backend (issue 5's GPU path): needs torch with a CUDA device,
+not TensorRT; skipped elsewhere with the reason."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.cuda]
+
+
+def test_torch_cuda_footprint_is_measured(built_repository):
+    import torch
+
+    from runtime.host import ModelHost, ModelOptions
+
+    host = ModelHost(built_repository / "cnn" / "1", ModelOptions(backend="torch", max_batch_size=64))
+    host.warmup()
+    footprint = host.footprint
+    assert host.engine.device == "cuda:0"
+    assert footprint.device_bytes and footprint.device_bytes > 0
+    reserved = torch.cuda.memory_reserved()
+    if footprint.device_method == "nvml-process":
+        assert footprint.device_bytes >= reserved  # NVML also counts the CUDA context
+    else:
+        assert footprint.device_bytes == reserved
+    assert host.stats()["memory"]["footprint"]["device_bytes"] == footprint.device_bytes
+    host.close()
+
+
+def test_replicas_pack_fractionally_on_one_gpu(built_repository):
+    from runtime.placement import actor_options, measure_replica
+
+    need = measure_replica(built_repository, [{"name": "cnn", "backend": "torch", "max_batch_size": 64}])
+    assert need.device_bytes and need.device_total_bytes
+    options = actor_options(need, None, 0.2, None)
+    assert 0 < options["num_gpus"] < 1
+    # As many replicas as Ray would pack on this GPU must fit in its memory, with the headroom.
+    replicas = int(1 / options["num_gpus"])
+    assert replicas * need.device_bytes * 1.2 <= need.device_total_bytes

@@ -1,0 +1,72 @@
+"""Replica sizing: actor options from a measured need, refusal with figures, the app's config surface."""
+
+import pytest
+
+from runtime.placement import Free, PlacementError, ReplicaNeed, actor_options
+
+MiB = 2**20
+GiB = 2**30
+
+
+def cpu_need(host_mb=200):
+    return ReplicaNeed(host_mb * MiB, None, None, {"cnn": {}})
+
+
+def test_memory_is_the_measured_need_plus_headroom():
+    assert actor_options(cpu_need(200), None, 0.25, Free(8 * GiB)) == {"memory": 250 * MiB}
+
+
+def test_gpu_fraction_from_device_memory_rounded_up():
+    need = ReplicaNeed(300 * MiB, 3 * GiB, 80 * GiB, {"minilm": {}})
+    options = actor_options(need, None, 0.2, Free(64 * GiB, 70 * GiB))
+    assert options["num_gpus"] == pytest.approx(0.05)  # 3.6 / 80 = 0.045 -> 0.05
+    tiny = ReplicaNeed(300 * MiB, 10 * MiB, 80 * GiB, {})
+    assert actor_options(tiny, None, 0.0, None)["num_gpus"] == 0.01  # never zero
+
+
+def test_what_the_config_sets_wins():
+    options = actor_options(cpu_need(), {"memory": 1 * GiB, "num_cpus": 2}, 0.2, Free(8 * GiB))
+    assert options == {"memory": 1 * GiB, "num_cpus": 2}
+
+
+def test_a_replica_that_cannot_fit_is_refused_with_figures():
+    with pytest.raises(PlacementError) as e:
+        actor_options(cpu_need(1000), None, 0.2, Free(500 * MiB))
+    message = str(e.value)
+    assert "cnn" in message and "1200 MiB" in message and "500 MiB free" in message and "20% headroom" in message
+    gpu = ReplicaNeed(300 * MiB, 10 * GiB, 16 * GiB, {"big": {}})
+    with pytest.raises(PlacementError, match=r"GPU memory .* 4096 MiB free"):
+        actor_options(gpu, None, 0.0, Free(64 * GiB, 4 * GiB))
+
+
+def test_gpu_need_without_the_gpu_size_is_refused():
+    with pytest.raises(PlacementError, match="num_gpus"):
+        actor_options(ReplicaNeed(100 * MiB, 1 * GiB, None, {}), None, 0.1, None)
+
+
+def test_app_config_surface(built_like_repository):
+    from runtime.app import autoscaling_config, parse_args, replica_need
+
+    base = {"repository": str(built_like_repository), "models": [{"name": "seq"}]}
+    args = parse_args(
+        {**base, "placement": {"host_mb": 300}, "autoscaling": {"max_replicas": 6, "memory_budget_mb": 900}}
+    )
+    need = replica_need(args)
+    assert need.host_bytes == 300 * MiB and need.device_bytes is None
+    config = autoscaling_config(args["autoscaling"], need)
+    assert config["max_replicas"] == 6
+    assert config["policy"]["policy_function"] == "runtime.autoscaling:MemoryAwarePolicy"
+    assert config["policy"]["policy_kwargs"] == {"host_budget_bytes": 900 * MiB, "replica_host_bytes": 300 * MiB}
+    with pytest.raises(ValueError, match="autoscaling: unknown keys"):
+        parse_args({**base, "autoscaling": {"max_replica": 2}})
+    with pytest.raises(ValueError, match="not both"):
+        parse_args({**base, "autoscaling": {}, "num_replicas": 2})
+    assert replica_need(parse_args({**base, "placement": {"measure": False}})) is None
+
+
+@pytest.fixture
+def built_like_repository(tmp_path):
+    from tests.fixtures.artifacts import sequence_model
+
+    sequence_model(tmp_path / "seq" / "1")
+    return tmp_path
