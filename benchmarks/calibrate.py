@@ -9,7 +9,8 @@ Three runs of one request kind:
    slower than the profile t measured alone (engine_slowdown).
 2. small batches, closed loop at concurrency 4: X' at b' rows a call gives the second equation, so
    per_request and per_call separate (the cost of an engine call on the loop: stacking, the hand-off,
-   splitting, answering), which is what makes small batches dear.
+   splitting, answering), which is what makes small batches dear. Only where the loop still limits that
+   run: if the engine at its profiled speed would have been busy more than half of it, per_call is 0.
 3. low load, open loop at a tenth of X: each latency minus the time in the replica is latency added
    outside it (ingress, loopback, client, waking idle threads); its samples, not just a mean, go into
    the simulation so the low-load tail is kept.
@@ -69,9 +70,14 @@ def calibrate(
     x_high, rows_high, served_call_s = _closed(url, host, port, model, request, SATURATION_CONCURRENCY, window_s)
     x_low, rows_low, _ = _closed(url, host, port, model, request, SMALL_BATCH_CONCURRENCY, window_s)
     # The loop's time per request is per_request + per_call / rows_per_call; two runs with different batch
-    # sizes give both. If they do not separate (same batch size, or noise), it is all per request.
+    # sizes give both, when the loop is what limits the second run too. Where the engine is busy most of
+    # that run (a heavy model), the run says nothing about the loop, and where the batch sizes do not
+    # separate, neither: then it is all per request.
+    # Whether the engine, at its own speed (the profile), could have limited that run. Its time inside the
+    # server is no guide: it stretches with whatever else holds the CPU.
+    engine_busy_low = x_low / rows_low * engine(rows_low, None)
     per_call_s = 0.0
-    if rows_low < rows_high * 0.7:
+    if rows_low < rows_high * 0.7 and engine_busy_low < 0.5:
         per_call_s = max(0.0, (1 / x_low - 1 / x_high) / (1 / rows_low - 1 / rows_high))
     per_request_s = max(1e-6, 1 / x_high - per_call_s / rows_high)
     slowdown = max(1.0, served_call_s / engine(rows_high, None))
@@ -96,6 +102,8 @@ def calibrate(
             "concurrency": SMALL_BATCH_CONCURRENCY,
             "rps": round(x_low, 1),
             "rows_per_engine_call": round(rows_low, 2),
+            "engine_busy": round(engine_busy_low, 3),
+            "used": per_call_s > 0,
         },
         "low_load": {"rate": round(low_rate, 1), **{k: low_summary[k] for k in ("p50_ms", "p99_ms", "statuses")}},
         "per_request_ms": round(per_request_s * 1e3, 4),

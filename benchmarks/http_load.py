@@ -75,6 +75,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+NOT_SENT = -1  # open loop: every connection was busy and the limit was reached, so the request never left
 
 
 async def _exchange(host: str, port: int, connection: Connection | None, request: bytes):
@@ -167,7 +168,7 @@ class OpenLoopResult:
     scheduled: np.ndarray  # seconds from the start
     sent: np.ndarray
     completed: np.ndarray
-    statuses: np.ndarray  # 0: connection error or timeout
+    statuses: np.ndarray  # 0: connection error or timeout; -1 (NOT_SENT): the generator ran out of connections
     retried: int = 0  # requests sent again after a kept-alive connection was closed under them
 
     @property
@@ -196,7 +197,7 @@ class OpenLoopResult:
             "statuses": {str(int(s)): int(c) for s, c in zip(statuses, counts, strict=True)},
             "retried": self.retried,
         }
-        result["generator_behind"] = result["send_lag_p99_ms"] > 2.0
+        result["generator_behind"] = result["send_lag_p99_ms"] > 2.0 or bool((self.statuses == NOT_SENT).any())
         return result
 
 
@@ -240,7 +241,8 @@ async def open_loop(
         connection = idle.pop() if idle else None
         if connection is None:
             if open_connections >= max_connections:
-                sent[i] = completed[i] = loop.time() - start  # status 0: the generator's own limit
+                sent[i] = completed[i] = loop.time() - start
+                statuses[i] = NOT_SENT  # the generator's own connection limit: not the server's doing
                 return
             open_connections += 1
         sent[i] = loop.time() - start

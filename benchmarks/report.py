@@ -108,7 +108,8 @@ def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Pat
         h = r["http"]
         sat = h["saturation"]
         lines.append(
-            f"- {r['model']}: event loop {h['per_request_ms']:.3f} ms a request (saturation "
+            f"- {r['model']}: event loop {h['per_request_ms']:.3f} ms a request and {h.get('per_call_ms', 0):.3f} ms "
+            f"an engine call (saturation "
             f"{sat['rps']:.0f} req/s at {sat['rows_per_engine_call']} rows a call); engine "
             f"{h['engine_slowdown']:.1f}x slower inside the loaded replica than alone "
             f"({sat['engine_ms_per_call_served']:.2f} vs {sat['engine_ms_per_call_profiled']:.2f} ms a call); "
@@ -298,7 +299,12 @@ def _autoscale(data: dict) -> list[str]:
         ),
         row("never beyond it", f"max seen {data['max_replicas_seen']}", data["max_replicas_seen"] <= limit),
         row("no replica killed for memory", f"{data['killed_for_memory']} in the logs", data["killed_for_memory"] == 0),
-        row("no request lost (only 200 or 503)", f"statuses {data['statuses']}", data["lost"] == 0),
+        row(
+            "no request lost (only 200 or 503)",
+            f"statuses {data['statuses']}"
+            + (f" ({data['not_sent']} not sent: the generator's connection limit)" if data.get("not_sent") else ""),
+            data["lost"] == 0,
+        ),
         row(
             f"steady-state p99 within what `plan` predicts for {limit} replicas",
             f"{data['hold_p99_ms']:.1f} ms vs predicted {data['predicted_p99_ms_for_limit']:.1f} ms",
@@ -307,7 +313,16 @@ def _autoscale(data: dict) -> list[str]:
         "",
         f"Back to one replica {data['back_to_one_after_load_s']:.0f} s after the load ended. On this 2-core "
         "machine the replicas share the same two cores, so a second or third replica adds no capacity: 200% "
-        "of one replica's capacity is an overload here, answered with 503 by the bounded queues, and `plan`, "
-        "which treats replicas as independent machines, predicts a p99 this machine cannot give.",
+        "of one replica's capacity is an overload of the machine, and `plan`, which treats replicas as "
+        "independent machines, predicts a p99 this machine cannot give. "
+        + (
+            "No 503s: the overload waited ahead of the replicas' bounded queues (most likely in Ray's HAProxy, "
+            "which holds requests beyond the replicas' `max_ongoing_requests`; not verified) and showed as seconds "
+            "of latency, and the "
+            f"load generator, on the same cores, fell behind and ran out of connections ({data.get('not_sent', 0)} "
+            "requests not sent)."
+            if not data["statuses"].get("503")
+            else f"{data['statuses']['503']} requests were refused with 503 by the bounded queues."
+        ),
         "",
     ]

@@ -153,28 +153,36 @@ def simulate_replicas(
 
 
 class _EventLoop:
-    """One replica's event loop: decodes requests in arrival order, and runs engine-call work when asked;
-    a decode that could start before that work goes first."""
+    """One replica's event loop, non-preemptive, one task at a time: request decodes in arrival order,
+    and engine-call work when the batcher asks for it; a decode that started first finishes first."""
 
     def __init__(self, arrived: np.ndarray, loop_s: float) -> None:
         self.arrived = arrived
         self.loop_s = loop_s
         self.decoded = np.full(len(arrived), np.inf)
         self.free = 0.0  # when the loop is next idle
-        self.next = 0  # the next request to decode
+        self.next = 0  # the next request not yet decoded
 
-    def decode_through(self, j: int) -> float:
-        """When request j is decoded (decoding every request before it first)."""
-        while self.next <= j:
+    def commit_until(self, t: float) -> None:
+        """Decode every request whose decode starts at or before t."""
+        n = len(self.arrived)
+        while self.next < n and max(self.free, self.arrived[self.next]) <= t:
             self.free = max(self.free, self.arrived[self.next]) + self.loop_s
             self.decoded[self.next] = self.free
             self.next += 1
-        return self.decoded[j]
+
+    def peek(self, j: int) -> float:
+        """When request j would be decoded if no engine-call work came first."""
+        if j < self.next:
+            return self.decoded[j]
+        free = self.free
+        for k in range(self.next, j + 1):
+            free = max(free, self.arrived[k]) + self.loop_s
+        return free
 
     def run(self, at: float, seconds: float) -> float:
-        """Work of `seconds` wanted at `at`: returns when it is done."""
-        while self.next < len(self.arrived) and max(self.free, self.arrived[self.next]) < at:
-            self.decode_through(self.next)
+        """Engine-call work of `seconds` wanted at `at`: returns when it is done."""
+        self.commit_until(at)
         self.free = max(self.free, at) + seconds
         return self.free
 
@@ -187,17 +195,20 @@ def _run_batcher(loop: _EventLoop, engine_time, call_s, max_batch, max_delay_s, 
     nxt = 0  # next request not yet in the queue (requests are queued in decode order)
     now = 0.0  # when the engine is next free
     while nxt < n or queue:
-        while nxt < n and loop.decode_through(nxt) <= now:
+        loop.commit_until(now)
+        while nxt < loop.next and loop.decoded[nxt] <= now:
             queue.append(nxt)
             nxt += 1
         if not queue:
-            now = loop.decode_through(nxt)
+            now = max(now, loop.peek(nxt))
             continue
         deadline = loop.decoded[queue[0]] + max_delay_s
         # Wait while a request is being decoded (arrived, not yet queued) and the batch has room.
         while len(queue) < max_batch and nxt < n and arrived[nxt] <= now and now < deadline:
-            if loop.decode_through(nxt) <= deadline:
-                now = loop.decoded[nxt]
+            ready = loop.peek(nxt)
+            if ready <= deadline:
+                now = max(now, ready)
+                loop.commit_until(now)
                 queue.append(nxt)
                 nxt += 1
             else:

@@ -68,3 +68,15 @@ def test_queue_delay_is_paid_only_while_requests_are_being_decoded():
     heavy5 = simulate_replicas(1600, engine, 0.0005, 16, 0.005, requests=20_000)
     assert heavy5.batch_sizes.mean() > heavy0.batch_sizes.mean()
     assert heavy5.percentile_ms(50) > heavy0.percentile_ms(50)
+
+
+def test_engine_call_work_on_the_loop_makes_small_batches_dear():
+    # Loop: 0.3 ms a request, 0.5 ms an engine call (before the call runs); engine: 2 ms a call of any size.
+    # One request a call carries at most 1 / 2.5 ms = 400/s; batches carry 1000/s.
+    engine = profile_service_time({1: 0.002, 16: 0.002})
+    one = simulate_replicas(1000, engine, 0.0003, 1, 0.0, requests=20_000, call_s=0.0005)
+    batched = simulate_replicas(1000, engine, 0.0003, 16, 0.0, requests=20_000, call_s=0.0005)
+    assert one.percentile_ms(99) > 500  # over capacity: the queue grows
+    assert batched.percentile_ms(99) < 20 and batched.batch_sizes.mean() > 2
+    light = simulate_replicas(50, engine, 0.0003, 16, 0.0, requests=5000, call_s=0.0005)
+    assert light.percentile_ms(50) == pytest.approx(2.8, abs=0.05)  # decode + call work + engine
