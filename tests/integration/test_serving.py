@@ -271,22 +271,27 @@ def test_metrics_are_exported_by_model_and_version(client):
     client.infer("cnn", [cnn_input(np.zeros((1, 3, 32, 32), np.float32), True)])
     ports = [p.read_text().strip() for p in Path("/tmp/ray/session_latest").glob("metrics_export_port_*")]
     assert ports, "Ray wrote no metrics export port"
-    deadline = time.monotonic() + 60
-    text = ""
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        if "ray_trtserve_requests_total{" in text and 'model="cnn"' in text:
-            break
-        time.sleep(2)
-    for name in (
+    names = [
         "trtserve_requests_total",
         "trtserve_request_latency_seconds_bucket",
         "trtserve_compute_latency_seconds_bucket",
         "trtserve_batch_size_bucket",
         "trtserve_warmup_seconds",
-    ):
+        "trtserve_memory_bytes",
+    ]
+    # Counters go out with Ray's next report; histograms are published by the replica once a second and
+    # then go out with the report after that.
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        if all(f"ray_{name}" in text for name in names) and 'model="cnn"' in text:
+            break
+        time.sleep(2)
+    for name in names:
         assert f"ray_{name}" in text, name
+    assert 'le="0.005"' in text and 'kind="host"' in text
     assert 'version="1"' in text
 
 
