@@ -98,7 +98,10 @@ class RayTelemetry(Telemetry):
             tag_keys=(*tags, "kind"),
         )
         self._inflight: dict[tuple[str, str], int] = {}
-        self.publisher = Publisher([self.latency, self.queue, self.compute, self.batch], publish_interval_s).start()
+        self._warm: list[ModelHost] = []
+        self.publisher = Publisher(
+            [self.latency, self.queue, self.compute, self.batch], publish_interval_s, refresh=[self._refresh]
+        ).start()
 
     @staticmethod
     def _tags(host: ModelHost) -> dict[str, str]:
@@ -124,6 +127,14 @@ class RayTelemetry(Telemetry):
         self.compute.observe(seconds, tags)
 
     def warmed_up(self, host: ModelHost) -> None:
+        self._warm.append(host)
+        self._set_model_gauges(host)
+
+    def _refresh(self) -> None:
+        for host in list(self._warm):
+            self._set_model_gauges(host)
+
+    def _set_model_gauges(self, host: ModelHost) -> None:
         tags = self._tags(host)
         self.warmup.set(host.warmup_s or 0.0, tags)
         if host.footprint is not None:

@@ -51,7 +51,7 @@ class CumulativeHistogram:
         self._bucket = gauge(f"{name}_bucket", description, (*tag_keys, "le"))
         self._sum = gauge(f"{name}_sum", f"{description} (sum)", tag_keys)
         self._count = gauge(f"{name}_count", f"{description} (count)", tag_keys)
-        self._series: dict[tuple[tuple[str, str], ...], list] = {}  # tags -> [counts, sum, changed]
+        self._series: dict[tuple[tuple[str, str], ...], list] = {}  # tags -> [counts, sum]
         self._lock = threading.Lock()
 
     def observe(self, value: float, tags: Mapping[str, str]) -> None:
@@ -59,25 +59,21 @@ class CumulativeHistogram:
         with self._lock:
             series = self._series.get(key)
             if series is None:
-                series = self._series[key] = [[0] * (len(self.boundaries) + 1), 0.0, True]
+                series = self._series[key] = [[0] * (len(self.boundaries) + 1), 0.0]
             series[0][bisect_left(self.boundaries, value)] += 1  # le semantics: value <= bound
             series[1] += value
-            series[2] = True
 
     def snapshot(self) -> dict[tuple[tuple[str, str], ...], tuple[list[int], float]]:
         """Cumulative bucket counts (one per bound, +Inf last) and the sum, per tag set."""
         with self._lock:
-            return {key: (_cumulative(counts), total) for key, (counts, total, _) in self._series.items()}
+            return {key: (_cumulative(counts), total) for key, (counts, total) in self._series.items()}
 
     def flush(self) -> None:
-        """Publish the series that changed since the last flush."""
+        """Publish every series, changed or not: a gauge is only as fresh as its last set, and a series
+        left alone can drop out of what the metrics agent reports."""
         with self._lock:
-            changed = []
-            for key, series in self._series.items():
-                if series[2]:
-                    changed.append((key, list(series[0]), series[1]))
-                    series[2] = False
-        for key, counts, total in changed:
+            series = [(key, list(counts), total) for key, (counts, total) in self._series.items()]
+        for key, counts, total in series:
             tags = dict(key)
             cumulative = _cumulative(counts)
             for label, count in zip(self._labels, cumulative, strict=True):
@@ -95,10 +91,17 @@ def _cumulative(counts: list[int]) -> list[int]:
 
 
 class Publisher:
-    """Flushes histograms every `interval_s` from a daemon thread."""
+    """Flushes histograms every `interval_s` from a daemon thread, and calls `refresh` functions (which
+    set other gauges again) at the same pace."""
 
-    def __init__(self, histograms: Sequence[CumulativeHistogram], interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        histograms: Sequence[CumulativeHistogram],
+        interval_s: float = 1.0,
+        refresh: Sequence[Callable[[], None]] = (),
+    ) -> None:
         self._histograms = list(histograms)
+        self._refresh = list(refresh)
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="histogram-publisher", daemon=True)
@@ -117,6 +120,8 @@ class Publisher:
     def flush(self) -> None:
         for histogram in self._histograms:
             histogram.flush()
+        for refresh in self._refresh:
+            refresh()
 
     def stop(self) -> None:
         self._stop.set()

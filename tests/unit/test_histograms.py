@@ -34,7 +34,7 @@ def test_buckets_are_cumulative_with_prometheus_le_semantics():
     assert gauges["lat_seconds_sum"].values[(("model", "cnn"),)] == pytest.approx(3.0535)
 
 
-def test_flush_publishes_only_changed_series_and_keeps_counts_across_flushes():
+def test_every_flush_republishes_every_series_with_cumulative_counts():
     histogram, gauges = make()
     histogram.observe(0.002, {"model": "a"})
     histogram.observe(0.002, {"model": "b"})
@@ -43,7 +43,7 @@ def test_flush_publishes_only_changed_series_and_keeps_counts_across_flushes():
     count.values.clear()
     histogram.observe(0.5, {"model": "a"})
     histogram.flush()
-    assert count.values == {(("model", "a"),): 2}  # b unchanged: not republished; a cumulative
+    assert count.values == {(("model", "a"),): 2, (("model", "b"),): 1}  # b set again, unchanged
     assert histogram.snapshot()[(("model", "b"),)] == ([0, 1, 1, 1], 0.002)
 
 
@@ -53,9 +53,11 @@ def test_labels_and_bad_boundaries():
         make(boundaries=(0.1, 0.01))
 
 
-def test_publisher_flushes_on_stop():
+def test_publisher_flushes_and_refreshes_on_stop():
     histogram, gauges = make()
-    publisher = Publisher([histogram], interval_s=3600).start()
+    refreshed = []
+    publisher = Publisher([histogram], interval_s=3600, refresh=[lambda: refreshed.append(1)]).start()
     histogram.observe(0.01, {"model": "cnn"})
     publisher.stop()
     assert gauges["lat_seconds_count"].values == {(("model", "cnn"),): 1}
+    assert refreshed == [1]

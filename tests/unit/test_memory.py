@@ -50,14 +50,17 @@ class CpuEngine:
 
 
 def test_footprint_is_what_loading_added():
+    import mmap
+
     meter = FootprintMeter()
-    ballast = bytearray(64 * MiB)  # touched: counts in RSS
+    ballast = mmap.mmap(-1, 64 * MiB)  # fresh pages from the kernel, not memory the heap already holds
     for i in range(0, len(ballast), 4096):
-        ballast[i] = 1
+        ballast[i] = 1  # touched: now resident
     footprint = meter.finish(CpuEngine(), max_batch_size=8)
     assert footprint.host_bytes >= 60 * MiB
     assert footprint.device_bytes is None and footprint.device_method == "none"
     assert footprint.to_dict()["max_batch_size"] == 8
+    ballast.close()
 
 
 def test_model_host_steps_its_batch_limit_down_under_pressure(tmp_path, monkeypatch):
