@@ -70,3 +70,21 @@ def built_like_repository(tmp_path):
 
     sequence_model(tmp_path / "seq" / "1")
     return tmp_path
+
+
+def test_the_example_serve_configs_parse(tmp_path):
+    """configs/serve/*.yaml: every app's args pass the same validation `serve run` applies."""
+    import yaml
+
+    from runtime.app import autoscaling_config, parse_args
+    from tests.conftest import ROOT
+    from tests.fixtures.artifacts import sequence_model
+
+    for name in ("cnn", "minilm"):
+        sequence_model(tmp_path / name / "1")
+    for path in sorted((ROOT / "configs/serve").glob("*.yaml")):
+        for app in yaml.safe_load(path.read_text())["applications"]:
+            args = parse_args({**app["args"], "repository": str(tmp_path)})
+            if "autoscaling" in args:
+                policy = autoscaling_config(args["autoscaling"], None)["policy"]
+                assert policy["policy_function"] == "runtime.autoscaling:MemoryAwarePolicy", path
