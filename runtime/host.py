@@ -33,7 +33,7 @@ class ModelOptions:
     intra_op_threads: int | None = None  # ONNX Runtime threads; default: the replica's CPUs
     spin: bool = False  # ONNX Runtime worker threads spin between calls (lower latency, more CPU)
     # Below this much available memory (host, or the GPU's for a CUDA engine) the batch limit halves,
-    # back up above twice it. Default: 5% of the host's memory, at least 256 MiB; 0 turns it off.
+    # back up above twice it. Default: 5% of that memory, at least 256 MiB; 0 turns it off.
     memory_low_water_mb: float | None = None
 
 
@@ -181,7 +181,9 @@ class ModelHost:
         if low_mb == 0:
             return None
         if low_mb is None:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            # 5% of the memory being watched: the GPU's for a CUDA engine, else the host's.
+            gpu = gpu_free_total() if self.engine.device.startswith("cuda") else None
+            total = gpu[1] if gpu else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             low = max(256 * 2**20, int(0.05 * total))
         else:
             low = int(low_mb * 2**20)
