@@ -95,12 +95,15 @@ def simulate(
         if queues[replica]:
             start(replica, done)
     skip = int(requests * warmup_fraction)
-    latencies = finish[skip:] - arrivals[skip:]
-    if np.ndim(overhead_s):
-        latencies = latencies + rng.choice(np.asarray(overhead_s, dtype=float), size=len(latencies))
-    else:
-        latencies = latencies + overhead_s
+    latencies = _with_overhead(finish[skip:] - arrivals[skip:], overhead_s, rng)
     return SimResult(rate, latencies, np.array(batches), float(finish[-1] - arrivals[skip]))
+
+
+def _with_overhead(latencies: np.ndarray, overhead_s: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Latency outside the replica's queue: one figure for all, or measured samples drawn per request."""
+    if np.ndim(overhead_s):
+        return latencies + rng.choice(np.asarray(overhead_s, dtype=float), size=len(latencies))
+    return latencies + overhead_s
 
 
 def profile_service_time(batch_seconds: dict[int, float]) -> ServiceTime:
@@ -144,11 +147,7 @@ def simulate_replicas(
         loop = _EventLoop(arrivals[index], loop_s)
         finish[index] = _run_batcher(loop, engine_time, call_s, max_batch_size, max_delay_s, rng, batches)
     skip = int(requests * warmup_fraction)
-    latencies = finish[skip:] - arrivals[skip:]
-    if np.ndim(overhead_s):
-        latencies = latencies + rng.choice(np.asarray(overhead_s, dtype=float), size=len(latencies))
-    else:
-        latencies = latencies + overhead_s
+    latencies = _with_overhead(finish[skip:] - arrivals[skip:], overhead_s, rng)
     return SimResult(rate, latencies, np.array(batches), float(finish.max() - arrivals[skip]))
 
 

@@ -17,7 +17,7 @@ multi-node cluster the estimate is conservative (a node with no replica yet is n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # Metric names replicas report through record_autoscaling_stats (floats, averaged by Ray over its window).
@@ -56,11 +56,9 @@ class MemoryAwarePolicy:
     device_budget_bytes: int | None = None
     replica_host_bytes: int | None = None  # what placement reserved per replica; replicas' own figure if larger
     replica_device_bytes: int | None = None
-    _last: Decision | None = field(default=None, repr=False)
 
     def __call__(self, ctx) -> tuple[int, dict[str, Any]]:
         decision = self.decide(ctx)
-        self._last = decision
         return decision.replicas, decision.state()
 
     # --- the decision ---------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import orjson
 import pytest
 import yaml
 
+from benchmarks.autoscale import APP, replica_count
 from benchmarks.http_load import build_request, closed_loop
 
 PORT = 8000
@@ -25,11 +25,6 @@ PORT = 8000
 # does not depend on this machine's figures) and the budget holds three: Ray's max_replicas (5) is not
 # what stops it.
 REPLICA_MB, BUDGET_MB, MEMORY_MAX, RAY_MAX = 600, 1900, 3, 5
-
-
-def replica_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "^ray::ServeReplica:autoscale:trtserve"], capture_output=True, text=True)
-    return {int(p) for p in out.stdout.split()}
 
 
 def serve_config(path: Path, repository: Path) -> Path:
@@ -58,7 +53,7 @@ def serve_config(path: Path, repository: Path) -> Path:
                 "proxy_location": "EveryNode",
                 "http_options": {"host": "127.0.0.1", "port": PORT},
                 "applications": [
-                    {"name": "autoscale", "route_prefix": "/", "import_path": "runtime.app:build_app", "args": args}
+                    {"name": APP, "route_prefix": "/", "import_path": "runtime.app:build_app", "args": args}
                 ],
             }
         )
@@ -83,11 +78,11 @@ def test_load_ramp_scales_to_the_memory_limit_and_back(built_repository, tmp_pat
 
     def watch(started: float) -> None:
         while not stop.is_set():
-            counts.append((time.monotonic() - started, len(replica_pids())))
+            counts.append((time.monotonic() - started, replica_count()))
             time.sleep(0.5)
 
     with LocalServe(serve_config(tmp_path / "autoscale.yaml", built_repository), log_path=tmp_path / "serve.log"):
-        assert len(replica_pids()) == 1
+        assert replica_count() == 1
         started = time.monotonic()
         watcher = threading.Thread(target=watch, args=(started,), daemon=True)
         watcher.start()
@@ -95,11 +90,11 @@ def test_load_ramp_scales_to_the_memory_limit_and_back(built_repository, tmp_pat
         heavy = asyncio.run(closed_loop("127.0.0.1", PORT, request, 48, 35.0, warmup_s=0.0))
         load_ended = time.monotonic() - started
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and len(replica_pids()) > 1:
+        while time.monotonic() < deadline and replica_count() > 1:
             time.sleep(1)
         stop.set()
         watcher.join()
-        final = len(replica_pids())
+        final = replica_count()
         log = (tmp_path / "serve.log").read_text()
 
     during = [n for t, n in counts if t <= load_ended]
