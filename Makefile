@@ -10,7 +10,7 @@ EXTRAS := $(if $(HAS_GPU),gpu,cpu),serve,convert,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run demo test lint bench models clean
+.PHONY: install run demo test lint bench bench-gpu models clean
 
 install: $(STAMP)
 
@@ -52,6 +52,15 @@ bench: models
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks validate --model minilm --slo-p99-ms 100 --repository $(REPOSITORY) --results benchmarks/results/minilm
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks compare --repository $(REPOSITORY) --results benchmarks/results
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks autoscale --repository $(REPOSITORY) --results benchmarks/results
+	$(PY) -m benchmarks report --results benchmarks/results --output benchmarks/RESULTS.md
+
+# Where torch sees a CUDA device: issue 5's GPU figures (torch backend) into $(GPU_RESULTS); `report` renders
+# every benchmarks/measured/*/ directory into RESULTS.md.
+GPU_RESULTS ?= benchmarks/measured/gpu
+bench-gpu: models
+	$(PY) -m benchmarks profile $(REPOSITORY)/cnn/1 --backend torch --results $(GPU_RESULTS)
+	$(PY) -m benchmarks pack --model cnn --backend torch --max-replicas 8 --duration 10 --pressure \
+		--repository $(REPOSITORY) --results $(GPU_RESULTS)
 	$(PY) -m benchmarks report --results benchmarks/results --output benchmarks/RESULTS.md
 
 clean:

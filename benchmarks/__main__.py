@@ -1,4 +1,4 @@
-"""python -m benchmarks convert|serving|profile|calibrate|plan|validate|compare|autoscale|load|generator|report"""
+"""python -m benchmarks convert|serving|profile|calibrate|plan|validate|compare|autoscale|pack|load|generator|report"""
 
 from __future__ import annotations
 
@@ -65,6 +65,16 @@ def main() -> None:
     au.add_argument("--ramp", type=float, default=30.0, help="seconds from 10%% to 200%% of one replica")
     au.add_argument("--hold", type=float, default=30.0, help="seconds held at 200%%")
     au.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    pk = sub.add_parser("pack", help="how many replicas of a model fit this machine (GPU or host), then run that many")
+    pk.add_argument("--model", required=True)
+    pk.add_argument("--repository", type=Path, default=Path("model_repository"))
+    pk.add_argument("--backend", default="auto")
+    pk.add_argument("--max-batch-size", type=int)
+    pk.add_argument("--headroom", type=float, default=0.2)
+    pk.add_argument("--max-replicas", type=int, default=8, help="run at most this many even if more fit")
+    pk.add_argument("--duration", type=float, default=10.0, help="seconds every replica runs full batches")
+    pk.add_argument("--pressure", action="store_true", help="GPU only: also check the batch step-down")
+    pk.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     lo = sub.add_parser("load", help="closed-loop concurrency or open-loop rate sweep against an endpoint")
     lo.add_argument("--url", default="http://127.0.0.1:8000")
     lo.add_argument("--model", required=True)
@@ -101,6 +111,48 @@ def main() -> None:
                 f"(p10 {point['p10_ms']:.3f}, p90 {point['p90_ms']:.3f}), {point['rows_per_s']:.0f} rows/s"
             )
         print(f"memory: {report['memory']}; written to {out}")
+    elif args.command == "pack":
+        from benchmarks.packing import pack, pressure
+        from runtime.errors import TrtserveError
+        from runtime.repository import version_dir
+
+        try:
+            report = pack(
+                args.repository,
+                args.model,
+                args.backend,
+                args.max_batch_size,
+                args.headroom,
+                args.max_replicas,
+                args.duration,
+            )
+            if args.pressure:
+                report["pressure"] = pressure(
+                    version_dir(args.repository, args.model),
+                    args.backend,
+                    report["need"]["models"][args.model]["max_batch_size"],
+                )
+        except TrtserveError as e:
+            raise SystemExit(f"pack: {e}") from None
+        args.results.mkdir(parents=True, exist_ok=True)
+        out = args.results / f"pack-{args.model}.json"
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        need = report["need"]
+        resource = report["resource"]
+        per = need["device_bytes"] if resource == "gpu" else need["host_bytes"]
+        print(
+            f"{args.model} ({report['backend']}): a replica uses {per / 2**20:.0f} MiB of {resource} memory; "
+            f"options {report['actor_options']}; {report['replicas_fit']} fit, ran {report['replicas_run']}: "
+            f"{len(report['workers'])} finished, {report['rows_per_s_total']:.0f} rows/s together"
+        )
+        for failure in report["failures"]:
+            print(f"  a replica failed: {failure}")
+        if "pressure" in report:
+            p = report["pressure"]
+            print(f"pressure: max_batch_size {p['configured']} -> {p['under_pressure']} -> {p['recovered']}")
+        print(f"written to {out}")
+        if report["failures"]:
+            raise SystemExit(1)
     elif args.command == "plan":
         from benchmarks.plan import HttpPath, plan
         from benchmarks.profile import batch_seconds

@@ -68,7 +68,102 @@ def render(results: Path, output: Path | None = None) -> str:
     ramp = results / "autoscale.json"
     if ramp.exists():
         lines += _autoscale(json.loads(ramp.read_text()))
+    for directory in sorted(MEASURED.glob("*/")):
+        lines += _gpu_measured(directory)
     return "\n".join(lines)
+
+
+# Runs on machines `make bench` does not have (a lent GPU), kept in the repository with their machine.
+MEASURED = Path(__file__).parent / "measured"
+
+
+def _alone(directory: Path, model: str, batch: int) -> str:
+    path = directory / f"profile-{model}.json"
+    if not path.exists():
+        return "no profile for one replica alone"
+    points = [q for q in json.loads(path.read_text())["points"] if q["batch"] == batch]
+    return f"one replica alone: {points[0]['rows_per_s']:.0f}" if points else "no profile at that batch"
+
+
+def _gpu_measured(directory: Path) -> list[str]:
+    """Issue 5's GPU path: the torch backend's CUDA memory accounting, fractional packing and step-down."""
+    packs = sorted(directory.glob("pack-*.json"))
+    if not packs:
+        return []
+    MiB = 2**20
+    lines = [f"## GPU memory and packing, torch backend (measured on `{directory.name}`, not this machine)", ""]
+    first = json.loads(packs[0].read_text())
+    lines += [
+        _machine(first["machine"]),
+        "",
+        "Run there with `python -m benchmarks profile VERSION_DIR --backend torch` and",
+        "`python -m benchmarks pack --model M --backend torch --max-replicas 8 --duration 10 --pressure`",
+        f"(files in `benchmarks/measured/{directory.name}/`). The image had no TensorRT and no onnxruntime-gpu,",
+        "so these are torch eager figures; no TensorRT figure is quoted anywhere.",
+        "",
+    ]
+    for path in packs:
+        pack = json.loads(path.read_text())
+        model = pack["model"]
+        need = pack["need"]
+        footprint = need["models"][model]
+        gpu = pack["gpu"] or {}
+        dropped = (pack["free_before_bytes"] or 0) - (pack["free_lowest_bytes"] or 0)
+        predicted = pack["replicas_run"] * (need["device_bytes"] or 0)
+        profile_path = directory / f"profile-{model}.json"
+        lines += [
+            f"### {model} on {gpu.get('name', 'the GPU')} ({(gpu.get('total_bytes') or 0) / 2**30:.0f} GiB)",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            f"| replica's GPU memory after warm-up at batch {footprint['max_batch_size']} "
+            f"({footprint['device_method']}) | {need['device_bytes'] / MiB:.0f} MiB |",
+        ]
+        if profile_path.exists():
+            reserved = json.loads(profile_path.read_text())["memory"].get("device_bytes")
+            if reserved is not None:
+                lines.append(
+                    f"| torch's `memory_reserved()` in the same kind of process | {reserved / MiB:.0f} MiB "
+                    "(the rest is the CUDA context, which only NVML's per-process figure counts) |"
+                )
+        lines += [
+            f"| replica's host RSS | {need['host_bytes'] / MiB:.0f} MiB |",
+            f"| Ray options derived (headroom {pack['headroom']:.0%}) | `{pack['actor_options']}` |",
+            f"| replicas that fit (1 / num_gpus) | {pack['replicas_fit']} |",
+            f"| replicas run at once | {pack['replicas_run']}, {len(pack['workers'])} finished, "
+            f"{len(pack['failures'])} failed |",
+            f"| GPU memory they took, from the device's free memory | {dropped / MiB:.0f} MiB "
+            f"(predicted {predicted / MiB:.0f} MiB = {pack['replicas_run']} x the measured need) |",
+            f"| rows/s, all replicas together (batch {footprint['max_batch_size']}, {pack['duration_s']:.0f} s) | "
+            f"{pack['rows_per_s_total']:.0f} ({_alone(directory, model, footprint['max_batch_size'])}) |",
+        ]
+        if "pressure" in pack:
+            p = pack["pressure"]
+            lines.append(
+                f"| batch limit with free GPU memory under the low-water mark ({p['low_water_bytes'] / MiB:.0f} MiB),"
+                f" then after it was freed | {p['configured']} -> {p['under_pressure']} -> {p['recovered']} |"
+            )
+        lines.append("")
+        if profile_path.exists():
+            profile = json.loads(profile_path.read_text())
+            lines += [
+                f"Engine latency against batch size, one process alone ({profile['backend']} on {profile['device']}):",
+                "",
+                "| batch | median ms | p10 ms | p90 ms | rows/s |",
+                "|---:|---:|---:|---:|---:|",
+            ]
+            lines += [
+                f"| {q['batch']} | {q['median_ms']:.3f} | {q['p10_ms']:.3f} | {q['p90_ms']:.3f} "
+                f"| {q['rows_per_s']:.0f} |"
+                for q in profile["points"]
+            ]
+            lines.append("")
+    tests = directory / "pytest.txt"
+    if tests.exists():
+        outcomes = [line.split(maxsplit=1) for line in tests.read_text().splitlines() if "::" in line]
+        cuda = [f"`{test.split('::')[-1].split()[0]}` {status}" for status, test in outcomes if "gpu_memory" in test]
+        lines += [f"The `cuda`-marked tests, run there: {'; '.join(cuda)}.", ""]
+    return lines
 
 
 def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Path | None) -> list[str]:

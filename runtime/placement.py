@@ -12,6 +12,7 @@ cannot fit anywhere is refused at deploy time with what it needs and what is fre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -125,7 +126,9 @@ def measure_replica(repository: Path, models: list[dict], timeout_s: float = 600
 
 
 def _measure_here(repository: Path, models: list[dict]) -> ReplicaNeed:
-    import ray.serve  # noqa: F401 - a replica has Ray Serve imported; count it
+    # A replica has Ray Serve imported: count it (where Ray is installed; `benchmarks pack` may run without).
+    with contextlib.suppress(ImportError):
+        import ray.serve  # noqa: F401
 
     from runtime.cuda_device import probe
     from runtime.host import ModelHost, ModelOptions

@@ -79,6 +79,15 @@ def built_repository(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cnn_repository(tmp_path_factory) -> Path:
+    """A repository with the cnn alone: what the GPU tests need, also where MiniLM's weights are not installed."""
+    repo = tmp_path_factory.mktemp("cnn_repository")
+    proc = run_convert("build", "configs/models/cnn.yaml", "--repository", repo)
+    assert proc.returncode == 0, proc.stderr
+    return repo
+
+
+@pytest.fixture(scope="session")
 def server(built_repository, tmp_path_factory):
     """The demo models on real Ray Serve, on loopback, behind the default (HAProxy) ingress.
 

@@ -8,12 +8,12 @@ import pytest
 pytestmark = [pytest.mark.cuda]
 
 
-def test_torch_cuda_footprint_is_measured(built_repository):
+def test_torch_cuda_footprint_is_measured(cnn_repository):
     import torch
 
     from runtime.host import ModelHost, ModelOptions
 
-    host = ModelHost(built_repository / "cnn" / "1", ModelOptions(backend="torch", max_batch_size=64))
+    host = ModelHost(cnn_repository / "cnn" / "1", ModelOptions(backend="torch", max_batch_size=64))
     host.warmup()
     footprint = host.footprint
     assert host.engine.device == "cuda:0"
@@ -27,13 +27,22 @@ def test_torch_cuda_footprint_is_measured(built_repository):
     host.close()
 
 
-def test_replicas_pack_fractionally_on_one_gpu(built_repository):
+def test_replicas_pack_fractionally_on_one_gpu(cnn_repository):
     from runtime.placement import actor_options, measure_replica
 
-    need = measure_replica(built_repository, [{"name": "cnn", "backend": "torch", "max_batch_size": 64}])
+    need = measure_replica(cnn_repository, [{"name": "cnn", "backend": "torch", "max_batch_size": 64}])
     assert need.device_bytes and need.device_total_bytes
     options = actor_options(need, None, 0.2, None)
     assert 0 < options["num_gpus"] < 1
     # As many replicas as Ray would pack on this GPU must fit in its memory, with the headroom.
     replicas = int(1 / options["num_gpus"])
     assert replicas * need.device_bytes * 1.2 <= need.device_total_bytes
+
+
+def test_batch_limit_steps_down_under_gpu_memory_pressure(cnn_repository):
+    from benchmarks.packing import pressure
+
+    result = pressure(cnn_repository / "cnn" / "1", "torch", 64)
+    assert result["under_pressure"] < result["configured"] == 64
+    assert result["recovered"] == 64
+    assert min(step["free_bytes"] for step in result["steps"]) < result["low_water_bytes"]

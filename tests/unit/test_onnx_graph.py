@@ -5,6 +5,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convert import onnx_graph
 
+# What onnx >= 1.16 and every ONNX Runtime we support load (a newer onnx would write an IR ORT refuses).
+IR_VERSION = 10
+
 
 def tiny_model(nodes, outputs=("out0",), inputs=("a",), width=3) -> onnx.ModelProto:
     graph = helper.make_graph(
@@ -14,7 +17,7 @@ def tiny_model(nodes, outputs=("out0",), inputs=("a",), width=3) -> onnx.ModelPr
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", width]) for n in outputs],
         initializer=[numpy_helper.from_array(np.ones(width, np.float32), "one")],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
 
 
 def run(model, feed):
