@@ -1,12 +1,13 @@
 """`python -m benchmarks calibrate`: what the HTTP path costs, measured against a running server, so that
 `plan` charges a measured figure, not an assumed one.
 
-Three runs of one request kind:
+Four runs of one request kind:
 1. saturation, closed loop at concurrency 32: throughput X, b rows per engine call and the engine's
-   time per call T inside the server (its /stats). The replica's event loop, which handles every request
-   and every engine call one at a time, is the bottleneck there: 1/X = per_request + per_call / b. The
-   engine, in its own thread, shares the CPU with that loop (and with the ingress): it ran T / t(b) times
-   slower than the profile t measured alone (engine_slowdown).
+   time per call T inside the server (its /stats `compute_infer`, timed in the engine's thread). The
+   replica's event loop, which handles every request and every engine call one at a time, is the
+   bottleneck there: 1/X = per_request + per_call / b. The engine, in its own thread, shares the CPU with
+   that loop (and with the ingress): it ran T / t(b) times slower than the profile t measured alone
+   (engine_slowdown).
 2. small batches, closed loop at concurrency 4: X' at b' rows a call gives the second equation, so
    per_request and per_call separate (the cost of an engine call on the loop: stacking, the hand-off,
    splitting, answering), which is what makes small batches dear. Only where the loop still limits that
@@ -14,6 +15,13 @@ Three runs of one request kind:
 3. low load, open loop at a tenth of X: each latency minus the time in the replica is latency added
    outside it (ingress, loopback, client, waking idle threads); its samples, not just a mean, go into
    the simulation so the low-load tail is kept.
+4. stalls, open loops at a quarter and at half of X: times the loop could not run at all (the CPU or the
+   GIL taken by something else: Ray's own threads and daemons, the ingress, the client). Each shows as a
+   burst of requests sent close together that all took far longer than the run's median; the burst's
+   worst excess over the median is the stall's length. They grow with the load (on this 2-core machine,
+   from 2 a second of ~7 ms at a quarter of X to longer ones at half), so both runs are kept and `plan`
+   interpolates between them, and extrapolates beyond. They are where the tail near capacity comes from:
+   a 20 ms stall at 90% load takes long to drain.
 """
 
 from __future__ import annotations
@@ -32,6 +40,27 @@ from benchmarks.simulate import profile_service_time
 SATURATION_CONCURRENCY = 32
 SMALL_BATCH_CONCURRENCY = 4
 LOW_LOAD_FRACTION = 0.1
+STALL_LOAD_FRACTIONS = (0.25, 0.5)
+STALL_GAP_S = 0.02  # requests sent closer than this belong to the same stall
+
+
+def stalls(scheduled_s: np.ndarray, latencies_ms: np.ndarray, engine_ms: float = 0.0) -> list[float]:
+    """Stall lengths (ms) in an open-loop run: bursts of requests, each sent within STALL_GAP_S of the
+    last, whose latency is over max(3 x median, median + 5 ms, median + 2 full engine calls (`engine_ms`
+    each): waiting for a call or two is queueing, not a stall); a burst's length is its worst latency
+    minus the median (the request that came first into a stall waited all of it)."""
+    median = float(np.median(latencies_ms))
+    slow = np.flatnonzero(latencies_ms > max(3 * median, median + 5.0, median + 2 * engine_ms))
+    order = slow[np.argsort(scheduled_s[slow])]
+    lengths: list[float] = []
+    last = -np.inf
+    for i in order:
+        if scheduled_s[i] - last < STALL_GAP_S and lengths:
+            lengths[-1] = max(lengths[-1], float(latencies_ms[i]) - median)
+        else:
+            lengths.append(float(latencies_ms[i]) - median)
+        last = scheduled_s[i]
+    return lengths
 
 
 def model_stats(url: str, model: str) -> dict:
@@ -52,6 +81,7 @@ def _closed(url, host, port, model, request, concurrency, window_s):
     if result.statuses.get(200, 0) != result.completed:
         raise RuntimeError(f"calibration: the server answered {result.statuses} at concurrency {concurrency}")
     calls = after["execution_count"] - before["execution_count"]
+    # The engine alone, timed in its thread (not the wait for the event loop to hand its results back).
     compute_ns = after["inference_stats"]["compute_infer"]["ns"] - before["inference_stats"]["compute_infer"]["ns"]
     return result.rps, rows_per_call(before, after), compute_ns / calls / 1e9
 
@@ -86,6 +116,22 @@ def calibrate(
     in_replica_s = engine(1, None) + per_request_s + per_call_s
     floor_s = np.clip(low.completed - low.scheduled - in_replica_s, 0.0, None)
     low_summary = low.summary()
+    stall_runs = []
+    for fraction in STALL_LOAD_FRACTIONS:
+        rate = fraction * x_high
+        stalled = asyncio.run(open_loop(host, port, request, rate, 2 * window_s, seed=11))
+        ok = stalled.statuses == 200
+        full_call_ms = engine(max(batch_seconds), None) * slowdown * 1e3
+        lengths = stalls(stalled.scheduled[ok], stalled.latencies_ms[ok], full_call_ms)
+        span = float(np.ptp(stalled.scheduled)) or 1.0
+        stall_runs.append(
+            {
+                "rate": round(rate, 1),
+                "p50_ms": stalled.summary()["p50_ms"],
+                "per_s": round(len(lengths) / span, 3),
+                "lengths_ms": [round(v, 3) for v in lengths],
+            }
+        )
     return {
         "benchmark": "calibrate",
         "model": model,
@@ -112,6 +158,7 @@ def calibrate(
         "floor_p50_ms": round(float(np.median(floor_s)) * 1e3, 3),
         "floor_p99_ms": round(float(np.percentile(floor_s, 99)) * 1e3, 3),
         "floor_samples_ms": [round(float(v) * 1e3, 4) for v in floor_s],
+        "stalls": stall_runs,
     }
 
 

@@ -3,13 +3,14 @@ request rate, predicted by simulating the batcher (benchmarks.simulate) on two m
 
 - the engine's profile (`benchmarks profile`): seconds per engine call at each batch size;
 - the server path (`benchmarks calibrate`): the replica's event-loop time per request (HTTP, decoding,
-  encoding), how much slower the engine runs inside a loaded replica than alone (from the server's own
-  /stats), and the latency added outside the replica (ingress, loopback, client) as measured samples.
+  encoding) and per engine call, how much slower the engine runs inside a loaded replica than alone (from
+  the server's own /stats), the latency added outside the replica (ingress, loopback, client) as measured
+  samples, and the event loop's stalls at two loads.
 
-The simulation is `benchmarks.simulate.simulate_replicas`: the event loop, then the batcher's rule
-(including max_queue_delay), then the engine. Replicas are simulated as independent (each with its own
-cores or GPU); on one small machine they share the CPU, which is not modelled, so plans for this machine
-are made for one replica.
+The simulation is `benchmarks.simulate.simulate_replicas`: the event loop's tasks in order (decoding,
+engine-call hand-off and hand-back), the batcher's rule (including max_queue_delay), the engine, stalls.
+Replicas are simulated as independent (each with its own cores or GPU); on one small machine they share
+the CPU, which is not modelled, so plans for this machine are made for one replica.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from benchmarks.simulate import profile_service_time, simulate_replicas
 
-SIM_REQUESTS = 8000
+SIM_REQUESTS = 20_000
 LOAD_FRACTION = 0.7  # validate compares p99 at this fraction of the max sustainable rate
 
 
@@ -32,6 +33,27 @@ class HttpPath:
     floor_s: np.ndarray = field(default_factory=lambda: np.zeros(1))  # latency samples outside the replica
     engine_slowdown: float = 1.0  # engine time in a loaded replica / engine time alone
     per_call_s: float = 0.0  # the replica's event-loop time per engine call
+    # When the replica's event loop could not run at all, measured at some rates: (rate, stalls a second,
+    # stall lengths in seconds), as `calibrate` found them.
+    stalls: list[tuple[float, float, np.ndarray]] = field(default_factory=list)
+
+    def stalls_at(self, rate: float) -> tuple[float, np.ndarray]:
+        """Stalls a second and their lengths at `rate`. Two measurements are interpolated linearly in the
+        rate (and extrapolated, never below zero): the share of time the loop was stalled, and the mean
+        stall length; the lengths are the nearer run's, scaled to that mean. (Stalls get longer with load
+        and merge, so their count is derived: share / mean length.)"""
+        if not self.stalls:
+            return 0.0, np.zeros(0)
+        runs = sorted(self.stalls, key=lambda s: s[0])
+        if len(runs) == 1 or runs[0][0] == runs[-1][0] or not all(len(s[2]) for s in runs):
+            return max(runs, key=lambda s: len(s[2]))[1:]
+        (r1, f1, l1), (r2, f2, l2) = runs[0], runs[-1]
+        x = (rate - r1) / (r2 - r1)
+        mean1, mean2 = float(l1.mean()), float(l2.mean())
+        share = max(0.0, f1 * mean1 + x * (f2 * mean2 - f1 * mean1))
+        mean = max(1e-6, mean1 + x * (mean2 - mean1))
+        nearer = l1 if abs(rate - r1) <= abs(rate - r2) else l2
+        return share / mean, nearer * (mean / float(nearer.mean()))
 
     @classmethod
     def read(cls, path: Path) -> HttpPath:
@@ -40,11 +62,13 @@ class HttpPath:
 
     @classmethod
     def from_report(cls, doc: dict) -> HttpPath:
+        runs = doc.get("stalls") or []
         return cls(
             doc["per_request_ms"] / 1e3,
             np.array(doc["floor_samples_ms"]) / 1e3,
             doc["engine_slowdown"],
             doc.get("per_call_ms", 0.0) / 1e3,
+            [(r["rate"], r["per_s"], np.array(r["lengths_ms"]) / 1e3) for r in runs],
         )
 
     @classmethod
@@ -87,6 +111,7 @@ class Replica:
         return lambda rows, rng: profiled(rows, rng) * slowdown
 
     def simulate(self, rate: float, requests: int = SIM_REQUESTS, seed: int = 0):
+        stalls_per_s, stall_s = self.http.stalls_at(rate / self.replicas)
         return simulate_replicas(
             rate,
             self.engine(),
@@ -98,6 +123,8 @@ class Replica:
             overhead_s=self.http.floor_s,
             seed=seed,
             call_s=self.http.per_call_s,
+            stall_rate=stalls_per_s,
+            stall_s=stall_s,
         )
 
     def capacity(self) -> float:

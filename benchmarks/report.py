@@ -209,12 +209,20 @@ def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Pat
             f"{h['engine_slowdown']:.1f}x slower inside the loaded replica than alone "
             f"({sat['engine_ms_per_call_served']:.2f} vs {sat['engine_ms_per_call_profiled']:.2f} ms a call); "
             f"{h['floor_p50_ms']:.2f} ms p50 / {h['floor_p99_ms']:.2f} ms p99 outside the replica "
-            f"(open loop at {h['low_load']['rate']:.0f} req/s)."
+            f"(open loop at {h['low_load']['rate']:.0f} req/s); "
+            + "; ".join(
+                f"at {s['rate']:.0f} req/s {s['per_s']:.2f} stalls a second"
+                + (f", mean {sum(s['lengths_ms']) / len(s['lengths_ms']):.1f} ms" if s["lengths_ms"] else "")
+                for s in h.get("stalls") or []
+            )
+            + "."
         )
     lines += [
         "",
-        "The simulator does not model requests refused by the bounded queue (503) or the CPU that other processes "
-        "take in bursts (Ray's metrics reports every 10 s); both make the measured tail heavier near the maximum.",
+        "Stalls are interpolated in the rate between the two runs that measured them and extrapolated beyond; they "
+        "are few (a handful to a few dozen a run), so both they and the measured maximum vary between runs "
+        "(cnn's measured maximum: 865, 989 and 996 req/s in three runs on 2026-11-28). The simulator does not "
+        "model requests refused by the bounded queue (503).",
         "",
     ]
     for r, path in zip(reports, paths, strict=True):

@@ -129,14 +129,22 @@ def simulate_replicas(
     seed: int = 0,
     warmup_fraction: float = 0.1,
     call_s: float = 0.0,
+    stall_rate: float = 0.0,
+    stall_s: np.ndarray | tuple = (),
 ) -> SimResult:
-    """trtserve's replica as it runs. Its event loop does one thing at a time: each request costs it
-    `loop_s` (HTTP, decoding, encoding), in arrival order, before joining the batcher's queue, and each
-    engine call costs it `call_s` (stacking, the hand-off to the engine thread, splitting, answering).
-    The engine runs in its own thread. When the engine is free it takes what is queued, but while requests
+    """trtserve's replica as it runs, event by event. Its asyncio event loop runs one task at a time, in
+    the order they became ready:
+    - each request costs it `loop_s` (HTTP, decoding, encoding) when it arrives;
+    - each engine call costs it `call_s`, half before the call (stacking, the hand-off to the engine
+      thread) and half after it (resuming the batcher, splitting, answering). The after half is a task
+      queued when the engine finishes, behind everything that became ready first, and the batcher starts
+      nothing new until it has run: under load, an engine call lasts until the loop gets back to it.
+    The engine runs in its own thread, `engine_time(rows)` a call. The batcher's rule: when a call is
+    done and requests are queued, the next call takes them, up to max_batch_size rows, but while requests
     are still being decoded and the batch has room it waits for them, up to max_delay_s after the oldest
-    was queued (trtserve's rule: under load something is nearly always being decoded, so the delay is
-    paid). Replicas each get an equal share of the Poisson stream. `overhead_s` as in `simulate`."""
+    was queued. Stalls (`stall_rate` a second, durations drawn from `stall_s`) are times the loop cannot
+    run at all (the CPU or the GIL taken by something else); work in progress resumes after them.
+    Replicas each get an equal share of the Poisson stream. `overhead_s` as in `simulate`."""
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, size=requests))
     owner = rng.integers(0, replicas, size=requests) if replicas > 1 else np.zeros(requests, dtype=int)
@@ -144,77 +152,109 @@ def simulate_replicas(
     batches: list[int] = []
     for replica in range(replicas):
         index = np.flatnonzero(owner == replica)
-        loop = _EventLoop(arrivals[index], loop_s)
-        finish[index] = _run_batcher(loop, engine_time, call_s, max_batch_size, max_delay_s, rng, batches)
+        stalls = _Stalls(stall_rate, stall_s, float(arrivals[-1]) + 10.0, rng)
+        finish[index] = _replica(
+            arrivals[index], engine_time, loop_s, call_s, max_batch_size, max_delay_s, stalls, rng, batches
+        )
     skip = int(requests * warmup_fraction)
     latencies = _with_overhead(finish[skip:] - arrivals[skip:], overhead_s, rng)
     return SimResult(rate, latencies, np.array(batches), float(finish.max() - arrivals[skip]))
 
 
-class _EventLoop:
-    """One replica's event loop, non-preemptive, one task at a time: request decodes in arrival order,
-    and engine-call work when the batcher asks for it; a decode that started first finishes first."""
+class _Stalls:
+    """Times the event loop cannot run: Poisson starts, measured durations."""
 
-    def __init__(self, arrived: np.ndarray, loop_s: float) -> None:
-        self.arrived = arrived
-        self.loop_s = loop_s
-        self.decoded = np.full(len(arrived), np.inf)
-        self.free = 0.0  # when the loop is next idle
-        self.next = 0  # the next request not yet decoded
+    def __init__(self, rate: float, durations, horizon: float, rng: np.random.Generator) -> None:
+        durations = np.asarray(durations, dtype=float)
+        count = rng.poisson(rate * horizon) if rate > 0 and len(durations) else 0
+        self.starts = np.sort(rng.uniform(0.0, horizon, count))
+        self.ends = self.starts + rng.choice(durations, count) if count else self.starts
+        self._first = 0
 
-    def commit_until(self, t: float) -> None:
-        """Decode every request whose decode starts at or before t."""
-        n = len(self.arrived)
-        while self.next < n and max(self.free, self.arrived[self.next]) <= t:
-            self.free = max(self.free, self.arrived[self.next]) + self.loop_s
-            self.decoded[self.next] = self.free
-            self.next += 1
-
-    def peek(self, j: int) -> float:
-        """When request j would be decoded if no engine-call work came first."""
-        if j < self.next:
-            return self.decoded[j]
-        free = self.free
-        for k in range(self.next, j + 1):
-            free = max(free, self.arrived[k]) + self.loop_s
-        return free
-
-    def run(self, at: float, seconds: float) -> float:
-        """Engine-call work of `seconds` wanted at `at`: returns when it is done."""
-        self.commit_until(at)
-        self.free = max(self.free, at) + seconds
-        return self.free
+    def finish(self, start: float, work: float) -> float:
+        """When `work` seconds of loop work started at `start` are done, stalls included."""
+        if not len(self.starts):
+            return start + work
+        j = self._first
+        while j < len(self.starts) and self.ends[j] <= start:
+            j += 1
+        self._first = j  # tasks start in time order, so earlier stalls never matter again
+        t = start
+        while j < len(self.starts) and self.starts[j] < t + work:
+            if self.starts[j] > t:
+                work -= self.starts[j] - t
+            t = max(t, self.ends[j])
+            j += 1
+        return t + work
 
 
-def _run_batcher(loop: _EventLoop, engine_time, call_s, max_batch, max_delay_s, rng, batches) -> np.ndarray:
-    arrived = loop.arrived
+def _replica(arrived, engine_time, loop_s, call_s, max_batch, max_delay_s, stalls, rng, batches) -> np.ndarray:
+    """One replica's event loop, batcher and engine (see simulate_replicas); returns each request's finish."""
     n = len(arrived)
     done = np.zeros(n)
-    queue: deque[int] = deque()
-    nxt = 0  # next request not yet in the queue (requests are queued in decode order)
-    now = 0.0  # when the engine is next free
-    while nxt < n or queue:
-        loop.commit_until(now)
-        while nxt < loop.next and loop.decoded[nxt] <= now:
-            queue.append(nxt)
-            nxt += 1
-        if not queue:
-            now = max(now, loop.peek(nxt))
+    events = [(float(t), i, _ARRIVE, i) for i, t in enumerate(arrived)]  # (time, order, kind, payload)
+    heapq.heapify(events)
+    order = n
+    ready: deque = deque()  # the loop's ready tasks, in order
+    queue: deque = deque()  # decoded requests waiting for the engine: (request, queued at)
+    decoding = 0  # requests arrived and not yet queued (the batcher waits for these)
+    loop_free = 0.0
+    engine_busy = dispatch_ready = False
+    deadline_set = -1.0
+
+    def push(t: float, kind: int, payload=None) -> None:
+        nonlocal order
+        heapq.heappush(events, (t, order, kind, payload))
+        order += 1
+
+    def consider(now: float) -> None:
+        """The batcher, when something changed: start a call now, or wait for requests being decoded."""
+        nonlocal dispatch_ready, deadline_set
+        if engine_busy or dispatch_ready or not queue:
+            return
+        deadline = queue[0][1] + max_delay_s
+        if decoding > 0 and len(queue) < max_batch and now < deadline:
+            if deadline_set != deadline:
+                push(deadline, _DEADLINE)
+                deadline_set = deadline
+            return
+        ready.append((_DISPATCH, None))
+        dispatch_ready = True
+
+    while events or ready:
+        if ready and (not events or loop_free <= events[0][0]):
+            kind, payload = ready.popleft()
+            if kind == _DECODE:
+                loop_free = stalls.finish(loop_free, loop_s)
+                push(loop_free, _QUEUED, payload)
+            elif kind == _DISPATCH:
+                dispatch_ready = False
+                members = [queue.popleft()[0] for _ in range(min(max_batch, len(queue)))]
+                batches.append(len(members))
+                loop_free = stalls.finish(loop_free, call_s / 2)
+                engine_busy = True
+                push(loop_free + engine_time(len(members), rng), _ENGINE_DONE, members)
+            else:  # _COMPLETE
+                loop_free = stalls.finish(loop_free, call_s / 2)
+                done[payload] = loop_free
+                engine_busy = False
+                push(loop_free, _IDLE)
             continue
-        deadline = loop.decoded[queue[0]] + max_delay_s
-        # Wait while a request is being decoded (arrived, not yet queued) and the batch has room.
-        while len(queue) < max_batch and nxt < n and arrived[nxt] <= now and now < deadline:
-            ready = loop.peek(nxt)
-            if ready <= deadline:
-                now = max(now, ready)
-                loop.commit_until(now)
-                queue.append(nxt)
-                nxt += 1
-            else:
-                now = deadline
-        members = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
-        batches.append(len(members))
-        started = loop.run(now, call_s) if call_s else now
-        now = started + engine_time(len(members), rng)
-        done[members] = now
+        now, _, kind, payload = heapq.heappop(events)
+        loop_free = max(loop_free, now)
+        if kind == _ARRIVE:
+            decoding += 1
+            ready.append((_DECODE, payload))
+        elif kind == _QUEUED:
+            decoding -= 1
+            queue.append((payload, now))
+            consider(now)
+        elif kind == _ENGINE_DONE:
+            ready.append((_COMPLETE, payload))
+        else:  # _IDLE, _DEADLINE
+            consider(now)
     return done
+
+
+_ARRIVE, _QUEUED, _ENGINE_DONE, _IDLE, _DEADLINE = range(5)
+_DECODE, _DISPATCH, _COMPLETE = range(3)

@@ -50,7 +50,10 @@ class BatchStats:
     batches: int = 0
     rows: int = 0
     queue_ns: int = 0
-    compute_ns: int = 0
+    compute_ns: int = 0  # engine calls start to finish, as the batcher waits for them
+    input_ns: int = 0  # stacking requests into the call's tensors (Triton's compute_input)
+    infer_ns: int = 0  # the engine itself, timed in the thread that runs it (Triton's compute_infer)
+    output_ns: int = 0  # the rest: resuming on the event loop after the call, splitting results (compute_output)
     batch_sizes: dict[int, int] = field(default_factory=dict)
 
 
@@ -181,10 +184,11 @@ class DynamicBatcher:
             started = time.perf_counter()
             try:
                 feed = batching.stack([m.feed for m in members], self._signature, group.sizes, self._pad_values)
+                stacked = time.perf_counter()
                 if self._s_per_row * group.rows < self.INLINE_MAX_S:
-                    outputs = self._run(feed)
+                    outputs, engine_s = self._timed_run(feed)
                 else:
-                    outputs = await loop.run_in_executor(self._executor, self._run, feed)
+                    outputs, engine_s = await loop.run_in_executor(self._executor, self._timed_run, feed)
                 results = batching.unstack(outputs, self._signature, [m.work for m in members])
             except Exception as e:
                 if len(members) > 1:
@@ -195,7 +199,7 @@ class DynamicBatcher:
                 self._resolve(members[0], error=e)
                 continue
             finished = time.perf_counter()
-            self._account(members, group.rows, started, finished)
+            self._account(members, group.rows, started, finished, stacked - started, engine_s)
             for member, result in zip(members, results, strict=True):
                 self._resolve(
                     member,
@@ -205,23 +209,32 @@ class DynamicBatcher:
                     batch_rows=group.rows,
                 )
 
+    def _timed_run(self, feed) -> tuple[dict, float]:
+        started = time.perf_counter()
+        outputs = self._run(feed)
+        return outputs, time.perf_counter() - started
+
     async def _run_single(self, item: _Item) -> None:
         started = time.perf_counter()
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, dict(item.feed))
+            loop = asyncio.get_running_loop()
+            outputs, engine_s = await loop.run_in_executor(self._executor, self._timed_run, dict(item.feed))
         except Exception as e:
             self._resolve(item, error=e)
             return
         finished = time.perf_counter()
-        self._account([item], item.work.rows, started, finished)
+        self._account([item], item.work.rows, started, finished, 0.0, engine_s)
         self._resolve(item, result=outputs, queue_s=started - item.enqueued, compute_s=finished - started)
 
-    def _account(self, members, rows: int, started: float, finished: float) -> None:
+    def _account(self, members, rows: int, started: float, finished: float, input_s: float, engine_s: float) -> None:
         per_row = (finished - started) / rows
         self._s_per_row = per_row if self._s_per_row == float("inf") else 0.9 * self._s_per_row + 0.1 * per_row
         self.stats.batches += 1
         self.stats.rows += rows
         self.stats.compute_ns += int((finished - started) * 1e9)
+        self.stats.input_ns += int(input_s * 1e9)
+        self.stats.infer_ns += int(engine_s * 1e9)
+        self.stats.output_ns += int((finished - started - input_s - engine_s) * 1e9)
         self.stats.queue_ns += sum(int((started - m.enqueued) * 1e9) for m in members)
         self.stats.batch_sizes[rows] = self.stats.batch_sizes.get(rows, 0) + 1
         if self._on_batch:

@@ -137,3 +137,29 @@ def test_a_request_above_a_stepped_down_limit_still_runs(engine):
     for f, (outputs, _) in zip(feeds, results, strict=True):
         np.testing.assert_allclose(outputs["doubled"], f["x"] * 2, rtol=1e-6)
     assert max(stats.batch_sizes) == 4 and stats.rows == 6
+
+
+def test_engine_time_is_timed_in_its_thread_apart_from_the_wait_for_the_loop(engine):
+    # An engine of 20 ms a call while the event loop is blocked for 60 ms right after each call starts:
+    # compute_infer holds the engine's 20 ms, compute_output the wait to be taken back by the loop.
+    def slow(batch):
+        time.sleep(0.02)
+        return engine.infer(batch)
+
+    async def main():
+        batcher = DynamicBatcher(slow, engine.signature, max_rows=16, max_delay_s=0.0, max_queued_rows=100)
+
+        async def hog():
+            await asyncio.sleep(0.005)
+            time.sleep(0.06)  # the loop busy with something else
+
+        for i in range(3):
+            await asyncio.gather(batcher.submit(feed(1, 8, i), Work(1, {"seq": 8}), 5), hog())
+        batcher.close()
+        return batcher.stats
+
+    stats = asyncio.run(main())
+    assert stats.batches == 3
+    assert stats.infer_ns / 3 == pytest.approx(20e6, rel=0.5)
+    assert stats.output_ns / 3 > 30e6
+    assert stats.input_ns + stats.infer_ns + stats.output_ns == pytest.approx(stats.compute_ns, abs=3)

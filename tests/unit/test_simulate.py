@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.simulate import profile_service_time, simulate, simulate_replicas
+from benchmarks.simulate import _Stalls, profile_service_time, simulate, simulate_replicas
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.8])
@@ -50,11 +50,34 @@ def test_replica_model_with_a_free_loop_and_no_delay_is_the_batching_queue():
     assert replica.percentile_ms(99) == pytest.approx(plain.percentile_ms(99), rel=0.1)
 
 
-def test_replica_event_loop_is_an_md1_queue_when_the_engine_is_free():
-    # Engine time 0: latency is the loop's M/D/1 sojourn, mean d + rho * d / (2 (1 - rho)).
-    d, rho = 0.001, 0.7
-    result = simulate_replicas(rho / d, lambda rows, rng: 0.0, d, 1, 0.0, requests=200_000, seed=4)
-    assert result.mean_s == pytest.approx(d + rho * d / (2 * (1 - rho)), rel=0.05)
+def test_replica_answers_wait_for_the_event_loop_behind_earlier_requests():
+    # Engine time 0: the loop alone would be an M/D/1 queue, sojourn d + rho * d / (2 (1 - rho)). But an
+    # engine call's results are handed back by a loop task queued behind the requests that came first,
+    # so a replica answers later than that, and more so the busier its loop.
+    d = 0.001
+
+    def mean_ms(rho: float) -> float:
+        result = simulate_replicas(rho / d, lambda rows, rng: 0.0, d, 64, 0.0, requests=50_000, seed=4)
+        return result.mean_s * 1e3
+
+    md1 = {rho: (d + rho * d / (2 * (1 - rho))) * 1e3 for rho in (0.05, 0.7)}
+    assert mean_ms(0.05) == pytest.approx(md1[0.05], rel=0.1)  # nearly idle: nothing to wait behind
+    assert mean_ms(0.7) > 1.2 * md1[0.7]
+
+
+def test_stalls_hold_the_loop_and_lengthen_the_tail():
+    stalls = _Stalls(0.0, (), 10.0, np.random.default_rng(0))
+    assert stalls.finish(1.0, 0.5) == 1.5
+    stalls.starts, stalls.ends = np.array([1.0, 2.0]), np.array([1.2, 2.5])
+    assert stalls.finish(0.9, 0.2) == pytest.approx(1.3)  # 0.1 before the stall, 0.1 after it
+    assert stalls.finish(1.1, 0.1) == pytest.approx(1.3)  # started inside it: waits for its end
+    assert stalls.finish(1.5, 0.1) == pytest.approx(1.6)
+    assert stalls.finish(1.95, 0.1) == pytest.approx(2.55)
+    engine = profile_service_time({1: 0.0002, 16: 0.0008})
+    calm = simulate_replicas(800, engine, 0.0008, 16, 0.0, requests=20_000)
+    stalled = simulate_replicas(800, engine, 0.0008, 16, 0.0, requests=20_000, stall_rate=2.0, stall_s=[0.02])
+    assert stalled.percentile_ms(99) > calm.percentile_ms(99) + 10
+    assert stalled.percentile_ms(50) == pytest.approx(calm.percentile_ms(50), rel=0.2)
 
 
 def test_queue_delay_is_paid_only_while_requests_are_being_decoded():
