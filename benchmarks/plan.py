@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.simulate import profile_service_time, simulate_replicas
+from benchmarks.simulate import SimResult, profile_service_time, simulate_replicas
 
 SIM_REQUESTS = 20_000
 LOAD_FRACTION = 0.7  # validate compares p99 at this fraction of the max sustainable rate
@@ -36,6 +36,18 @@ class HttpPath:
     # When the replica's event loop could not run at all, measured at some rates: (rate, stalls a second,
     # stall lengths in seconds), as `calibrate` found them.
     stalls: list[tuple[float, float, np.ndarray]] = field(default_factory=list)
+    decode_s: float = 0.0  # of per_request_s: the handler's decoding, a loop task of its own
+    encode_s: float = 0.0  # of per_request_s: encoding the answer, after the engine call
+    # engine_slowdown measured at other rates than saturation: (rate, slowdown)
+    slowdowns: list[tuple[float, float]] = field(default_factory=list)
+
+    def slowdown_at(self, rate: float | None) -> float:
+        """The engine's slowdown at `rate`, interpolated between the rates it was measured at (the
+        saturated one included), the nearest beyond them; engine_slowdown where nothing else is known."""
+        if rate is None or not self.slowdowns:
+            return self.engine_slowdown
+        points = sorted(self.slowdowns)
+        return float(np.interp(rate, [r for r, _ in points], [s for _, s in points]))
 
     def stalls_at(self, rate: float) -> tuple[float, np.ndarray]:
         """Stalls a second and their lengths at `rate`. Two measurements are interpolated linearly in the
@@ -63,12 +75,18 @@ class HttpPath:
     @classmethod
     def from_report(cls, doc: dict) -> HttpPath:
         runs = doc.get("stalls") or []
+        slowdowns = [(r["rate"], r["engine_slowdown"]) for r in runs if np.isfinite(r.get("engine_slowdown", np.nan))]
+        if slowdowns:
+            slowdowns.append((doc["saturation"]["rps"], doc["engine_slowdown"]))
         return cls(
             doc["per_request_ms"] / 1e3,
             np.array(doc["floor_samples_ms"]) / 1e3,
             doc["engine_slowdown"],
             doc.get("per_call_ms", 0.0) / 1e3,
             [(r["rate"], r["per_s"], np.array(r["lengths_ms"]) / 1e3) for r in runs],
+            doc.get("decode_ms", 0.0) / 1e3,
+            doc.get("encode_ms", 0.0) / 1e3,
+            slowdowns,
         )
 
     @classmethod
@@ -104,17 +122,32 @@ class Replica:
     max_batch_size: int
     max_queue_delay_ms: float
     replicas: int = 1
+    # Independent runs pooled for each rate: stalls are rare events, and one run's p99 near capacity moves
+    # with the few it happens to draw (enough to turn a bisection around).
+    seeds: int = 1
 
-    def engine(self):
+    def engine(self, rate: float | None = None):
+        """Engine seconds a call inside the replica at `rate` (a replica's share); at saturation if None."""
         profiled = profile_service_time(self.batch_seconds)
-        slowdown = self.http.engine_slowdown
+        slowdown = self.http.slowdown_at(rate)
         return lambda rows, rng: profiled(rows, rng) * slowdown
 
-    def simulate(self, rate: float, requests: int = SIM_REQUESTS, seed: int = 0):
+    def simulate(self, rate: float, requests: int = SIM_REQUESTS, seed: int = 0) -> SimResult:
+        runs = [self._simulate_once(rate, requests, seed + k) for k in range(self.seeds)]
+        if len(runs) == 1:
+            return runs[0]
+        return SimResult(
+            rate,
+            np.concatenate([r.latencies_s for r in runs]),
+            np.concatenate([r.batch_sizes for r in runs]),
+            sum(r.duration_s for r in runs),
+        )
+
+    def _simulate_once(self, rate: float, requests: int, seed: int) -> SimResult:
         stalls_per_s, stall_s = self.http.stalls_at(rate / self.replicas)
         return simulate_replicas(
             rate,
-            self.engine(),
+            self.engine(rate / self.replicas),
             self.http.per_request_s,
             self.max_batch_size,
             self.max_queue_delay_ms / 1e3,
@@ -125,6 +158,8 @@ class Replica:
             call_s=self.http.per_call_s,
             stall_rate=stalls_per_s,
             stall_s=stall_s,
+            decode_s=self.http.decode_s,
+            encode_s=self.http.encode_s,
         )
 
     def capacity(self) -> float:

@@ -131,10 +131,14 @@ def simulate_replicas(
     call_s: float = 0.0,
     stall_rate: float = 0.0,
     stall_s: np.ndarray | tuple = (),
+    decode_s: float = 0.0,
+    encode_s: float = 0.0,
 ) -> SimResult:
     """trtserve's replica as it runs, event by event. Its asyncio event loop runs one task at a time, in
     the order they became ready:
-    - each request costs it `loop_s` (HTTP, decoding, encoding) when it arrives;
+    - each request costs it `loop_s` in all: the HTTP layer's part when it arrives, then the handler's
+      decoding (`decode_s` of it) as a task of its own, queued behind what was ready by then, and the
+      encoding of its answer (`encode_s`) after the engine call (all of it on arrival where decode_s is 0);
     - each engine call costs it `call_s`, half before the call (stacking, the hand-off to the engine
       thread) and half after it (resuming the batcher, splitting, answering). The after half is a task
       queued when the engine finishes, behind everything that became ready first, and the batcher starts
@@ -154,7 +158,17 @@ def simulate_replicas(
         index = np.flatnonzero(owner == replica)
         stalls = _Stalls(stall_rate, stall_s, float(arrivals[-1]) + 10.0, rng)
         finish[index] = _replica(
-            arrivals[index], engine_time, loop_s, call_s, max_batch_size, max_delay_s, stalls, rng, batches
+            arrivals[index],
+            engine_time,
+            loop_s,
+            call_s,
+            max_batch_size,
+            max_delay_s,
+            stalls,
+            rng,
+            batches,
+            decode_s,
+            encode_s,
         )
     skip = int(requests * warmup_fraction)
     latencies = _with_overhead(finish[skip:] - arrivals[skip:], overhead_s, rng)
@@ -188,8 +202,12 @@ class _Stalls:
         return t + work
 
 
-def _replica(arrived, engine_time, loop_s, call_s, max_batch, max_delay_s, stalls, rng, batches) -> np.ndarray:
+def _replica(
+    arrived, engine_time, loop_s, call_s, max_batch, max_delay_s, stalls, rng, batches, decode_s=0.0, encode_s=0.0
+) -> np.ndarray:
     """One replica's event loop, batcher and engine (see simulate_replicas); returns each request's finish."""
+    parse_s = max(0.0, loop_s - decode_s - encode_s)
+    two_passes = decode_s > 0
     n = len(arrived)
     done = np.zeros(n)
     events = [(float(t), i, _ARRIVE, i) for i, t in enumerate(arrived)]  # (time, order, kind, payload)
@@ -224,8 +242,11 @@ def _replica(arrived, engine_time, loop_s, call_s, max_batch, max_delay_s, stall
     while events or ready:
         if ready and (not events or loop_free <= events[0][0]):
             kind, payload = ready.popleft()
-            if kind == _DECODE:
-                loop_free = stalls.finish(loop_free, loop_s)
+            if kind == _PARSE:
+                loop_free = stalls.finish(loop_free, parse_s)
+                push(loop_free, _PARSED, payload)
+            elif kind == _DECODE:
+                loop_free = stalls.finish(loop_free, decode_s if two_passes else parse_s + decode_s)
                 push(loop_free, _QUEUED, payload)
             elif kind == _DISPATCH:
                 dispatch_ready = False
@@ -235,7 +256,7 @@ def _replica(arrived, engine_time, loop_s, call_s, max_batch, max_delay_s, stall
                 engine_busy = True
                 push(loop_free + engine_time(len(members), rng), _ENGINE_DONE, members)
             else:  # _COMPLETE
-                loop_free = stalls.finish(loop_free, call_s / 2)
+                loop_free = stalls.finish(loop_free, call_s / 2 + encode_s * len(payload))
                 done[payload] = loop_free
                 engine_busy = False
                 push(loop_free, _IDLE)
@@ -244,6 +265,8 @@ def _replica(arrived, engine_time, loop_s, call_s, max_batch, max_delay_s, stall
         loop_free = max(loop_free, now)
         if kind == _ARRIVE:
             decoding += 1
+            ready.append((_PARSE, payload) if two_passes else (_DECODE, payload))
+        elif kind == _PARSED:
             ready.append((_DECODE, payload))
         elif kind == _QUEUED:
             decoding -= 1
@@ -256,5 +279,5 @@ def _replica(arrived, engine_time, loop_s, call_s, max_batch, max_delay_s, stall
     return done
 
 
-_ARRIVE, _QUEUED, _ENGINE_DONE, _IDLE, _DEADLINE = range(5)
-_DECODE, _DISPATCH, _COMPLETE = range(3)
+_ARRIVE, _PARSED, _QUEUED, _ENGINE_DONE, _IDLE, _DEADLINE = range(6)
+_PARSE, _DECODE, _DISPATCH, _COMPLETE = range(4)

@@ -31,6 +31,7 @@ from benchmarks.plan import LOAD_FRACTION, HttpPath, Replica, predict
 from benchmarks.profile import batch_seconds, profile
 
 TARGETS = {"max_rps": 0.15, "p99_ms": 0.25}
+PREDICT_SEEDS = 3  # simulation runs pooled for each predicted point (see plan.Replica.seeds)
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
 
@@ -130,7 +131,8 @@ def validate(
         http = HttpPath.from_report(http_report)
         running_batch, delay_ms = _server_batching(base, model)
         options = [running_batch] if url else sorted(seconds)
-        predictions = {b: predict(Replica(seconds, http, b, delay_ms), slo_p99_ms) for b in options}
+        replicas = {b: Replica(seconds, http, b, delay_ms, seeds=PREDICT_SEEDS) for b in options}
+        predictions = {b: predict(replicas[b], slo_p99_ms) for b in options}
         best = max(options, key=lambda b: (predictions[b]["max_rps"], -b))
         print(f"{model}: recommended max_batch_size {best}: {predictions[best]['max_rps']} req/s", file=sys.stderr)
         restart = best != running_batch
@@ -141,7 +143,7 @@ def validate(
             measured = _measure(host, port, request, slo_p99_ms, http_report, window_s)
     prediction = predictions[best]
     # The prediction at the rate the p99 was measured at.
-    at_measured = Replica(seconds, http, best, delay_ms).simulate(measured["at_rps"])
+    at_measured = replicas[best].simulate(measured["at_rps"])
     predicted = {
         "max_rps": prediction["max_rps"],
         "p99_ms": round(at_measured.percentile_ms(99), 3),

@@ -131,8 +131,20 @@ class KServeHandler:
         if rest == "/config":
             return _json(200, host.triton_config())
         if rest == "/stats":
-            return _json(200, {"model_stats": [host.stats()]})
+            return _json(200, {"model_stats": [{**host.stats(), **self._loop_cpu()}]})
         return _error(404, f"no route {method} {path}")
+
+    @staticmethod
+    def _loop_cpu() -> dict:
+        """What the event loop's thread (this one: /stats is answered on it) has used on Linux: CPU time,
+        and time it was runnable but waiting for a CPU. With request counts, the loop's own cost a
+        request, whether or not the loop is what limits the replica (`benchmarks calibrate` reads it)."""
+        try:
+            with open("/proc/thread-self/schedstat") as f:
+                cpu_ns, wait_ns = (int(v) for v in f.read().split()[:2])
+        except (OSError, ValueError):  # not Linux, or no scheduler statistics
+            return {}
+        return {"event_loop_cpu_ns": cpu_ns, "event_loop_wait_ns": wait_ns}
 
     async def _infer(self, host: ModelHost, headers, body: bytes, request_id: str) -> HttpResponse:
         started = time.perf_counter()
@@ -145,6 +157,7 @@ class KServeHandler:
             elif not host.ready:
                 response = _error(503, f"model {host.name!r} is warming up", **{"retry-after": "1"})
             else:
+                decode_started = time.perf_counter()
                 with host.batcher.arriving():
                     length = headers.get(HEADER_LENGTH)
                     try:
@@ -155,12 +168,15 @@ class KServeHandler:
                     feed = host.feed_from(request)
                     rows = next(iter(feed.values())).shape[0]
                     pending = host.batcher.submit(feed, host.work_of(feed), host.options.timeout_s)
+                decoded = time.perf_counter()
                 # Awaited outside `arriving()`: once queued, the request no longer counts as on its way.
                 outputs, timing = await pending
                 queue_s, compute_s = timing.get("queue_s", 0.0), timing.get("compute_s", 0.0)
                 timing_rows = timing.get("batch_rows", rows)
+                encode_started = time.perf_counter()
                 payload, extra = encode_response(host.name, host.version, outputs, request)
                 response = HttpResponse(200, payload, extra)
+                host.record_handling(decoded - decode_started, time.perf_counter() - encode_started)
         except ProtocolError as e:
             response = _error(e.status, str(e))
         except InputError as e:

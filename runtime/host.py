@@ -76,6 +76,7 @@ class ModelHost:
         self.counts = {"success": 0, "fail": 0, "inference_rows": 0, "last_inference_ms": 0}
         self.success_ns = 0
         self.fail_ns = 0
+        self.handling_ns = {"count": 0, "decode": 0, "encode": 0}  # the handler's own work on the event loop
         self.batch_observer = None  # set by the server to export batch metrics
 
     def _read_manifest(self) -> dict:
@@ -214,6 +215,13 @@ class ModelHost:
                 *changed,
             )
 
+    def record_handling(self, decode_s: float, encode_s: float) -> None:
+        """A successful request's time in the handler on the event loop: decoding it (protocol, tensors or
+        tokens, up to queueing for the batcher) and encoding its answer."""
+        self.handling_ns["count"] += 1
+        self.handling_ns["decode"] += int(decode_s * 1e9)
+        self.handling_ns["encode"] += int(encode_s * 1e9)
+
     def record(self, ok: bool, seconds: float, rows: int = 0) -> None:
         self.counts["success" if ok else "fail"] += 1
         self.counts["inference_rows"] += rows
@@ -292,6 +300,12 @@ class ModelHost:
             "batch_stats": [
                 {"batch_size": size, "compute_infer": {"count": count}} for size, count in sorted(b.batch_sizes.items())
             ],
+            # Not Triton's: the handler's decoding and encoding of successful requests, on the event loop.
+            "request_handling": {
+                "count": self.handling_ns["count"],
+                "decode_ns": self.handling_ns["decode"],
+                "encode_ns": self.handling_ns["encode"],
+            },
             "memory": {**self.engine.memory(), "footprint": self.footprint.to_dict() if self.footprint else None},
             "warmup_seconds": self.warmup_s,
             "max_batch_size": {"configured": self.max_batch_size, "now": self.batcher.max_rows},

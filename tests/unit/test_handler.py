@@ -66,6 +66,9 @@ def test_infer_and_stats(handler):
     stats = orjson.loads(call(handler, "GET", "/v2/models/seq/versions/1/stats").body)["model_stats"][0]
     assert stats["inference_count"] == 1 and stats["inference_stats"]["success"]["count"] == 1
     assert stats["warmup_seconds"] > 0
+    handling = stats["request_handling"]
+    assert handling["count"] == 1 and handling["decode_ns"] > 0 and handling["encode_ns"] > 0
+    assert stats["event_loop_cpu_ns"] > 0 and stats["event_loop_wait_ns"] >= 0  # this thread's, on Linux
     assert len(call(handler, "GET", "/v2/models/seq/stats").headers["x-request-id"]) == 32  # generated
 
 

@@ -58,3 +58,42 @@ def test_profile_points_feed_the_planner():
         ],
     }
     assert batch_seconds(report) == {1: pytest.approx(0.002)}
+
+
+def test_engine_slowdown_follows_the_load_it_was_measured_at():
+    http = HttpPath(0.0002, engine_slowdown=4.0, slowdowns=[(300.0, 1.5), (600.0, 2.5), (1200.0, 4.0)])
+    assert http.slowdown_at(None) == 4.0  # saturation
+    assert http.slowdown_at(450.0) == pytest.approx(2.0)
+    assert http.slowdown_at(100.0) == 1.5 and http.slowdown_at(5000.0) == 4.0  # flat beyond the ends
+    assert HttpPath(0.0002, engine_slowdown=3.0).slowdown_at(100.0) == 3.0
+
+
+def test_stalls_are_interpolated_by_share_of_time_and_length():
+    quarter = (250.0, 2.0, np.array([0.005, 0.007]))  # 2 a second of 6 ms: 1.2% of the time
+    half = (500.0, 1.0, np.array([0.02, 0.02]))  # 1 a second of 20 ms: 2%
+    http = HttpPath(0.0002, stalls=[half, quarter])
+    per_s, lengths = http.stalls_at(250.0)
+    assert per_s == pytest.approx(2.0) and lengths.mean() == pytest.approx(0.006)
+    per_s, lengths = http.stalls_at(750.0)  # beyond: 2.8% of the time in stalls of 34 ms
+    assert lengths.mean() == pytest.approx(0.034)
+    assert per_s * lengths.mean() == pytest.approx(0.028)
+    assert http.stalls_at(0.0)[0] >= 0
+    assert HttpPath(0.0002).stalls_at(100.0)[0] == 0.0
+
+
+def test_calibration_reports_stalls_and_slowdowns_as_plan_reads_them():
+    doc = {
+        "per_request_ms": 0.6,
+        "per_call_ms": 0.9,
+        "engine_slowdown": 4.0,
+        "floor_samples_ms": [1.0, 2.0],
+        "saturation": {"rps": 1400.0},
+        "stalls": [
+            {"rate": 350.0, "per_s": 1.0, "lengths_ms": [8.0], "engine_slowdown": 1.5},
+            {"rate": 700.0, "per_s": 1.2, "lengths_ms": [15.0, 17.0], "engine_slowdown": 2.0},
+        ],
+    }
+    http = HttpPath.from_report(doc)
+    assert http.slowdowns == [(350.0, 1.5), (700.0, 2.0), (1400.0, 4.0)]
+    assert http.stalls_at(700.0)[0] == pytest.approx(1.2)
+    assert http.stalls_at(700.0)[1] == pytest.approx([0.015, 0.017])
