@@ -219,9 +219,9 @@ def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Pat
         )
     lines += [
         "",
-        "Stalls are interpolated in the rate between the two runs that measured them and extrapolated beyond; they "
-        "are few (a handful to a few dozen a run), so both they and the measured maximum vary between runs "
-        "(cnn's measured maximum: 865, 989 and 996 req/s in three runs on 2026-11-28). The simulator does not "
+        "Stalls are interpolated in the rate between the two runs that measured them and extrapolated beyond. "
+        "Both they and the measured maximum vary between runs of the same command on this 2-core machine "
+        "(the measured maximum by about +-10%), so one run's errors are one sample. The simulator does not "
         "model requests refused by the bounded queue (503).",
         "",
     ]
