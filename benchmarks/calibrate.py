@@ -5,7 +5,8 @@ Four runs of one request kind:
 1. saturation, closed loop at concurrency 32: throughput X, b rows per engine call and the engine's
    time per call T inside the server (its /stats `compute_infer`, timed in the engine's thread). The
    replica's event loop, which handles every request and every engine call one at a time, is the
-   bottleneck there: 1/X = per_request + per_call / b. The engine, in its own thread, shares the CPU with
+   bottleneck there: 1/X = per_request + per_call / b (unless the engine was: then per_request is the
+   loop thread's own time a request, from /stats). The engine, in its own thread, shares the CPU with
    that loop (and with the ingress): it ran T / t(b) times slower than the profile t measured alone
    (engine_slowdown). Less so at lower loads: the runs of 4. measure it there too, and `plan`
    interpolates in the rate.
@@ -108,7 +109,8 @@ def _loop_cpu_per_request(before: dict, after: dict) -> float | None:
 
 def _closed(url, host, port, model, request, concurrency, window_s):
     """Throughput, rows per engine call, the engine's seconds per call inside the server, the handler's
-    decode and encode seconds a request, and the event loop's CPU seconds a request."""
+    decode and encode seconds a request, and the event-loop thread's seconds a request (running or
+    waiting for a CPU)."""
     before = model_stats(url, model)
     result = asyncio.run(closed_loop(host, port, request, concurrency, window_s, warmup_s=1.0))
     after = model_stats(url, model)

@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-MiB = 2**20
-
 
 def _worker(version_dir: str, backend: str, max_batch_size: int, duration: float) -> dict:
     """One replica's share of the run (in its own process): loads and warms up, says `ready`, then runs
@@ -64,15 +62,6 @@ def _worker(version_dir: str, backend: str, max_batch_size: int, duration: float
     return report
 
 
-def _free_now(on_gpu: bool) -> int | None:
-    from runtime.memory import gpu_free_total, host_available_bytes
-
-    if on_gpu:
-        free_total = gpu_free_total()
-        return free_total[0] if free_total else None
-    return host_available_bytes()
-
-
 def pack(
     repository: Path,
     model: str,
@@ -84,7 +73,7 @@ def pack(
 ) -> dict:
     from benchmarks import machine
     from runtime.cuda_device import probe
-    from runtime.memory import gpu_free_total, host_available_bytes
+    from runtime.memory import available_bytes, gpu_free_total, host_available_bytes
     from runtime.placement import Free, actor_options, measure_replica
     from runtime.repository import version_dir
 
@@ -105,7 +94,7 @@ def pack(
 
     directory = version_dir(repository, model, "latest")
     batch = footprint["max_batch_size"]
-    before = _free_now(on_gpu)
+    before = available_bytes(on_gpu)
     command = [sys.executable, "-m", "benchmarks.packing", str(directory), backend, str(batch), str(duration)]
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     workers = [subprocess.Popen(command, **pipes) for _ in range(replicas)]
@@ -118,7 +107,7 @@ def pack(
             w.stdin.flush()
     lowest = before
     while any(w.poll() is None for w in workers):
-        now = _free_now(on_gpu)
+        now = available_bytes(on_gpu)
         if now is not None and (lowest is None or now < lowest):
             lowest = now
         time.sleep(0.2)

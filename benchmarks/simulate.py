@@ -246,7 +246,7 @@ def _replica(
                 loop_free = stalls.finish(loop_free, parse_s)
                 push(loop_free, _PARSED, payload)
             elif kind == _DECODE:
-                loop_free = stalls.finish(loop_free, decode_s if two_passes else parse_s + decode_s)
+                loop_free = stalls.finish(loop_free, decode_s if two_passes else parse_s)
                 push(loop_free, _QUEUED, payload)
             elif kind == _DISPATCH:
                 dispatch_ready = False

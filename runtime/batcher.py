@@ -231,10 +231,12 @@ class DynamicBatcher:
         self._s_per_row = per_row if self._s_per_row == float("inf") else 0.9 * self._s_per_row + 0.1 * per_row
         self.stats.batches += 1
         self.stats.rows += rows
-        self.stats.compute_ns += int((finished - started) * 1e9)
-        self.stats.input_ns += int(input_s * 1e9)
-        self.stats.infer_ns += int(engine_s * 1e9)
-        self.stats.output_ns += int((finished - started - input_s - engine_s) * 1e9)
+        # In whole nanoseconds first, so the three parts add up to the call exactly.
+        call_ns, input_ns, infer_ns = (int(s * 1e9) for s in (finished - started, input_s, engine_s))
+        self.stats.compute_ns += call_ns
+        self.stats.input_ns += input_ns
+        self.stats.infer_ns += infer_ns
+        self.stats.output_ns += call_ns - input_ns - infer_ns
         self.stats.queue_ns += sum(int((started - m.enqueued) * 1e9) for m in members)
         self.stats.batch_sizes[rows] = self.stats.batch_sizes.get(rows, 0) + 1
         if self._on_batch:

@@ -15,7 +15,7 @@ from runtime.batcher import DynamicBatcher
 from runtime.dtypes import from_name
 from runtime.errors import InputError
 from runtime.loader import load_engine
-from runtime.memory import BatchLimiter, Footprint, FootprintMeter, gpu_free_total, host_available_bytes
+from runtime.memory import BatchLimiter, Footprint, FootprintMeter, available_bytes, gpu_free_total
 from runtime.protocol import InferRequest
 from runtime.signature import TensorSpec
 
@@ -192,10 +192,7 @@ class ModelHost:
 
     def available_memory(self) -> int | None:
         """What is left where this model allocates: the GPU's free memory for a CUDA engine, else the host's."""
-        if self.engine.device.startswith("cuda"):
-            free_total = gpu_free_total()
-            return free_total[0] if free_total else None
-        return host_available_bytes()
+        return available_bytes(self.engine.device.startswith("cuda"))
 
     def check_memory(self, now: float | None = None) -> None:
         """Under memory pressure the batch limit steps down before an allocation fails (and back up)."""

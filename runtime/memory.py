@@ -91,6 +91,14 @@ def gpu_free_total(index: int = 0) -> tuple[int, int] | None:
             return None
 
 
+def available_bytes(on_gpu: bool, index: int = 0) -> int | None:
+    """What is left where a model allocates: GPU `index`'s free memory, or the host's available memory."""
+    if on_gpu:
+        free_total = gpu_free_total(index)
+        return free_total[0] if free_total else None
+    return host_available_bytes()
+
+
 @dataclass
 class Footprint:
     """One model's memory in a replica, after warm-up at its largest batch."""
