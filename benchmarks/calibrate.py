@@ -5,25 +5,32 @@ Four runs of one request kind:
 1. saturation, closed loop at concurrency 32: throughput X, b rows per engine call and the engine's
    time per call T inside the server (its /stats `compute_infer`, timed in the engine's thread). The
    replica's event loop, which handles every request and every engine call one at a time, is the
-   bottleneck there: 1/X = per_request + per_call / b (unless the engine was: then per_request is the
-   loop thread's own time a request, from /stats). The engine, in its own thread, shares the CPU with
-   that loop (and with the ingress): it ran T / t(b) times slower than the profile t measured alone
-   (engine_slowdown). Less so at lower loads: the runs of 4. measure it there too, and `plan`
-   interpolates in the rate.
+   bottleneck there: 1/X = per_request + per_call / b. The engine, in its own thread, shares the CPU
+   with that loop (and with the ingress): it ran T / t(b) times slower than the profile t measured alone
+   (engine_slowdown). How each call varied around that is recorded too (/stats `recent_engine_calls`:
+   engine_variation); `plan` does not draw on it, since the calls that ran long show in the stalls.
+   Its slowdown differs at other loads: runs 3. and 4. measure it there too, and `plan` interpolates in
+   the rate. Where the engine, not the loop, was the bottleneck (engine busy over 80% of the run: MiniLM
+   here), 1/X measures the engine, and the loop's cost comes from the loop thread's own time instead
+   (CPU plus waiting for one, from /stats), at this load and at those of 4.; an engine call's loop cost
+   is then what /stats measured of it at low load (`compute_input` + `compute_output`).
 2. small batches, closed loop at concurrency 4: X' at b' rows a call gives the second equation, so
    per_request and per_call separate (the cost of an engine call on the loop: stacking, the hand-off,
    splitting, answering), which is what makes small batches dear. Only where the loop still limits that
    run: if the engine at its profiled speed would have been busy more than half of it, per_call is 0.
-3. low load, open loop at a tenth of X: each latency minus the time in the replica is latency added
-   outside it (ingress, loopback, client, waking idle threads); its samples, not just a mean, go into
-   the simulation so the low-load tail is kept.
-4. stalls, open loops at a quarter and at half of X: times the loop could not run at all (the CPU or the
-   GIL taken by something else: Ray's own threads and daemons, the ingress, the client). Each shows as a
-   burst of requests sent close together that all took far longer than the run's median (and than two
-   engine calls at that load); the burst's worst excess over the median is the stall's length. They grow
-   with the load (cnn on this 2-core machine: about 1.4 a second of 8.5 ms at a quarter of X, 15.6 ms at
-   half), so both runs are kept and `plan` interpolates between them, and extrapolates beyond. They are
-   where the tail near capacity comes from: a 20 ms stall at 90% load takes long to drain.
+3. low load, open loop at a tenth of X: each latency less the handler's mean time there (/stats) and the
+   HTTP layer's part before the handler is latency added outside the replica (ingress, loopback,
+   client); its samples, not just a mean, go into the simulation so the low-load tail is kept. The
+   engine's slowdown there too: an idle engine is slower than a busy one (threads asleep, caches cold).
+4. stalls, open loops at a quarter, half and three quarters of X: times the loop could not run at all
+   (the CPU or the GIL taken by something else: Ray's own threads and daemons, the ingress, the client).
+   Each shows as a burst of requests that all took far longer than the run's median, and its length is
+   the answering time the replica lost meanwhile (`stalls`): near an engine-bound model's capacity slow
+   requests are its queue, which the simulator reproduces, while answers keep coming. All runs are kept
+   and `plan` interpolates between them, and extrapolates beyond: stalls grow with the load, faster
+   near capacity (where the ingress, the client and the engine all want the CPU), and they are where
+   much of the tail near capacity comes from (a 20 ms stall at 90% load takes long to drain). The
+   engine's slowdown and the loop thread's time a request are measured in these runs too.
 """
 
 from __future__ import annotations
@@ -42,27 +49,46 @@ from benchmarks.simulate import profile_service_time
 SATURATION_CONCURRENCY = 32
 SMALL_BATCH_CONCURRENCY = 4
 LOW_LOAD_FRACTION = 0.1
-STALL_LOAD_FRACTIONS = (0.25, 0.5)
-STALL_GAP_S = 0.02  # requests sent closer than this belong to the same stall
+STALL_LOAD_FRACTIONS = (0.25, 0.5, 0.75)
+STALL_GAP_S = 0.02  # slow requests sent closer than this belong to the same stall
 
 
-def stalls(scheduled_s: np.ndarray, latencies_ms: np.ndarray, engine_ms: float = 0.0) -> list[float]:
-    """Stall lengths (ms) in an open-loop run: bursts of requests, each sent within STALL_GAP_S of the
-    last, whose latency is over max(3 x median, median + 5 ms, median + 2 engine calls (`engine_ms` each,
-    as long as calls took in that run): waiting for a call or two is queueing, not a stall); a burst's
-    length is its worst latency minus the median (the request that came first into a stall waited all
-    of it)."""
+def _stall_threshold_ms(median_ms: float, engine_ms: float) -> float:
+    """Beyond what a request takes (the median) and waiting out an engine call or two (`engine_ms` each,
+    as long as calls took in that run): that is queueing, not a stall."""
+    return max(3 * median_ms, median_ms + 5.0, median_ms + 2 * engine_ms)
+
+
+def stalls(scheduled_s: np.ndarray, completed_s: np.ndarray, engine_ms: float = 0.0) -> list[float]:
+    """Stall lengths (ms) in an open-loop run: the answering time the replica lost. A stall shows first as
+    a burst of slow requests (each sent within STALL_GAP_S of the last, latency over the stall
+    threshold), but slow requests are not a stall by themselves: near an engine-bound model's capacity
+    they are its queue, and answers keep coming at the rate requests arrive. So for the slowest request
+    of each burst, its wait less the time the answers that came back meanwhile account for at the run's
+    rate (at least the median, what the request takes itself) is what the replica lost: all of the
+    wait beyond that where nothing was answered (the loop could not run), part of it where the loop ran
+    slowly, none where it kept up. A loss shorter than the median is noise in the count of answers."""
+    if len(completed_s) < 2:
+        return []
+    latencies_ms = (completed_s - scheduled_s) * 1e3
     median = float(np.median(latencies_ms))
-    slow = np.flatnonzero(latencies_ms > max(3 * median, median + 5.0, median + 2 * engine_ms))
-    order = slow[np.argsort(scheduled_s[slow])]
-    lengths: list[float] = []
+    rate = (len(scheduled_s) - 1) / float(np.ptp(scheduled_s) or 1.0)
+    answered = np.sort(completed_s)
+    slow = np.flatnonzero(latencies_ms > _stall_threshold_ms(median, engine_ms))
+    bursts: list[int] = []  # the slowest request of each burst
     last = -np.inf
-    for i in order:
-        if scheduled_s[i] - last < STALL_GAP_S and lengths:
-            lengths[-1] = max(lengths[-1], float(latencies_ms[i]) - median)
+    for i in slow[np.argsort(scheduled_s[slow], kind="stable")]:
+        if scheduled_s[i] - last < STALL_GAP_S and bursts:
+            bursts[-1] = i if latencies_ms[i] > latencies_ms[bursts[-1]] else bursts[-1]
         else:
-            lengths.append(float(latencies_ms[i]) - median)
+            bursts.append(i)
         last = scheduled_s[i]
+    lengths = []
+    for i in bursts:
+        meanwhile = np.searchsorted(answered, completed_s[i]) - np.searchsorted(answered, scheduled_s[i], "right")
+        lost = float(latencies_ms[i]) - max(median, meanwhile / rate * 1e3)
+        if lost > median:
+            lengths.append(lost)
     return lengths
 
 
@@ -96,6 +122,37 @@ def _handling(before: dict, after: dict) -> tuple[float, float]:
     return (a["decode_ns"] - b["decode_ns"]) / count / 1e9, (a["encode_ns"] - b["encode_ns"]) / count / 1e9
 
 
+def _handler_seconds(before: dict, after: dict) -> float | None:
+    """Mean seconds a successful request spent in the replica's handler (decoding, queueing, the engine
+    call, encoding) between two /stats readings."""
+    b, a = before["inference_stats"]["success"], after["inference_stats"]["success"]
+    return (a["ns"] - b["ns"]) / (a["count"] - b["count"]) / 1e9 if a["count"] > b["count"] else None
+
+
+def _variation(before: dict, after: dict, engine) -> list[float]:
+    """How an engine call's time varied inside the server between two /stats readings, around its mean:
+    each recent call's time over the profile's for its rows, divided by their mean (the mean itself is
+    the slowdown). Empty from a server that does not list its recent calls."""
+    recent = after.get("recent_engine_calls") or {}
+    calls = min(after["execution_count"] - before["execution_count"], len(recent.get("rows", [])))
+    if calls < 2:
+        return []
+    rows, infer_us = recent["rows"][-calls:], recent["infer_us"][-calls:]
+    ratios = np.array([us / 1e6 / engine(r, None) for r, us in zip(rows, infer_us, strict=True)])
+    return [round(float(v), 3) for v in ratios / ratios.mean()]
+
+
+def _handoff_seconds(before: dict, after: dict) -> float:
+    """The event loop's seconds an engine call, besides the engine, between two /stats readings: stacking
+    the inputs (`compute_input`) and taking the results back and splitting them (`compute_output`)."""
+    calls = after["execution_count"] - before["execution_count"]
+    if not calls:
+        return 0.0
+    stats_b, stats_a = before["inference_stats"], after["inference_stats"]
+    parts = ("compute_input", "compute_output")
+    return sum(stats_a[k]["ns"] - stats_b[k]["ns"] for k in parts) / calls / 1e9
+
+
 def _loop_cpu_per_request(before: dict, after: dict) -> float | None:
     """Seconds a request the replica's event-loop thread ran or waited for a CPU to run on, where the
     server reports them."""
@@ -110,13 +167,14 @@ def _loop_cpu_per_request(before: dict, after: dict) -> float | None:
 def _closed(url, host, port, model, request, concurrency, window_s):
     """Throughput, rows per engine call, the engine's seconds per call inside the server, the handler's
     decode and encode seconds a request, and the event-loop thread's seconds a request (running or
-    waiting for a CPU)."""
+    waiting for a CPU), and the /stats readings before and after."""
     before = model_stats(url, model)
     result = asyncio.run(closed_loop(host, port, request, concurrency, window_s, warmup_s=1.0))
     after = model_stats(url, model)
     if result.statuses.get(200, 0) != result.completed:
         raise RuntimeError(f"calibration: the server answered {result.statuses} at concurrency {concurrency}")
-    return (result.rps, *_engine_calls(before, after), *_handling(before, after), _loop_cpu_per_request(before, after))
+    figures = (*_engine_calls(before, after), *_handling(before, after), _loop_cpu_per_request(before, after))
+    return result.rps, *figures, (before, after)
 
 
 def calibrate(
@@ -131,8 +189,8 @@ def calibrate(
     engine = profile_service_time(batch_seconds)
     asyncio.run(closed_loop(host, port, request, 4, 1.0, warmup_s=0.5))  # connections and caches warm
     saturated = _closed(url, host, port, model, request, SATURATION_CONCURRENCY, window_s)
-    x_high, rows_high, served_call_s, _, _, loop_cpu_s = saturated
-    x_low, rows_low, _, decode_s, encode_s, _ = _closed(
+    x_high, rows_high, served_call_s, _, _, loop_cpu_s, saturated_stats = saturated
+    x_low, rows_low, _, decode_s, encode_s, _, _ = _closed(
         url, host, port, model, request, SMALL_BATCH_CONCURRENCY, window_s
     )
     # The loop's time per request is per_request + per_call / rows_per_call; two runs with different batch
@@ -150,14 +208,14 @@ def calibrate(
     # engine went, not what the loop costs: then the loop thread's own time a request is the better
     # figure (on a CPU, plus waiting for one: on a small machine the engine's threads take the cores).
     engine_busy_high = x_high / rows_high * served_call_s
-    loop_from = "throughput"
-    if engine_busy_high > 0.8 and loop_cpu_s:
-        per_request_s, per_call_s, loop_from = min(per_request_s, loop_cpu_s), 0.0, "event-loop thread"
+    engine_bound = engine_busy_high > 0.8 and bool(loop_cpu_s)
     slowdown = max(1.0, served_call_s / engine(rows_high, None))
     low_rate = LOW_LOAD_FRACTION * x_high
+    before_low = model_stats(url, model)
     low = asyncio.run(open_loop(host, port, request, low_rate, window_s))
-    in_replica_s = engine(1, None) + per_request_s + per_call_s
-    floor_s = np.clip(low.completed - low.scheduled - in_replica_s, 0.0, None)
+    after_low = model_stats(url, model)
+    low_rows, low_call_s = _engine_calls(before_low, after_low)
+    handler_s = _handler_seconds(before_low, after_low)
     low_summary = low.summary()
     stall_runs = []
     for fraction in STALL_LOAD_FRACTIONS:
@@ -166,9 +224,9 @@ def calibrate(
         stalled = asyncio.run(open_loop(host, port, request, rate, 3 * window_s, seed=11))
         after = model_stats(url, model)
         rows, call_s = _engine_calls(before, after)
+        loop_s = _loop_cpu_per_request(before, after)
         ok = stalled.statuses == 200
-        # Waiting out an engine call or two at this load is queueing, not a stall.
-        lengths = stalls(stalled.scheduled[ok], stalled.latencies_ms[ok], call_s * 1e3)
+        lengths = stalls(stalled.scheduled[ok], stalled.completed[ok], call_s * 1e3)
         span = float(np.ptp(stalled.scheduled)) or 1.0
         stall_runs.append(
             {
@@ -179,8 +237,33 @@ def calibrate(
                 # The engine's own slowdown at this load: less CPU taken by the loop than at saturation.
                 "rows_per_engine_call": round(rows, 2),
                 "engine_slowdown": round(max(1.0, call_s / engine(rows, None)), 3),
+                "engine_variation": _variation(before, after, engine),
+                "event_loop_ms_per_request": round(loop_s * 1e3, 4) if loop_s else None,
             }
         )
+    # Where the engine, not the loop, limited the saturated run (a heavy model), 1/X says how fast the
+    # engine went, not what the loop costs: then the loop thread's own time a request is the figure (on
+    # a CPU, plus waiting for one: on a small machine the engine's threads take the cores), as measured
+    # in the open loops of 4., which `plan` interpolates in the rate and holds beyond them. Not the
+    # saturated run's: a closed loop of 32 with full batches costs the loop less a request (MiniLM: 1.3
+    # against 1.6 ms) than open-loop arrivals near capacity do, which is where validate measures. An
+    # engine call's own cost on the loop is what the server measured of it at low load (stacking, and
+    # taking the results back), where the loop had nothing else to do.
+    loop_from, loop_by_rate = "throughput", []
+    if engine_bound:
+        per_request_s, loop_from = min(per_request_s, loop_cpu_s), "event-loop thread"
+        loop_by_rate = [(r["rate"], r["event_loop_ms_per_request"] / 1e3) for r in stall_runs]
+        loop_by_rate = [(r, s) for r, s in loop_by_rate if s]
+        per_call_s = _handoff_seconds(before_low, after_low)
+    # Latency outside the replica: each low-load latency less the handler's mean time (from /stats) and
+    # the HTTP layer's part before the handler (parsing) at that load.
+    loop_low_s = per_request_s
+    if loop_by_rate:  # in rate order
+        loop_low_s = float(np.interp(low_rate, [r for r, _ in loop_by_rate], [v for _, v in loop_by_rate]))
+    parse_s = max(0.0, loop_low_s - decode_s - encode_s)
+    if handler_s is None:  # a server without /stats timing: the model's figure for a lone request
+        handler_s = engine(1, None) * slowdown + decode_s + encode_s + per_call_s
+    floor_s = np.clip(low.completed - low.scheduled - handler_s - parse_s, 0.0, None)
     return {
         "benchmark": "calibrate",
         "model": model,
@@ -193,6 +276,7 @@ def calibrate(
             "engine_ms_per_call_profiled": round(engine(rows_high, None) * 1e3, 4),
             "engine_ms_per_call_served": round(served_call_s * 1e3, 4),
             "engine_busy": round(engine_busy_high, 3),
+            "engine_variation": _variation(*saturated_stats, engine),
             "event_loop_cpu_ms_per_request": round(loop_cpu_s * 1e3, 4) if loop_cpu_s else None,
         },
         "small_batches": {
@@ -202,9 +286,21 @@ def calibrate(
             "engine_busy": round(engine_busy_low, 3),
             "used": per_call_s > 0,
         },
-        "low_load": {"rate": round(low_rate, 1), **{k: low_summary[k] for k in ("p50_ms", "p99_ms", "statuses")}},
+        "low_load": {
+            "rate": round(low_rate, 1),
+            **{k: low_summary[k] for k in ("p50_ms", "p99_ms", "statuses")},
+            "handler_ms": round(handler_s * 1e3, 4),
+            "rows_per_engine_call": round(low_rows, 2),
+            # An idle engine is slower than a busy one: threads asleep, caches cold (MiniLM: 2x alone).
+            "engine_slowdown": round(max(1.0, low_call_s / engine(low_rows, None)), 3),
+        },
         "per_request_ms": round(per_request_s * 1e3, 4),
         "per_request_from": loop_from,
+        # Whether the engine, not the event loop, limited the saturated run.
+        "engine_bound": engine_bound,
+        # The loop's time a request in open loops, where measured that way: [rate, ms]; `plan`
+        # interpolates in the rate (per_request_ms is the saturated run's: the capacity's bound).
+        "per_request_by_rate": [[round(r, 1), round(v * 1e3, 4)] for r, v in loop_by_rate],
         # Of which the handler's: decoding (a task of its own after the HTTP layer's) and encoding (after
         # the engine call), measured by the server at concurrency 4, where the GIL is least contended.
         "decode_ms": round(min(decode_s, per_request_s) * 1e3, 4),

@@ -56,7 +56,8 @@ def request_body(
     return header, {"Content-Type": "application/json"}
 
 
-def _stable(windows: list[dict], key: str) -> bool:
+def stable(windows: list[dict], key: str) -> bool:
+    """The last STABLE_WINDOWS windows agree on `key` within TOLERANCE of their mean (perf_analyzer's rule)."""
     if len(windows) < STABLE_WINDOWS:
         return False
     values = [w[key] for w in windows[-STABLE_WINDOWS:]]
@@ -86,13 +87,13 @@ def measure(
             summary = result.summary()
             window = {**summary, "throughput": summary["achieved_rps"]}
         windows.append(window)
-        if _stable(windows, "throughput") and _stable(windows, "p50_ms"):
+        if stable(windows, "throughput") and stable(windows, "p50_ms"):
             break
     last = windows[-STABLE_WINDOWS:]
     return {
         "concurrency": concurrency,
         "rate": rate,
-        "stable": _stable(windows, "throughput") and _stable(windows, "p50_ms"),
+        "stable": stable(windows, "throughput") and stable(windows, "p50_ms"),
         "windows": len(windows),
         "throughput": round(float(np.mean([w["throughput"] for w in last])), 1),
         **{k: round(float(np.mean([w[k] for w in last])), 3) for k in ("p50_ms", "p90_ms", "p99_ms")},

@@ -40,6 +40,17 @@ class HttpPath:
     encode_s: float = 0.0  # of per_request_s: encoding the answer, after the engine call
     # engine_slowdown measured at other rates than saturation: (rate, slowdown)
     slowdowns: list[tuple[float, float]] = field(default_factory=list)
+    # per_request_s measured at several rates (an engine-bound model's loop, from its thread's own time):
+    # (rate, seconds)
+    per_request_by_rate: list[tuple[float, float]] = field(default_factory=list)
+
+    def per_request_at(self, rate: float | None) -> float:
+        """The loop's time a request at `rate`, interpolated where it was measured at several rates (the
+        nearest beyond them); per_request_s otherwise."""
+        if rate is None or not self.per_request_by_rate:
+            return self.per_request_s
+        points = sorted(self.per_request_by_rate)
+        return float(np.interp(rate, [r for r, _ in points], [s for _, s in points]))
 
     def slowdown_at(self, rate: float | None) -> float:
         """The engine's slowdown at `rate`, interpolated between the rates it was measured at (the
@@ -50,22 +61,23 @@ class HttpPath:
         return float(np.interp(rate, [r for r, _ in points], [s for _, s in points]))
 
     def stalls_at(self, rate: float) -> tuple[float, np.ndarray]:
-        """Stalls a second and their lengths at `rate`. Two measurements are interpolated linearly in the
-        rate (and extrapolated, never below zero): the share of time the loop was stalled, and the mean
-        stall length; the lengths are the nearer run's, scaled to that mean. (Stalls get longer with load
-        and merge, so their count is derived: share / mean length.)"""
-        if not self.stalls:
-            return 0.0, np.zeros(0)
+        """Stalls a second and their lengths at `rate`. The runs that measured them are interpolated
+        piecewise linearly in the rate, and extrapolated linearly beyond the outer two (never below
+        zero): the share of time the loop was stalled (0 in a run that found none), and the mean stall
+        length (over the runs that found some); the lengths are the nearest such run's, scaled to that
+        mean. (Stalls get longer with load and merge, so their count is derived: share / mean length.)"""
         runs = sorted(self.stalls, key=lambda s: s[0])
-        if len(runs) == 1 or runs[0][0] == runs[-1][0] or not all(len(s[2]) for s in runs):
+        found = [run for run in runs if len(run[2])]
+        if not found:
+            return 0.0, np.zeros(0)
+        if len({r for r, _, _ in runs}) == 1:
             return max(runs, key=lambda s: len(s[2]))[1:]
-        (r1, f1, l1), (r2, f2, l2) = runs[0], runs[-1]
-        x = (rate - r1) / (r2 - r1)
-        mean1, mean2 = float(l1.mean()), float(l2.mean())
-        share = max(0.0, f1 * mean1 + x * (f2 * mean2 - f1 * mean1))
-        mean = max(1e-6, mean1 + x * (mean2 - mean1))
-        nearer = l1 if abs(rate - r1) <= abs(rate - r2) else l2
-        return share / mean, nearer * (mean / float(nearer.mean()))
+        shares = [f * float(lengths.mean()) if len(lengths) else 0.0 for _, f, lengths in runs]
+        share = max(0.0, _piecewise_linear(rate, [r for r, _, _ in runs], shares))
+        means = [float(lengths.mean()) for _, _, lengths in found]
+        mean = max(1e-6, _piecewise_linear(rate, [r for r, _, _ in found], means))
+        nearest = min(found, key=lambda s: abs(rate - s[0]))[2]
+        return share / mean, nearest * (mean / float(nearest.mean()))
 
     @classmethod
     def read(cls, path: Path) -> HttpPath:
@@ -75,24 +87,41 @@ class HttpPath:
     @classmethod
     def from_report(cls, doc: dict) -> HttpPath:
         runs = doc.get("stalls") or []
-        slowdowns = [(r["rate"], r["engine_slowdown"]) for r in runs if np.isfinite(r.get("engine_slowdown", np.nan))]
+        measured = [*runs, doc.get("low_load") or {}]
+        slowdowns = [(r["rate"], r["engine_slowdown"]) for r in measured if "engine_slowdown" in r]
+        slowdowns = [(rate, s) for rate, s in slowdowns if np.isfinite(s)]
         if slowdowns:
             slowdowns.append((doc["saturation"]["rps"], doc["engine_slowdown"]))
         return cls(
-            doc["per_request_ms"] / 1e3,
-            np.array(doc["floor_samples_ms"]) / 1e3,
-            doc["engine_slowdown"],
-            doc.get("per_call_ms", 0.0) / 1e3,
-            [(r["rate"], r["per_s"], np.array(r["lengths_ms"]) / 1e3) for r in runs],
-            doc.get("decode_ms", 0.0) / 1e3,
-            doc.get("encode_ms", 0.0) / 1e3,
-            slowdowns,
+            per_request_s=doc["per_request_ms"] / 1e3,
+            floor_s=np.array(doc["floor_samples_ms"]) / 1e3,
+            engine_slowdown=doc["engine_slowdown"],
+            per_call_s=doc.get("per_call_ms", 0.0) / 1e3,
+            stalls=[(r["rate"], r["per_s"], np.array(r["lengths_ms"]) / 1e3) for r in runs],
+            decode_s=doc.get("decode_ms", 0.0) / 1e3,
+            encode_s=doc.get("encode_ms", 0.0) / 1e3,
+            slowdowns=slowdowns,
+            per_request_by_rate=[(r, ms / 1e3) for r, ms in doc.get("per_request_by_rate", [])],
         )
 
     @classmethod
     def fixed(cls, per_request_ms: float) -> HttpPath:
         """A per-request cost given by hand (what-if planning); no latency outside the queue."""
         return cls(per_request_ms / 1e3)
+
+
+def _piecewise_linear(x: float, xs: list[float], ys: list[float]) -> float:
+    """Linear interpolation through (xs, ys) (xs increasing), extended beyond the ends along the outer
+    segments; constant where there is one point."""
+    if len(xs) == 1:
+        return ys[0]
+    if x < xs[0]:
+        i = 0
+    elif x > xs[-1]:
+        i = len(xs) - 2
+    else:
+        return float(np.interp(x, xs, ys))
+    return ys[i] + (x - xs[i]) * (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
 
 
 @dataclass
@@ -130,6 +159,8 @@ class Replica:
         """Engine seconds a call inside the replica at `rate` (a replica's share); at saturation if None."""
         profiled = profile_service_time(self.batch_seconds)
         slowdown = self.http.slowdown_at(rate)
+        # The mean slowdown at this rate. Calls that ran long show in the stalls (answering time lost),
+        # which is where their effect on the tail is counted.
         return lambda rows, rng: profiled(rows, rng) * slowdown
 
     def simulate(self, rate: float, requests: int = SIM_REQUESTS, seed: int = 0) -> SimResult:
@@ -148,7 +179,7 @@ class Replica:
         return simulate_replicas(
             rate,
             self.engine(rate / self.replicas),
-            self.http.per_request_s,
+            self.http.per_request_at(rate / self.replicas),
             self.max_batch_size,
             self.max_queue_delay_ms / 1e3,
             self.replicas,

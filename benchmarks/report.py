@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 CONVERT_TARGET_S = {"minilm": 90.0}
 
 
@@ -83,6 +85,25 @@ def _alone(directory: Path, model: str, batch: int) -> str:
         return "no profile for one replica alone"
     points = [q for q in json.loads(path.read_text())["points"] if q["batch"] == batch]
     return f"one replica alone: {points[0]['rows_per_s']:.0f}" if points else "no profile at that batch"
+
+
+def _variation_text(saturation: dict) -> str:
+    variation = saturation.get("engine_variation")
+    if not variation:
+        return ""
+    low, high = np.percentile(variation, [10, 90])
+    return f"each call {low:.2f}x to {high:.2f}x that mean (p10 to p90, at saturation); "
+
+
+def _loop_by_rate_text(http: dict) -> str:
+    by_rate = http.get("per_request_by_rate")
+    if not by_rate:
+        return ""
+    return (
+        "event loop measured from its thread: "
+        + ", ".join(f"{ms:.2f} ms a request at {rate:.0f} req/s" for rate, ms in by_rate)
+        + "; "
+    )
 
 
 def _gpu_measured(directory: Path) -> list[str]:
@@ -180,8 +201,9 @@ def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Pat
         "measures the HTTP path (`calibrate`), predicts with the simulator for each batch limit, restarts "
         "the server with the best one, then measures open loop (Poisson arrivals, latency from the "
         f"scheduled send): the highest rate whose p99 stays within the SLO with every request answered "
-        f"200 (bisection, {first['window_s']:.0f} s per probe), and the p99 at 70% of that rate "
-        f"({2 * first['window_s']:.0f} s). The predicted p99 is taken at the same offered rate. "
+        f"200 (bisection, {first['window_s']:.0f} s per probe), and the p99 at 70% of that rate, in "
+        f"{first['window_s']:.0f} s windows until three in a row agree on throughput and median within 10% "
+        "(the last three pooled). The predicted p99 is taken at the same offered rate. "
         "Targets: max rate within +-15%, p99 within +-25%.",
         "",
         "| model (workload) | SLO p99 | config | max rate predicted | measured | error | met "
@@ -208,8 +230,10 @@ def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Pat
             f"{sat['rps']:.0f} req/s at {sat['rows_per_engine_call']} rows a call); engine "
             f"{h['engine_slowdown']:.1f}x slower inside the loaded replica than alone "
             f"({sat['engine_ms_per_call_served']:.2f} vs {sat['engine_ms_per_call_profiled']:.2f} ms a call); "
-            f"{h['floor_p50_ms']:.2f} ms p50 / {h['floor_p99_ms']:.2f} ms p99 outside the replica "
+            + _variation_text(sat)
+            + f"{h['floor_p50_ms']:.2f} ms p50 / {h['floor_p99_ms']:.2f} ms p99 outside the replica "
             f"(open loop at {h['low_load']['rate']:.0f} req/s); "
+            + _loop_by_rate_text(h)
             + "; ".join(
                 f"at {s['rate']:.0f} req/s {s['per_s']:.2f} stalls a second"
                 + (f", mean {sum(s['lengths_ms']) / len(s['lengths_ms']):.1f} ms" if s["lengths_ms"] else "")
@@ -219,10 +243,11 @@ def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Pat
         )
     lines += [
         "",
-        "Stalls are interpolated in the rate between the two runs that measured them and extrapolated beyond. "
-        "Both they and the measured maximum vary between runs of the same command on this 2-core machine "
-        "(the measured maximum by about +-10%), so one run's errors are one sample. The simulator does not "
-        "model requests refused by the bounded queue (503).",
+        "Stalls (the answering time the replica lost during bursts of slow requests) are interpolated in the "
+        "rate between the runs that measured them and extrapolated beyond. Both they and the measured maximum "
+        "vary between runs of the same command on this 2-core machine (the machine's speed drifts from minute "
+        "to minute: the measured maximum by about +-10%), so one run's errors are one sample. The simulator "
+        "does not model requests refused by the bounded queue (503).",
         "",
     ]
     for r, path in zip(reports, paths, strict=True):

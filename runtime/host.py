@@ -303,6 +303,11 @@ class ModelHost:
                 "decode_ns": self.handling_ns["decode"],
                 "encode_ns": self.handling_ns["encode"],
             },
+            # Not Triton's: the last engine calls (oldest first), rows and engine time in microseconds each.
+            "recent_engine_calls": {
+                "rows": [rows for rows, _ in b.recent_calls],
+                "infer_us": [ns // 1000 for _, ns in b.recent_calls],
+            },
             "memory": {**self.engine.memory(), "footprint": self.footprint.to_dict() if self.footprint else None},
             "warmup_seconds": self.warmup_s,
             "max_batch_size": {"configured": self.max_batch_size, "now": self.batcher.max_rows},

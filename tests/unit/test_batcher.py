@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime.batcher import DynamicBatcher, Overloaded, TimedOut
+from runtime.batcher import RECENT_CALLS, DynamicBatcher, Overloaded, TimedOut
 from runtime.batching import Work
 from runtime.loader import load_engine
 from tests.fixtures.artifacts import sequence_model
@@ -160,6 +160,21 @@ def test_engine_time_is_timed_in_its_thread_apart_from_the_wait_for_the_loop(eng
 
     stats = asyncio.run(main())
     assert stats.batches == 3
+    assert [rows for rows, _ in stats.recent_calls] == [1, 1, 1]  # each call kept, engine time alone
+    assert sum(ns for _, ns in stats.recent_calls) == stats.infer_ns
     assert stats.infer_ns / 3 == pytest.approx(20e6, rel=0.5)
     assert stats.output_ns / 3 > 30e6
     assert stats.input_ns + stats.infer_ns + stats.output_ns == pytest.approx(stats.compute_ns, abs=3)
+
+
+def test_only_the_last_engine_calls_are_kept(engine):
+    async def main():
+        batcher = DynamicBatcher(engine.infer, engine.signature, max_rows=4, max_delay_s=0.0, max_queued_rows=100)
+        for i in range(RECENT_CALLS + 5):
+            await batcher.submit(feed(1 + i % 2, 8, i), Work(1 + i % 2, {"seq": 8}), 5)
+        batcher.close()
+        return batcher.stats
+
+    stats = asyncio.run(main())
+    assert stats.batches == RECENT_CALLS + 5 and len(stats.recent_calls) == RECENT_CALLS
+    assert stats.recent_calls[-1][0] == 1 + (RECENT_CALLS + 4) % 2  # the newest last

@@ -1,28 +1,80 @@
-"""The pure parts of `benchmarks calibrate`: finding the event loop's stalls in an open-loop run."""
+"""The pure parts of `benchmarks calibrate`: finding the event loop's stalls in an open-loop run, and
+reading the server's /stats."""
 
 import numpy as np
 import pytest
 
-from benchmarks.calibrate import stalls
+from benchmarks.calibrate import _handoff_seconds, _variation, stalls
 
 
-def test_a_burst_of_slow_requests_is_one_stall_as_long_as_its_worst_excess():
-    scheduled = np.arange(0.0, 10.0, 0.002)  # 500 req/s
-    latencies = np.full(len(scheduled), 3.0)
-    # A 25 ms stall at t=2 s: requests sent during it wait out the rest of it.
-    hit = (scheduled >= 2.0) & (scheduled < 2.025)
-    latencies[hit] += 25.0 - (scheduled[hit] - 2.0) * 1e3
-    # A 12 ms one at t=7 s.
-    hit = (scheduled >= 7.0) & (scheduled < 7.012)
-    latencies[hit] += 12.0 - (scheduled[hit] - 7.0) * 1e3
-    found = stalls(scheduled, latencies)
-    assert found == pytest.approx([25.0, 12.0], abs=0.01)
+def test_a_stall_is_the_answering_time_lost_while_requests_waited():
+    scheduled = np.arange(0.0, 10.0, 0.002)  # 500 req/s, each answered 3 ms later
+    completed = scheduled + 0.003
+    # A 25 ms stall at t=2 s and a 12 ms one at t=7 s: nothing is answered during them, and what was
+    # due is answered when they end, one after the other.
+    for start, length in ((2.0, 0.025), (7.0, 0.012)):
+        hit = (completed > start) & (completed < start + length)
+        completed[hit] = start + length + 0.0001 * np.arange(hit.sum())
+    # The first request caught waited 27 ms (its 3 and the 24 left of the stall when it came).
+    assert stalls(scheduled, completed) == pytest.approx([24.0, 11.0], abs=0.01)
+
+
+def test_a_slowed_loop_loses_part_of_the_time():
+    # 500 req/s, 1 ms of service each, answered 3 ms after being sent; for 30 ms from t=2 s the replica
+    # serves at a quarter of its speed (4 ms each), and catches up after.
+    scheduled = np.arange(0.0, 10.0, 0.002)
+    completed = np.zeros(len(scheduled))
+    free = 0.0
+    for i, s in enumerate(scheduled):
+        start = max(s + 0.002, free)
+        free = start + (0.004 if 2.0 <= start < 2.03 else 0.001)
+        completed[i] = free
+    (lost,) = stalls(scheduled, completed)
+    worst = float(((completed - scheduled) * 1e3).max())
+    assert 3.0 < lost < worst - 3.0  # not all of the worst wait: answers kept coming, slower
+
+
+def test_queueing_behind_engine_calls_is_not_a_stall():
+    # An engine-bound replica near capacity: answers come 20 ms apart, 5 at a time; most requests took
+    # 12 ms, every 50th waited 60 ms in the queue (over 3 x the median and 2 engine calls past it: slow
+    # requests), but answers kept coming as fast as requests arrived, so there was no stall.
+    completed = np.repeat(np.arange(1, 501) * 0.02, 5) + np.tile(np.arange(5) * 1e-4, 500)
+    latencies = np.where(np.arange(len(completed)) % 50 == 25, 0.060, 0.012)
+    scheduled = completed - latencies
+    assert latencies.max() * 1e3 > max(3 * 12.0, 12.0 + 2 * 20.0)
+    assert stalls(scheduled, completed, engine_ms=20.0) == []
 
 
 def test_waiting_for_an_engine_call_or_two_is_not_a_stall():
-    scheduled = np.arange(0.0, 10.0, 0.01)
-    latencies = np.full(len(scheduled), 10.0)
-    latencies[::50] = 45.0  # 35 ms over the median: a stall for a fast engine, queueing for a 20 ms one
-    assert len(stalls(scheduled, latencies)) == 20
-    assert stalls(scheduled, latencies, engine_ms=20.0) == []
-    assert stalls(scheduled, np.full(len(scheduled), 10.0)) == []
+    scheduled = np.arange(0.0, 10.0, 0.5)  # 2 req/s: the replica idle in between, answers 10 ms later
+    completed = scheduled + 0.010
+    completed[::4] += 0.035  # 35 ms late, nothing else answered meanwhile
+    assert stalls(scheduled, completed) == pytest.approx([35.0] * 5)
+    assert stalls(scheduled, completed, engine_ms=20.0) == []  # two 20 ms engine calls' worth: queueing
+    assert stalls(scheduled, scheduled + 0.010) == []
+
+
+def _stats(calls: int, recent: list[tuple[int, int]] | None = None, input_ns=0, output_ns=0) -> dict:
+    stats = {
+        "execution_count": calls,
+        "inference_stats": {"compute_input": {"ns": input_ns}, "compute_output": {"ns": output_ns}},
+    }
+    if recent is not None:
+        stats["recent_engine_calls"] = {"rows": [r for r, _ in recent], "infer_us": [us for _, us in recent]}
+    return stats
+
+
+def test_engine_variation_is_each_calls_time_over_the_profiles_around_their_mean():
+    engine = lambda rows, rng: 0.001 * rows  # noqa: E731 - 1 ms a row alone
+    # Two calls before the run (not counted), three in it: 2x, 3x and 4x the profile.
+    before = _stats(2, [(1, 5000), (1, 5000)])
+    after = _stats(5, [(1, 5000), (1, 5000), (1, 2000), (2, 6000), (4, 16000)])
+    assert _variation(before, after, engine) == pytest.approx([2 / 3, 1.0, 4 / 3], abs=1e-3)
+    assert _variation(before, _stats(5), engine) == []  # a server that does not list its calls
+
+
+def test_handoff_is_the_loops_share_of_an_engine_call():
+    before = _stats(10, input_ns=1_000_000, output_ns=2_000_000)
+    after = _stats(14, input_ns=1_400_000, output_ns=3_200_000)
+    assert _handoff_seconds(before, after) == pytest.approx((0.4e6 + 1.2e6) / 4 / 1e9)
+    assert _handoff_seconds(before, before) == 0.0

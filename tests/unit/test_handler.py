@@ -69,6 +69,8 @@ def test_infer_and_stats(handler):
     handling = stats["request_handling"]
     assert handling["count"] == 1 and handling["decode_ns"] > 0 and handling["encode_ns"] > 0
     assert stats["event_loop_cpu_ns"] > 0 and stats["event_loop_wait_ns"] >= 0  # this thread's, on Linux
+    recent = stats["recent_engine_calls"]
+    assert recent["rows"] == [1] and 0 < recent["infer_us"][0] * 1000 <= stats["inference_stats"]["compute_infer"]["ns"]
     assert len(call(handler, "GET", "/v2/models/seq/stats").headers["x-request-id"]) == 32  # generated
 
 

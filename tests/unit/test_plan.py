@@ -81,19 +81,53 @@ def test_stalls_are_interpolated_by_share_of_time_and_length():
     assert HttpPath(0.0002).stalls_at(100.0)[0] == 0.0
 
 
+def test_stalls_follow_three_runs_piecewise_and_a_run_without_any_counts_as_none():
+    none = (250.0, 0.0, np.zeros(0))  # a quarter load found no stall
+    half = (500.0, 1.0, np.array([0.01]))  # 1% of the time
+    three_quarters = (750.0, 2.0, np.array([0.02, 0.02]))  # 4%: stalls grow faster near capacity
+    http = HttpPath(0.0002, stalls=[three_quarters, none, half])
+    assert http.stalls_at(250.0)[0] == 0.0
+    per_s, lengths = http.stalls_at(375.0)  # half way to the first run with stalls: 0.5% of the time,
+    assert per_s * lengths.mean() == pytest.approx(0.005)  # in stalls as long as the trend says
+    assert lengths.mean() == pytest.approx(0.005)
+    per_s, lengths = http.stalls_at(650.0)  # between the upper two: 2.8% in stalls of 16 ms
+    assert per_s * lengths.mean() == pytest.approx(0.028) and lengths.mean() == pytest.approx(0.016)
+    assert lengths == pytest.approx([0.016, 0.016])  # the nearest run's (750), scaled to the mean
+    per_s, lengths = http.stalls_at(1000.0)  # beyond, along the last segment: 7% in stalls of 30 ms
+    assert per_s * lengths.mean() == pytest.approx(0.07) and lengths.mean() == pytest.approx(0.03)
+    assert HttpPath(0.0002, stalls=[none]).stalls_at(500.0)[0] == 0.0
+
+
 def test_calibration_reports_stalls_and_slowdowns_as_plan_reads_them():
     doc = {
         "per_request_ms": 0.6,
         "per_call_ms": 0.9,
         "engine_slowdown": 4.0,
         "floor_samples_ms": [1.0, 2.0],
-        "saturation": {"rps": 1400.0},
+        "saturation": {"rps": 1400.0, "engine_variation": [0.9, 1.1]},
+        "low_load": {"rate": 140.0, "engine_slowdown": 1.2},
         "stalls": [
-            {"rate": 350.0, "per_s": 1.0, "lengths_ms": [8.0], "engine_slowdown": 1.5},
+            {"rate": 350.0, "per_s": 1.0, "lengths_ms": [8.0], "engine_slowdown": 1.5, "engine_variation": [1.0]},
             {"rate": 700.0, "per_s": 1.2, "lengths_ms": [15.0, 17.0], "engine_slowdown": 2.0},
         ],
+        "per_request_by_rate": [[350.0, 0.9], [1400.0, 0.6]],
     }
     http = HttpPath.from_report(doc)
-    assert http.slowdowns == [(350.0, 1.5), (700.0, 2.0), (1400.0, 4.0)]
+    assert http.slowdowns == [(350.0, 1.5), (700.0, 2.0), (140.0, 1.2), (1400.0, 4.0)]
+    assert http.slowdown_at(140.0) == pytest.approx(1.2)
     assert http.stalls_at(700.0)[0] == pytest.approx(1.2)
     assert http.stalls_at(700.0)[1] == pytest.approx([0.015, 0.017])
+    assert http.per_request_at(350.0) == pytest.approx(0.0009) and http.per_request_at(None) == pytest.approx(0.0006)
+    # An older report, without them: one figure for every rate.
+    old = HttpPath.from_report({k: v for k, v in doc.items() if k not in ("per_request_by_rate", "low_load")})
+    assert old.per_request_at(350.0) == pytest.approx(0.0006)
+
+
+def test_the_loop_costs_what_it_was_measured_to_cost_at_each_load():
+    http = HttpPath(0.001, per_request_by_rate=[(100.0, 0.002), (300.0, 0.0015), (600.0, 0.001)])
+    assert http.per_request_at(200.0) == pytest.approx(0.00175)
+    assert http.per_request_at(50.0) == 0.002 and http.per_request_at(900.0) == 0.001  # flat beyond
+    # A dearer loop at part load: the same replica answers later there.
+    flat = Replica(PROFILE, HttpPath(0.001), 8, 0.0)
+    dearer = Replica(PROFILE, http, 8, 0.0)
+    assert dearer.simulate(200.0).mean_s > flat.simulate(200.0).mean_s
