@@ -204,9 +204,7 @@ def calibrate(
     if rows_low < rows_high * 0.7 and engine_busy_low < 0.5:
         per_call_s = max(0.0, (1 / x_low - 1 / x_high) / (1 / rows_low - 1 / rows_high))
     per_request_s = max(1e-6, 1 / x_high - per_call_s / rows_high)
-    # Where the engine, not the loop, limited the saturated run (a heavy model), 1/X says how fast the
-    # engine went, not what the loop costs: then the loop thread's own time a request is the better
-    # figure (on a CPU, plus waiting for one: on a small machine the engine's threads take the cores).
+    # Whether the engine, not the loop, limited the saturated run (see below for what changes then).
     engine_busy_high = x_high / rows_high * served_call_s
     engine_bound = engine_busy_high > 0.8 and bool(loop_cpu_s)
     slowdown = max(1.0, served_call_s / engine(rows_high, None))
