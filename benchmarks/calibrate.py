@@ -44,6 +44,7 @@ import numpy as np
 
 from benchmarks import machine
 from benchmarks.http_load import closed_loop, open_loop
+from benchmarks.plan import HttpPath
 from benchmarks.simulate import profile_service_time
 
 SATURATION_CONCURRENCY = 32
@@ -255,9 +256,7 @@ def calibrate(
         per_call_s = _handoff_seconds(before_low, after_low)
     # Latency outside the replica: each low-load latency less the handler's mean time (from /stats) and
     # the HTTP layer's part before the handler (parsing) at that load.
-    loop_low_s = per_request_s
-    if loop_by_rate:  # in rate order
-        loop_low_s = float(np.interp(low_rate, [r for r, _ in loop_by_rate], [v for _, v in loop_by_rate]))
+    loop_low_s = HttpPath(per_request_s, per_request_by_rate=loop_by_rate).per_request_at(low_rate)
     parse_s = max(0.0, loop_low_s - decode_s - encode_s)
     if handler_s is None:  # a server without /stats timing: the model's figure for a lone request
         handler_s = engine(1, None) * slowdown + decode_s + encode_s + per_call_s

@@ -7,6 +7,7 @@ import asyncio
 import csv
 import json
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -65,6 +66,24 @@ def stable(windows: list[dict], key: str) -> bool:
     return mean > 0 and all(abs(v - mean) <= TOLERANCE * mean for v in values)
 
 
+def steady(windows: list[dict]) -> bool:
+    """The stability rule for a load point: the last windows agree on throughput and p50."""
+    return stable(windows, "throughput") and stable(windows, "p50_ms")
+
+
+def until_steady(run_window: Callable[[int], tuple[dict, object]], max_windows: int) -> tuple[list[dict], list]:
+    """Calls `run_window(k)` (the k-th window's summary, with its "throughput", and its raw result) until
+    the windows are `steady` or `max_windows` ran; returns the summaries and the raw results."""
+    windows, results = [], []
+    for k in range(max_windows):
+        window, result = run_window(k)
+        windows.append(window)
+        results.append(result)
+        if steady(windows):
+            break
+    return windows, results
+
+
 def measure(
     host: str,
     port: int,
@@ -77,23 +96,21 @@ def measure(
     max_windows: int = 10,
 ) -> dict:
     """One load point: windows until STABLE_WINDOWS in a row agree on throughput and p50 within 10%."""
-    windows = []
-    for _ in range(max_windows):
+
+    def run_window(_: int) -> tuple[dict, object]:
         if concurrency is not None:
             result = asyncio.run(closed_loop(host, port, request, concurrency, window_s, warmup_s=0.5))
-            window = {**result.summary(), "throughput": result.rps}
-        else:
-            result = asyncio.run(open_loop(host, port, request, rate, window_s, poisson=poisson))
-            summary = result.summary()
-            window = {**summary, "throughput": summary["achieved_rps"]}
-        windows.append(window)
-        if stable(windows, "throughput") and stable(windows, "p50_ms"):
-            break
+            return {**result.summary(), "throughput": result.rps}, result
+        result = asyncio.run(open_loop(host, port, request, rate, window_s, poisson=poisson))
+        summary = result.summary()
+        return {**summary, "throughput": summary["achieved_rps"]}, result
+
+    windows, _ = until_steady(run_window, max_windows)
     last = windows[-STABLE_WINDOWS:]
     return {
         "concurrency": concurrency,
         "rate": rate,
-        "stable": stable(windows, "throughput") and stable(windows, "p50_ms"),
+        "stable": steady(windows),
         "windows": len(windows),
         "throughput": round(float(np.mean([w["throughput"] for w in last])), 1),
         **{k: round(float(np.mean([w[k] for w in last])), 3) for k in ("p50_ms", "p90_ms", "p99_ms")},

@@ -190,17 +190,16 @@ def _measure(host, port, request, slo_ms, http_report, window_s) -> dict:
             f"<= {slo_ms:g} ms: {'; '.join(low['misses'])}"
         )
     at = round(max_rps * LOAD_FRACTION, 1)
-    # Windows until three in a row agree on throughput and median within 10% (load.stable); the p99 is
+
+    # Windows until three in a row agree on throughput and median within 10% (load.until_steady); the p99 is
     # that of the three pooled. The machine's speed drifts from minute to minute: one window's p99 is
     # one sample of it.
-    results, windows = [], []
-    for k in range(MAX_WINDOWS):
+    def run_window(k: int) -> tuple[dict, object]:
         result = asyncio.run(open_loop(host, port, request, at, window_s, seed=7 + k))
         summary = result.summary()
-        results.append(result)
-        windows.append({**summary, "throughput": summary["achieved_rps"]})
-        if load.stable(windows, "throughput") and load.stable(windows, "p50_ms"):
-            break
+        return {**summary, "throughput": summary["achieved_rps"]}, result
+
+    windows, results = load.until_steady(run_window, MAX_WINDOWS)
     pooled = results[-load.STABLE_WINDOWS :]
     ok = np.concatenate([r.statuses == 200 for r in pooled])
     latencies = np.concatenate([r.latencies_ms for r in pooled])[ok]
@@ -213,7 +212,7 @@ def _measure(host, port, request, slo_ms, http_report, window_s) -> dict:
         "p99_ms": round(float(np.percentile(latencies, 99)), 3),
         "at_rps": at,
         "windows": len(windows),
-        "stable": load.stable(windows, "throughput") and load.stable(windows, "p50_ms"),
+        "stable": load.steady(windows),
         "window_p99_ms": [w["p99_ms"] for w in windows],
         "achieved_rps": round(float(np.mean([w["achieved_rps"] for w in windows[-load.STABLE_WINDOWS :]])), 1),
         "statuses": statuses,
