@@ -12,7 +12,8 @@ Four runs of one request kind:
    Its slowdown differs at other loads: runs 3. and 4. measure it there too, and `plan` interpolates in
    the rate. Where the engine, not the loop, was the bottleneck (engine busy over 80% of the run: MiniLM
    here), 1/X measures the engine, and the loop's cost comes from the loop thread's own time instead
-   (CPU plus waiting for one, from /stats), at this load and at those of 4.; an engine call's loop cost
+   (its CPU time, and the share of its waits for a CPU that holds up queued work: `loop_seconds`, from
+   /stats), at this load and at those of 4.; an engine call's loop cost
    is then what /stats measured of it at low load (`compute_input` + `compute_output`).
 2. small batches, closed loop at concurrency 4: X' at b' rows a call gives the second equation, so
    per_request and per_call separate (the cost of an engine call on the loop: stacking, the hand-off,
@@ -154,28 +155,52 @@ def _handoff_seconds(before: dict, after: dict) -> float:
     return sum(stats_a[k]["ns"] - stats_b[k]["ns"] for k in parts) / calls / 1e9
 
 
-def _loop_cpu_per_request(before: dict, after: dict) -> float | None:
-    """Seconds a request the replica's event-loop thread ran or waited for a CPU to run on, where the
-    server reports them."""
-    keys = ("event_loop_cpu_ns", "event_loop_wait_ns")
-    if not all(k in before and k in after for k in keys):
+def _loop_thread_seconds(before: dict, after: dict, key: str) -> float | None:
+    """Seconds a request of the replica's event-loop thread's `key` in /stats (`event_loop_cpu_ns`: running;
+    `event_loop_wait_ns`: runnable, waiting for a CPU), where the server reports it."""
+    if key not in before or key not in after:
         return None
     requests = after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
-    used = sum(after[k] - before[k] for k in keys)
-    return used / requests / 1e9 if requests else None
+    return (after[key] - before[key]) / requests / 1e9 if requests else None
+
+
+def loop_seconds(cpu_s: float, wait_s: float, rate: float) -> float:
+    """The event loop's time taken a request at `rate`: its thread's CPU time, and of its waits for a CPU
+    (the engine's threads and everything else on the cores) the share that holds up other work. A wait
+    when the loop had work queued delays all of it; one after the loop was idle delays only what woke it
+    (latency, which the low-load floor includes). Work is queued about as often as the loop is taken:
+    rate x (cpu + wait). (MiniLM, 250 req/s: rows per engine call 2.64 simulated this way, 2.61
+    measured; 2.97 with every wait counted, 2.43 with none.)"""
+    return cpu_s + wait_s * min(1.0, rate * (cpu_s + wait_s))
+
+
+def _loop_per_request(before: dict, after: dict, rate: float) -> tuple[float, float, float] | None:
+    """The loop thread's CPU and wait seconds a request between two /stats readings, and `loop_seconds`."""
+    cpu = _loop_thread_seconds(before, after, "event_loop_cpu_ns")
+    wait = _loop_thread_seconds(before, after, "event_loop_wait_ns")
+    if cpu is None or wait is None:
+        return None
+    return cpu, wait, loop_seconds(cpu, wait, rate)
 
 
 def _closed(url, host, port, model, request, concurrency, window_s):
     """Throughput, rows per engine call, the engine's seconds per call inside the server, the handler's
-    decode and encode seconds a request, and the event-loop thread's seconds a request (running or
-    waiting for a CPU), and the /stats readings before and after."""
+    decode and encode seconds a request, the event loop's seconds a request (`_loop_per_request`: CPU,
+    wait and their `loop_seconds`, or None), and the /stats readings before and after."""
     before = model_stats(url, model)
     result = asyncio.run(closed_loop(host, port, request, concurrency, window_s, warmup_s=1.0))
     after = model_stats(url, model)
     if result.statuses.get(200, 0) != result.completed:
         raise RuntimeError(f"calibration: the server answered {result.statuses} at concurrency {concurrency}")
-    figures = (*_engine_calls(before, after), *_handling(before, after), _loop_cpu_per_request(before, after))
+    figures = (*_engine_calls(before, after), *_handling(before, after), _loop_per_request(before, after, result.rps))
     return result.rps, *figures, (before, after)
+
+
+def _loop_figures(loop: tuple[float, float, float] | None) -> dict:
+    if loop is None:
+        return {"event_loop_ms_per_request": None}
+    keys = ("event_loop_cpu_ms_per_request", "event_loop_wait_ms_per_request", "event_loop_ms_per_request")
+    return {k: round(v * 1e3, 4) for k, v in zip(keys, loop, strict=True)}
 
 
 def calibrate(
@@ -190,7 +215,7 @@ def calibrate(
     engine = profile_service_time(batch_seconds)
     asyncio.run(closed_loop(host, port, request, 4, 1.0, warmup_s=0.5))  # connections and caches warm
     saturated = _closed(url, host, port, model, request, SATURATION_CONCURRENCY, window_s)
-    x_high, rows_high, served_call_s, _, _, loop_cpu_s, saturated_stats = saturated
+    x_high, rows_high, served_call_s, _, _, saturated_loop, saturated_stats = saturated
     x_low, rows_low, _, decode_s, encode_s, _, _ = _closed(
         url, host, port, model, request, SMALL_BATCH_CONCURRENCY, window_s
     )
@@ -207,7 +232,7 @@ def calibrate(
     per_request_s = max(1e-6, 1 / x_high - per_call_s / rows_high)
     # Whether the engine, not the loop, limited the saturated run (see below for what changes then).
     engine_busy_high = x_high / rows_high * served_call_s
-    engine_bound = engine_busy_high > 0.8 and bool(loop_cpu_s)
+    engine_bound = engine_busy_high > 0.8 and saturated_loop is not None
     slowdown = max(1.0, served_call_s / engine(rows_high, None))
     low_rate = LOW_LOAD_FRACTION * x_high
     before_low = model_stats(url, model)
@@ -223,7 +248,8 @@ def calibrate(
         stalled = asyncio.run(open_loop(host, port, request, rate, 3 * window_s, seed=11))
         after = model_stats(url, model)
         rows, call_s = _engine_calls(before, after)
-        loop_s = _loop_cpu_per_request(before, after)
+        achieved = stalled.summary()["achieved_rps"]
+        loop = _loop_per_request(before, after, achieved)
         ok = stalled.statuses == 200
         lengths = stalls(stalled.scheduled[ok], stalled.completed[ok], call_s * 1e3)
         span = float(np.ptp(stalled.scheduled)) or 1.0
@@ -232,25 +258,27 @@ def calibrate(
                 "rate": round(rate, 1),
                 "p50_ms": stalled.summary()["p50_ms"],
                 "per_s": round(len(lengths) / span, 3),
+                "span_s": round(span, 3),
                 "lengths_ms": [round(v, 3) for v in lengths],
                 # The engine's own slowdown at this load: less CPU taken by the loop than at saturation.
                 "rows_per_engine_call": round(rows, 2),
                 "engine_slowdown": round(max(1.0, call_s / engine(rows, None)), 3),
                 "engine_variation": _variation(before, after, engine),
-                "event_loop_ms_per_request": round(loop_s * 1e3, 4) if loop_s else None,
+                # The loop's time a request (`loop_seconds`) and its thread's CPU and wait behind it.
+                **_loop_figures(loop),
             }
         )
     # Where the engine, not the loop, limited the saturated run (a heavy model), 1/X says how fast the
     # engine went, not what the loop costs: then the loop thread's own time a request is the figure (on
-    # a CPU, plus waiting for one: on a small machine the engine's threads take the cores), as measured
-    # in the open loops of 4., which `plan` interpolates in the rate and holds beyond them. Not the
-    # saturated run's: a closed loop of 32 with full batches costs the loop less a request (MiniLM: 1.3
-    # against 1.6 ms) than open-loop arrivals near capacity do, which is where validate measures. An
-    # engine call's own cost on the loop is what the server measured of it at low load (stacking, and
-    # taking the results back), where the loop had nothing else to do.
+    # a CPU, and part of its waits for one: on a small machine the engine's threads take the cores;
+    # `loop_seconds`), as measured in the open loops of 4., which `plan` interpolates in the rate and
+    # holds beyond them. Not the saturated run's: a closed loop of 32 with full batches costs the loop
+    # less a request (MiniLM: 1.3 against 1.6 ms) than open-loop arrivals near capacity do, which is
+    # where validate measures. An engine call's own cost on the loop is what the server measured of it at
+    # low load (stacking, and taking the results back), where the loop had nothing else to do.
     loop_from, loop_by_rate = "throughput", []
     if engine_bound:
-        per_request_s, loop_from = min(per_request_s, loop_cpu_s), "event-loop thread"
+        per_request_s, loop_from = min(per_request_s, saturated_loop[2]), "event-loop thread"
         loop_by_rate = [(r["rate"], r["event_loop_ms_per_request"] / 1e3) for r in stall_runs]
         loop_by_rate = [(r, s) for r, s in loop_by_rate if s]
         per_call_s = _handoff_seconds(before_low, after_low)
@@ -274,7 +302,7 @@ def calibrate(
             "engine_ms_per_call_served": round(served_call_s * 1e3, 4),
             "engine_busy": round(engine_busy_high, 3),
             "engine_variation": _variation(*saturated_stats, engine),
-            "event_loop_cpu_ms_per_request": round(loop_cpu_s * 1e3, 4) if loop_cpu_s else None,
+            **_loop_figures(saturated_loop),
         },
         "small_batches": {
             "concurrency": SMALL_BATCH_CONCURRENCY,
@@ -307,6 +335,70 @@ def calibrate(
         "floor_p50_ms": round(float(np.median(floor_s)) * 1e3, 3),
         "floor_p99_ms": round(float(np.percentile(floor_s, 99)) * 1e3, 3),
         "floor_samples_ms": [round(float(v) * 1e3, 4) for v in floor_s],
+        "stalls": stall_runs,
+    }
+
+
+def pool(reports: list[dict]) -> dict:
+    """One calibration from several of the same server taken at different times (`validate` interleaves
+    them with its measurement windows, so the machine's drift from minute to minute is in both): the
+    figures' means, and every sample of the floor and every stall, each load's stall count over its
+    runs' time together."""
+    if len(reports) == 1:
+        return reports[0]
+
+    def mean(docs: list[dict], key: str) -> float:
+        return round(float(np.mean([d[key] for d in docs])), 4)
+
+    def means(docs: list[dict], keys: tuple[str, ...]) -> dict:
+        return {k: mean(docs, k) for k in keys}
+
+    stall_runs = []
+    for runs in zip(*(r["stalls"] for r in reports), strict=True):
+        span = sum(run["span_s"] for run in runs)
+        loop = [run["event_loop_ms_per_request"] for run in runs]
+        stall_runs.append(
+            {
+                **means(runs, ("rate", "p50_ms", "rows_per_engine_call", "engine_slowdown")),
+                "per_s": round(sum(len(run["lengths_ms"]) for run in runs) / span, 3),
+                "span_s": round(span, 3),
+                "lengths_ms": [v for run in runs for v in run["lengths_ms"]],
+                "engine_variation": [v for run in runs for v in run["engine_variation"]],
+                "event_loop_ms_per_request": round(float(np.mean(loop)), 4) if all(loop) else None,
+                **{
+                    key: mean(runs, key)
+                    for key in ("event_loop_cpu_ms_per_request", "event_loop_wait_ms_per_request")
+                    if all(key in run for run in runs)
+                },
+            }
+        )
+    by_rate = [r["per_request_by_rate"] for r in reports if r["per_request_by_rate"]]
+    if by_rate and len({len(b) for b in by_rate}) == 1:
+        by_rate = np.mean(np.array(by_rate, dtype=float), axis=0).round(4).tolist()
+    else:
+        by_rate = by_rate[-1] if by_rate else []
+    low = [r["low_load"] for r in reports]
+    floor = [v for r in reports for v in r["floor_samples_ms"]]
+    saturation = [r["saturation"] for r in reports]
+    return {
+        **reports[-1],
+        "pooled": len(reports),
+        "saturation": {
+            **saturation[-1],
+            **means(saturation, ("rps", "rows_per_engine_call", "engine_ms_per_call_served", "engine_busy")),
+            "engine_variation": [v for s in saturation for v in s["engine_variation"]],
+        },
+        "low_load": {
+            **low[-1],
+            **means(low, ("rate", "p50_ms", "p99_ms", "handler_ms", "rows_per_engine_call", "engine_slowdown")),
+        },
+        **means(reports, ("per_request_ms", "decode_ms", "encode_ms", "per_call_ms", "engine_slowdown")),
+        # Engine-bound in most of them: the loop's cost then comes from its thread's time (see calibrate).
+        "engine_bound": 2 * sum(r["engine_bound"] for r in reports) > len(reports),
+        "per_request_by_rate": by_rate,
+        "floor_p50_ms": round(float(np.median(floor)), 3),
+        "floor_p99_ms": round(float(np.percentile(floor, 99)), 3),
+        "floor_samples_ms": floor,
         "stalls": stall_runs,
     }
 

@@ -6,8 +6,14 @@
    predicted max rate is the recommended config, and the server is restarted with it if it differs.
 4. Measure, open loop with Poisson arrivals, latency from the schedule: the highest rate whose p99 stays
    within the SLO with every request answered 200 (bisection), then the p99 at 70% of that rate, in
-   windows until three in a row agree (perf_analyzer's stability rule), pooled.
-5. Write DIR/validate.json: `predicted` and `measured`, each with `max_rps` and `p99_ms`; and the plots.
+   windows until three in a row agree (perf_analyzer's stability rule), pooled. Before each window, a
+   calibration round (`benchmarks.calibrate`, shorter runs).
+5. Predict what was measured from the calibrations around it: this machine's speed drifts by tens of
+   percent over minutes, and a calibration from minutes before describes another machine. The max rate
+   from the first calibration and the round right after the bisection, pooled; the p99 from the rounds
+   before the pooled windows, pooled. What the first calibration alone predicted, before anything was
+   measured, is recorded beside them (`max_rps_first_calibration`, `p99_ms_first_calibration`).
+6. Write DIR/validate.json: `predicted` and `measured`, each with `max_rps` and `p99_ms`; and the plots.
 
 The p99 is compared at one offered rate, 70% of the measured max, so the latency prediction is judged on
 the same load as the measurement (the prediction at 70% of its own max rate is recorded too).
@@ -33,6 +39,7 @@ from benchmarks.profile import batch_seconds, profile
 
 TARGETS = {"max_rps": 0.15, "p99_ms": 0.25}
 MAX_WINDOWS = 6  # for the p99 at 70% of the max rate: at least load.STABLE_WINDOWS
+ROUND_WINDOW_S = 4.0  # the calibration rounds between those windows: each of its runs (stall runs 3x)
 PREDICT_SEEDS = 3  # simulation runs pooled for each predicted point (see plan.Replica.seeds)
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
@@ -138,18 +145,38 @@ def validate(
         best = max(options, key=lambda b: (predictions[b]["max_rps"], -b))
         print(f"{model}: recommended max_batch_size {best}: {predictions[best]['max_rps']} req/s", file=sys.stderr)
         restart = best != running_batch
+
+        def recalibrate() -> dict:
+            round_s = min(ROUND_WINDOW_S, window_s / 2)
+            return calibrate.calibrate(base, host, port, model, request, seconds, window_s=round_s)
+
+        def stats() -> dict:
+            return calibrate.model_stats(base, model)
+
         if not restart:
-            measured = _measure(host, port, request, slo_p99_ms, http_report, window_s)
+            measured, rounds = _measure(host, port, request, slo_p99_ms, http_report, window_s, recalibrate, stats)
     if restart:
         with server(best):
-            measured = _measure(host, port, request, slo_p99_ms, http_report, window_s)
-    prediction = predictions[best]
-    # The prediction at the rate the p99 was measured at.
-    at_measured = replicas[best].simulate(measured["at_rps"])
+            measured, rounds = _measure(host, port, request, slo_p99_ms, http_report, window_s, recalibrate, stats)
+    # The machine's speed drifts by tens of percent over minutes, so each prediction is made from the
+    # calibrations taken around what it is compared with: the max rate from the first calibration and the
+    # round right after the bisection (before and after it, pooled); the p99 at the rate it was measured
+    # at from the rounds before the pooled windows. What the first calibration alone predicts (before
+    # anything was measured) is kept beside them.
+    around_max = calibrate.pool([http_report, rounds[0]])
+    prediction = predict(
+        Replica(seconds, HttpPath.from_report(around_max), best, delay_ms, seeds=PREDICT_SEEDS), slo_p99_ms
+    )
+    during = calibrate.pool(rounds[-load.STABLE_WINDOWS :])
+    replica = Replica(seconds, HttpPath.from_report(during), best, delay_ms, seeds=PREDICT_SEEDS)
+    at_measured = replica.simulate(measured["at_rps"])
     predicted = {
         "max_rps": prediction["max_rps"],
         "p99_ms": round(at_measured.percentile_ms(99), 3),
         "at_rps": measured["at_rps"],
+        "rows_per_engine_call": round(float(at_measured.batch_sizes.mean()), 2),
+        "max_rps_first_calibration": predictions[best]["max_rps"],
+        "p99_ms_first_calibration": round(replicas[best].simulate(measured["at_rps"]).percentile_ms(99), 3),
         "p99_ms_at_own_70pct": prediction["p99_ms"],
         "latency_quantiles_ms": [round(at_measured.percentile_ms(q), 3) for q in range(1, 100)],
         "curve": prediction["curve"],
@@ -169,6 +196,8 @@ def validate(
         "relative_error": errors,
         "met": {k: abs(errors[k]) <= TARGETS[k] for k in TARGETS},
         "http": {k: v for k, v in http_report.items() if k != "floor_samples_ms"},
+        "http_around_max": {k: v for k, v in around_max.items() if k != "floor_samples_ms"},
+        "http_during_p99": {k: v for k, v in during.items() if k != "floor_samples_ms"},
         "profile": engine_profile,
         "predicted_by_batch_limit": {str(b): p["max_rps"] for b, p in predictions.items()},
     }
@@ -180,7 +209,9 @@ def validate(
     return report
 
 
-def _measure(host, port, request, slo_ms, http_report, window_s) -> dict:
+def _measure(host, port, request, slo_ms, http_report, window_s, recalibrate, stats) -> tuple[dict, list[dict]]:
+    """The max sustainable rate, then the p99 at 70% of it in windows, each after a calibration round
+    (`recalibrate()`; `stats()` reads the server's /stats); returns the measurement and the rounds."""
     ceiling = http_report["saturation"]["rps"]
     max_rps, probes = measure_max_rate(host, port, request, slo_ms, 0.2 * ceiling, 1.2 * ceiling, window_s)
     if not max_rps:
@@ -193,11 +224,16 @@ def _measure(host, port, request, slo_ms, http_report, window_s) -> dict:
 
     # Windows until three in a row agree on throughput and median within 10% (load.until_steady); the p99 is
     # that of the three pooled. The machine's speed drifts from minute to minute: one window's p99 is
-    # one sample of it.
+    # one sample of it. Before each window a calibration round, for the prediction at this rate.
+    rounds = []
+
     def run_window(k: int) -> tuple[dict, object]:
+        rounds.append(recalibrate())
+        before = stats()
         result = asyncio.run(open_loop(host, port, request, at, window_s, seed=7 + k))
         summary = result.summary()
-        return {**summary, "throughput": summary["achieved_rps"]}, result
+        rows = calibrate.rows_per_call(before, stats())
+        return {**summary, "throughput": summary["achieved_rps"], "rows_per_engine_call": round(rows, 2)}, result
 
     windows, results = load.until_steady(run_window, MAX_WINDOWS)
     pooled = results[-load.STABLE_WINDOWS :]
@@ -207,13 +243,16 @@ def _measure(host, port, request, slo_ms, http_report, window_s) -> dict:
     for w in windows[-load.STABLE_WINDOWS :]:
         for status, count in w["statuses"].items():
             statuses[status] = statuses.get(status, 0) + count
-    return {
+    measured = {
         "max_rps": round(max_rps, 1),
         "p99_ms": round(float(np.percentile(latencies, 99)), 3),
         "at_rps": at,
         "windows": len(windows),
         "stable": load.steady(windows),
         "window_p99_ms": [w["p99_ms"] for w in windows],
+        "rows_per_engine_call": round(
+            float(np.mean([w["rows_per_engine_call"] for w in windows[-load.STABLE_WINDOWS :]])), 2
+        ),
         "achieved_rps": round(float(np.mean([w["achieved_rps"] for w in windows[-load.STABLE_WINDOWS :]])), 1),
         "statuses": statuses,
         "send_lag_p99_ms": max(w["send_lag_p99_ms"] for w in windows[-load.STABLE_WINDOWS :]),
@@ -223,3 +262,4 @@ def _measure(host, port, request, slo_ms, http_report, window_s) -> dict:
             for p in probes
         ],
     }
+    return measured, rounds

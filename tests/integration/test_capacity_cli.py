@@ -32,6 +32,10 @@ def test_validate_then_plan_then_report(server, built_repository, tmp_path):
         assert report[side]["max_rps"] > 0 and report[side]["p99_ms"] > 0, report[side]
     assert report["measured"]["statuses"] == {"200": sum(report["measured"]["statuses"].values())}
     assert report["http"]["per_request_ms"] > 0 and report["http"]["engine_slowdown"] >= 1
+    # The p99 is predicted from the calibration rounds taken before the pooled windows, one each.
+    assert report["http_during_p99"]["pooled"] == min(3, report["measured"]["windows"])
+    assert report["predicted"]["p99_ms_first_calibration"] > 0
+    assert report["measured"]["rows_per_engine_call"] >= 1 and report["predicted"]["rows_per_engine_call"] >= 1
     pngs = sorted(p.name for p in (results / "cnn").glob("*.png"))
     assert pngs == ["cnn-latency-cdf.png", "cnn-latency-vs-batch.png", "cnn-throughput-vs-p99.png"]
     assert all((results / "cnn" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
