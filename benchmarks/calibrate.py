@@ -372,7 +372,9 @@ def pool(reports: list[dict]) -> dict:
                 },
             }
         )
-    by_rate = [r["per_request_by_rate"] for r in reports if r["per_request_by_rate"]]
+    # Engine-bound in most of them: the loop's cost then comes from its thread's time (see calibrate).
+    engine_bound = 2 * sum(r["engine_bound"] for r in reports) > len(reports)
+    by_rate = [r["per_request_by_rate"] for r in reports if r["per_request_by_rate"]] if engine_bound else []
     if by_rate and len({len(b) for b in by_rate}) == 1:
         by_rate = np.mean(np.array(by_rate, dtype=float), axis=0).round(4).tolist()
     else:
@@ -393,8 +395,7 @@ def pool(reports: list[dict]) -> dict:
             **means(low, ("rate", "p50_ms", "p99_ms", "handler_ms", "rows_per_engine_call", "engine_slowdown")),
         },
         **means(reports, ("per_request_ms", "decode_ms", "encode_ms", "per_call_ms", "engine_slowdown")),
-        # Engine-bound in most of them: the loop's cost then comes from its thread's time (see calibrate).
-        "engine_bound": 2 * sum(r["engine_bound"] for r in reports) > len(reports),
+        "engine_bound": engine_bound,
         "per_request_by_rate": by_rate,
         "floor_p50_ms": round(float(np.median(floor)), 3),
         "floor_p99_ms": round(float(np.percentile(floor, 99)), 3),
