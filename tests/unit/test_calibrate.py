@@ -173,3 +173,10 @@ def test_loop_figures_from_stats():
     assert (cpu, wait) == pytest.approx((1e-3, 0.5e-3))
     assert loop == pytest.approx(1e-3 + 0.5e-3 * 0.6)
     assert _loop_per_request(stats(100, 0), stats(300, 200_000_000), 400.0) is None  # no wait reported
+
+
+def test_a_pool_mostly_not_engine_bound_takes_the_loops_cost_from_the_throughput():
+    reports = [_report(1.0, [1.0], [[], []], loop_ms=1.2), _report(1.0, [1.0], [[], []]), _report(1.0, [1.0], [[], []])]
+    pooled = pool(reports)
+    assert not pooled["engine_bound"] and pooled["per_request_by_rate"] == []
+    assert HttpPath.from_report(pooled).per_request_at(150.0) == pytest.approx(1e-3)
