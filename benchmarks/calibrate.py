@@ -248,15 +248,22 @@ def calibrate(
         stalled = asyncio.run(open_loop(host, port, request, rate, 3 * window_s, seed=11))
         after = model_stats(url, model)
         rows, call_s = _engine_calls(before, after)
-        achieved = stalled.summary()["achieved_rps"]
-        loop = _loop_per_request(before, after, achieved)
+        summary = stalled.summary()
+        loop = _loop_per_request(before, after, summary["achieved_rps"])
         ok = stalled.statuses == 200
+        handler_run_s = _handler_seconds(before, after)
         lengths = stalls(stalled.scheduled[ok], stalled.completed[ok], call_s * 1e3)
         span = float(np.ptp(stalled.scheduled)) or 1.0
         stall_runs.append(
             {
                 "rate": round(rate, 1),
-                "p50_ms": stalled.summary()["p50_ms"],
+                "p50_ms": summary["p50_ms"],
+                # For the record (plan does not read them): the run's own p99, and its mean latency
+                # outside the replica's handler (what the low-load floor stands for at this load).
+                "p99_ms": summary["p99_ms"],
+                "outside_handler_ms": round(float(np.mean(stalled.latencies_ms[ok])) - handler_run_s * 1e3, 3)
+                if handler_run_s is not None and ok.any()
+                else None,
                 "per_s": round(len(lengths) / span, 3),
                 "span_s": round(span, 3),
                 "lengths_ms": [round(v, 3) for v in lengths],
@@ -339,6 +346,15 @@ def calibrate(
     }
 
 
+# Figures of a stall run that older reports (or servers without the loop's figures) lack.
+_OPTIONAL_RUN_FIGURES = (
+    "event_loop_cpu_ms_per_request",
+    "event_loop_wait_ms_per_request",
+    "p99_ms",
+    "outside_handler_ms",
+)
+
+
 def pool(reports: list[dict]) -> dict:
     """One calibration from several of the same server taken at different times (`validate` interleaves
     them with its measurement windows, so the machine's drift from minute to minute is in both): the
@@ -367,8 +383,8 @@ def pool(reports: list[dict]) -> dict:
                 "event_loop_ms_per_request": round(float(np.mean(loop)), 4) if all(loop) else None,
                 **{
                     key: mean(runs, key)
-                    for key in ("event_loop_cpu_ms_per_request", "event_loop_wait_ms_per_request")
-                    if all(key in run for run in runs)
+                    for key in _OPTIONAL_RUN_FIGURES
+                    if all(run.get(key) is not None for run in runs)
                 },
             }
         )

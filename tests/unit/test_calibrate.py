@@ -87,6 +87,7 @@ def _report(per_request_ms, floor_ms, stall_lengths, span_s=10.0, loop_ms=None):
         {
             "rate": rate,
             "p50_ms": 3.0,
+            "p99_ms": per_request_ms * 10,
             "per_s": len(lengths) / span_s,
             "span_s": span_s,
             "lengths_ms": lengths,
@@ -141,6 +142,7 @@ def test_pooled_calibrations_average_the_figures_and_keep_every_sample():
     assert low["lengths_ms"] == [5.0, 7.0, 9.0] and low["per_s"] == pytest.approx(0.15) and low["span_s"] == 20.0
     assert high["lengths_ms"] == [] and high["per_s"] == 0.0
     assert (low["engine_slowdown"], high["engine_slowdown"]) == (2.0, 3.0)
+    assert low["p99_ms"] == pytest.approx(15.0) and "outside_handler_ms" not in low  # neither report has it
     # What plan reads of it.
     http = HttpPath.from_report(pooled)
     assert http.per_request_s == pytest.approx(1.5e-3)
