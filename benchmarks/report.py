@@ -283,7 +283,7 @@ def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Pat
         "Stalls (the answering time the replica lost during bursts of slow requests) are interpolated in the "
         "rate between the runs that measured them and extrapolated beyond. Both they and the measured maximum "
         "vary between runs of the same command on this 2-core machine (the machine's speed drifts from minute "
-        "to minute: the measured maximum by about +-10%), so one run's errors are one sample. The simulator "
+        "to minute, by tens of percent), so one run's errors are one sample. The simulator "
         "does not model requests refused by the bounded queue (503).",
         "",
     ]
