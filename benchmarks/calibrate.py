@@ -286,8 +286,9 @@ def calibrate(
     loop_from, loop_by_rate = "throughput", []
     if engine_bound:
         per_request_s, loop_from = min(per_request_s, saturated_loop[2]), "event-loop thread"
-        loop_by_rate = [(r["rate"], r["event_loop_ms_per_request"] / 1e3) for r in stall_runs]
-        loop_by_rate = [(r, s) for r, s in loop_by_rate if s]
+        loop_by_rate = [
+            (r["rate"], r["event_loop_ms_per_request"] / 1e3) for r in stall_runs if r["event_loop_ms_per_request"]
+        ]
         per_call_s = _handoff_seconds(before_low, after_low)
     # Latency outside the replica: each low-load latency less the handler's mean time (from /stats) and
     # the HTTP layer's part before the handler (parsing) at that load.
