@@ -236,11 +236,11 @@ def _measure(host, port, request, slo_ms, http_report, window_s, recalibrate, st
         return {**summary, "throughput": summary["achieved_rps"], "rows_per_engine_call": round(rows, 2)}, result
 
     windows, results = load.until_steady(run_window, MAX_WINDOWS)
-    pooled = results[-load.STABLE_WINDOWS :]
+    pooled, last = results[-load.STABLE_WINDOWS :], windows[-load.STABLE_WINDOWS :]
     ok = np.concatenate([r.statuses == 200 for r in pooled])
     latencies = np.concatenate([r.latencies_ms for r in pooled])[ok]
     statuses = {}
-    for w in windows[-load.STABLE_WINDOWS :]:
+    for w in last:
         for status, count in w["statuses"].items():
             statuses[status] = statuses.get(status, 0) + count
     measured = {
@@ -250,12 +250,10 @@ def _measure(host, port, request, slo_ms, http_report, window_s, recalibrate, st
         "windows": len(windows),
         "stable": load.steady(windows),
         "window_p99_ms": [w["p99_ms"] for w in windows],
-        "rows_per_engine_call": round(
-            float(np.mean([w["rows_per_engine_call"] for w in windows[-load.STABLE_WINDOWS :]])), 2
-        ),
-        "achieved_rps": round(float(np.mean([w["achieved_rps"] for w in windows[-load.STABLE_WINDOWS :]])), 1),
+        "rows_per_engine_call": round(float(np.mean([w["rows_per_engine_call"] for w in last])), 2),
+        "achieved_rps": round(float(np.mean([w["achieved_rps"] for w in last])), 1),
         "statuses": statuses,
-        "send_lag_p99_ms": max(w["send_lag_p99_ms"] for w in windows[-load.STABLE_WINDOWS :]),
+        "send_lag_p99_ms": max(w["send_lag_p99_ms"] for w in last),
         "latency_quantiles_ms": [round(float(np.percentile(latencies, q)), 3) for q in range(1, 100)],
         "probes": [
             {k: p[k] for k in ("rate", "achieved_rps", "p50_ms", "p99_ms", "send_lag_p99_ms", "sustained", "misses")}
