@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import machine
-from benchmarks.http_load import closed_loop, open_loop
+from benchmarks.http_load import closed_loop, open_loop, settling_s
 from benchmarks.plan import HttpPath
 from benchmarks.simulate import profile_service_time
 
@@ -236,7 +236,7 @@ def calibrate(
     slowdown = max(1.0, served_call_s / engine(rows_high, None))
     low_rate = LOW_LOAD_FRACTION * x_high
     before_low = model_stats(url, model)
-    low = asyncio.run(open_loop(host, port, request, low_rate, window_s))
+    low = asyncio.run(open_loop(host, port, request, low_rate, window_s, warmup_s=settling_s(window_s)))
     after_low = model_stats(url, model)
     low_rows, low_call_s = _engine_calls(before_low, after_low)
     handler_s = _handler_seconds(before_low, after_low)
@@ -245,7 +245,9 @@ def calibrate(
     for fraction in STALL_LOAD_FRACTIONS:
         rate = fraction * x_high
         before = model_stats(url, model)
-        stalled = asyncio.run(open_loop(host, port, request, rate, 3 * window_s, seed=11))
+        stalled = asyncio.run(
+            open_loop(host, port, request, rate, 3 * window_s, seed=11, warmup_s=settling_s(window_s))
+        )
         after = model_stats(url, model)
         rows, call_s = _engine_calls(before, after)
         summary = stalled.summary()

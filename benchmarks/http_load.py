@@ -201,6 +201,13 @@ class OpenLoopResult:
         return result
 
 
+def settling_s(duration_s: float) -> float:
+    """The warm-up an open-loop measurement of `duration_s` runs at its rate first (`open_loop`): a quarter
+    of it, at most 2 s. An overload run may leave the server an aftermath (connections closing, a
+    backlog, a garbage collection), which can weigh on the p99 of a 10 s window right after it."""
+    return min(2.0, duration_s / 4)
+
+
 async def open_loop(
     host: str,
     port: int,
@@ -211,13 +218,17 @@ async def open_loop(
     seed: int = 0,
     timeout_s: float = 30.0,
     max_connections: int = 512,
+    warmup_s: float = 0.0,
 ) -> OpenLoopResult:
     """Send at `rate`/s (Poisson or constant spacing) whatever the server does: each request goes out at
     its scheduled time on an idle keep-alive connection (a new one when all are busy; a few are opened
-    before the schedule starts), and its latency counts from that schedule."""
+    before the schedule starts), and its latency counts from that schedule. The schedule runs for
+    `warmup_s` before the `duration_s` it reports on: requests due in the warm-up are sent and answered
+    but left out of the result, so what the server was still doing from before (a backlog, a collection,
+    connections closing) is not measured as this rate's."""
     requests = [requests] if isinstance(requests, bytes) else list(requests)
     rng = np.random.default_rng(seed)
-    count = max(1, int(rate * duration_s))
+    count = max(1, int(rate * (warmup_s + duration_s)))
     gaps = rng.exponential(1.0 / rate, count) if poisson else np.full(count, 1.0 / rate)
     scheduled = np.cumsum(gaps) - gaps[0]
     sent = np.zeros(count)
@@ -256,7 +267,7 @@ async def open_loop(
             status, connection, again = 0, None, False
         completed[i] = loop.time() - start
         statuses[i] = status
-        retried += again
+        retried += again and scheduled[i] >= warmup_s
         if connection is None:
             open_connections -= 1
         else:
@@ -271,4 +282,9 @@ async def open_loop(
     await asyncio.gather(*tasks)
     for _, writer in idle:
         writer.close()
-    return OpenLoopResult(rate, scheduled, sent, completed, statuses, retried)
+    kept = scheduled >= warmup_s if warmup_s else slice(None)
+    if warmup_s and not kept.any():
+        kept = slice(-1, None)  # a schedule shorter than its warm-up: its last request stands for it
+    return OpenLoopResult(
+        rate, scheduled[kept] - warmup_s, sent[kept] - warmup_s, completed[kept] - warmup_s, statuses[kept], retried
+    )

@@ -236,11 +236,14 @@ def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Pat
         f"scheduled send): the highest rate whose p99 stays within the SLO with every request answered "
         f"200 (bisection, {first['window_s']:.0f} s per probe), and the p99 at 70% of that rate, in "
         f"{first['window_s']:.0f} s windows until three in a row agree on throughput and median within 10% "
-        "(the last three pooled), each after a calibration round. The predicted p99 is taken at the same "
-        "offered rate. This machine's speed drifts by tens of percent over minutes, so each figure is "
-        "predicted from the calibrations around its measurement: the max rate from the first calibration "
-        "and the round right after the bisection, the p99 from the rounds before the pooled windows. The "
-        "last column is what the first calibration alone predicted, before anything was measured. "
+        "(the last three pooled), each after a calibration round. Each probe and window first runs at its "
+        "rate for a quarter of its length (at most 2 s), not measured, so that it does not measure the "
+        "aftermath of the run before it. The predicted p99 is taken at the same offered rate. This "
+        "machine's speed drifts by tens of percent over minutes, so each figure is predicted from the "
+        "calibrations around its measurement: the max rate from the first calibration and the round right "
+        "after the bisection; each window's latencies from the round right before it, and the p99 from the "
+        "pooled windows' simulated latencies together, as the measured one pools theirs. The last column "
+        "is what the first calibration alone predicted, before anything was measured. "
         "Targets: max rate within +-15%, p99 within +-25%.",
         "",
         "| model (workload) | SLO p99 | config | max rate predicted | measured | error | met "
@@ -259,6 +262,11 @@ def _validation(reports: list[dict], paths: list[Path], plots: Path, output: Pat
         )
     windows = [
         f"{r['model']} {', '.join(f'{v:.1f}' for v in r['measured']['window_p99_ms'])} ms"
+        + (
+            f" (predicted from the round before each: {', '.join(f'{v:.1f}' for v in r['predicted']['window_p99_ms'])})"
+            if r["predicted"].get("window_p99_ms")
+            else ""
+        )
         + (
             f" (rows per engine call {r['predicted']['rows_per_engine_call']:.2f} simulated, "
             f"{r['measured']['rows_per_engine_call']:.2f} measured)"

@@ -7,11 +7,13 @@
 4. Measure, open loop with Poisson arrivals, latency from the schedule: the highest rate whose p99 stays
    within the SLO with every request answered 200 (bisection), then the p99 at 70% of that rate, in
    windows until three in a row agree (perf_analyzer's stability rule), pooled. Before each window, a
-   calibration round (`benchmarks.calibrate`, shorter runs).
+   calibration round (`benchmarks.calibrate`, shorter runs). Each probe and window runs at its rate for a
+   while first, unmeasured (`http_load.settling_s`): the run before it may have been an overload.
 5. Predict what was measured from the calibrations around it: this machine's speed drifts by tens of
    percent over minutes, and a calibration from minutes before describes another machine. The max rate
-   from the first calibration and the round right after the bisection, pooled; the p99 from the rounds
-   before the pooled windows, pooled. What the first calibration alone predicted, before anything was
+   from the first calibration and the round right after the bisection, pooled; each window from the
+   round right before it, and the p99 from the pooled windows' simulated latencies together (as the
+   measured p99 pools theirs). What the first calibration alone predicted, before anything was
    measured, is recorded beside them (`max_rps_first_calibration`, `p99_ms_first_calibration`).
 6. Write DIR/validate.json: `predicted` and `measured`, each with `max_rps` and `p99_ms`; and the plots.
 
@@ -33,7 +35,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from benchmarks import calibrate, load, machine
-from benchmarks.http_load import open_loop
+from benchmarks.http_load import open_loop, settling_s
 from benchmarks.plan import LOAD_FRACTION, HttpPath, Replica, predict
 from benchmarks.profile import batch_seconds, profile
 
@@ -69,7 +71,7 @@ def sustained(host: str, port: int, request: bytes, rate: float, slo_ms: float, 
     """One open-loop probe. Sustained: p99 within the SLO, every request answered 200, and answers keep up
     with the schedule. Send lag is recorded but does not fail a probe: latency counts from the schedule,
     so a generator that falls behind is charged in the latency anyway."""
-    summary = asyncio.run(open_loop(host, port, request, rate, window_s)).summary()
+    summary = asyncio.run(open_loop(host, port, request, rate, window_s, warmup_s=settling_s(window_s))).summary()
     misses = []
     if summary["p99_ms"] > slo_ms:
         misses.append(f"p99 {summary['p99_ms']:.1f} ms")
@@ -167,18 +169,31 @@ def validate(
     prediction = predict(
         Replica(seconds, HttpPath.from_report(around_max), best, delay_ms, seeds=PREDICT_SEEDS), slo_p99_ms
     )
+
+    def at_measured_rate(report: dict):
+        replica = Replica(seconds, HttpPath.from_report(report), best, delay_ms, seeds=PREDICT_SEEDS)
+        return replica.simulate(measured["at_rps"])
+
+    # Each window is predicted from the round right before it. The measured p99 pools windows that met the
+    # machine at different speeds, and its tail comes mostly from the slowest; so does the predicted
+    # one: the p99 of those windows' simulated latencies together. Not one simulation of the rounds'
+    # figures averaged, which is recorded beside it: queueing is convex in the service time, and an
+    # average machine has a lighter tail than the average of the machines.
+    by_window = [at_measured_rate(r) for r in rounds]
+    pooled = by_window[-load.STABLE_WINDOWS :]
+    mixed_ms = np.concatenate([r.latencies_s for r in pooled]) * 1e3
     during = calibrate.pool(rounds[-load.STABLE_WINDOWS :])
-    replica = Replica(seconds, HttpPath.from_report(during), best, delay_ms, seeds=PREDICT_SEEDS)
-    at_measured = replica.simulate(measured["at_rps"])
     predicted = {
         "max_rps": prediction["max_rps"],
-        "p99_ms": round(at_measured.percentile_ms(99), 3),
+        "p99_ms": round(float(np.percentile(mixed_ms, 99)), 3),
         "at_rps": measured["at_rps"],
-        "rows_per_engine_call": round(float(at_measured.batch_sizes.mean()), 2),
+        "window_p99_ms": [round(r.percentile_ms(99), 3) for r in by_window],
+        "rows_per_engine_call": round(float(np.concatenate([r.batch_sizes for r in pooled]).mean()), 2),
+        "p99_ms_pooled_rounds": round(at_measured_rate(during).percentile_ms(99), 3),
         "max_rps_first_calibration": predictions[best]["max_rps"],
         "p99_ms_first_calibration": round(replicas[best].simulate(measured["at_rps"]).percentile_ms(99), 3),
         "p99_ms_at_own_70pct": prediction["p99_ms"],
-        "latency_quantiles_ms": [round(at_measured.percentile_ms(q), 3) for q in range(1, 100)],
+        "latency_quantiles_ms": [round(float(q), 3) for q in np.percentile(mixed_ms, range(1, 100))],
         "curve": prediction["curve"],
     }
     errors = {k: round((predicted[k] - measured[k]) / measured[k], 4) for k in TARGETS}
@@ -203,6 +218,8 @@ def validate(
     }
     results.mkdir(parents=True, exist_ok=True)
     (results / "validate.json").write_text(json.dumps(report, indent=1) + "\n")
+    # The rounds in full (floor samples included), one a window, so each window's prediction can be rerun.
+    (results / f"rounds-{model}.json").write_text(json.dumps(rounds) + "\n")
     from benchmarks import plots
 
     plots.validation(report, results)
@@ -230,7 +247,7 @@ def _measure(host, port, request, slo_ms, http_report, window_s, recalibrate, st
     def run_window(k: int) -> tuple[dict, object]:
         rounds.append(recalibrate())
         before = stats()
-        result = asyncio.run(open_loop(host, port, request, at, window_s, seed=7 + k))
+        result = asyncio.run(open_loop(host, port, request, at, window_s, seed=7 + k, warmup_s=settling_s(window_s)))
         summary = result.summary()
         rows = calibrate.rows_per_call(before, stats())
         return {**summary, "throughput": summary["achieved_rps"], "rows_per_engine_call": round(rows, 2)}, result

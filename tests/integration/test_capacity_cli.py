@@ -34,6 +34,13 @@ def test_validate_then_plan_then_report(server, built_repository, tmp_path):
     assert report["http"]["per_request_ms"] > 0 and report["http"]["engine_slowdown"] >= 1
     # The p99 is predicted from the calibration rounds taken before the pooled windows, one each.
     assert report["http_during_p99"]["pooled"] == min(3, report["measured"]["windows"])
+    # Each window predicted from the round before it (one a window), and the pooled ones' p99 from theirs.
+    assert len(report["predicted"]["window_p99_ms"]) == report["measured"]["windows"]
+    assert min(report["predicted"]["window_p99_ms"][-3:]) <= report["predicted"]["p99_ms"]
+    assert report["predicted"]["p99_ms"] <= max(report["predicted"]["window_p99_ms"][-3:])
+    assert report["predicted"]["p99_ms_pooled_rounds"] > 0
+    rounds = json.loads((results / "cnn" / "rounds-cnn.json").read_text())
+    assert len(rounds) == report["measured"]["windows"] and all(r["floor_samples_ms"] for r in rounds)
     assert report["predicted"]["p99_ms_first_calibration"] > 0
     assert report["measured"]["rows_per_engine_call"] >= 1 and report["predicted"]["rows_per_engine_call"] >= 1
     pngs = sorted(p.name for p in (results / "cnn").glob("*.png"))
