@@ -267,7 +267,7 @@ async def open_loop(
             status, connection, again = 0, None, False
         completed[i] = loop.time() - start
         statuses[i] = status
-        retried += again and scheduled[i] >= warmup_s
+        retried += bool(again and scheduled[i] >= warmup_s)
         if connection is None:
             open_connections -= 1
         else:
