@@ -165,14 +165,7 @@ class Replica:
 
     def simulate(self, rate: float, requests: int = SIM_REQUESTS, seed: int = 0) -> SimResult:
         runs = [self._simulate_once(rate, requests, seed + k) for k in range(self.seeds)]
-        if len(runs) == 1:
-            return runs[0]
-        return SimResult(
-            rate,
-            np.concatenate([r.latencies_s for r in runs]),
-            np.concatenate([r.batch_sizes for r in runs]),
-            sum(r.duration_s for r in runs),
-        )
+        return runs[0] if len(runs) == 1 else SimResult.pooled(runs)
 
     def _simulate_once(self, rate: float, requests: int, seed: int) -> SimResult:
         stalls_per_s, stall_s = self.http.stalls_at(rate / self.replicas)

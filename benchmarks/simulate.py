@@ -37,6 +37,16 @@ class SimResult:
     def throughput(self) -> float:
         return len(self.latencies_s) / self.duration_s
 
+    @classmethod
+    def pooled(cls, runs: list[SimResult]) -> SimResult:
+        """Several runs as one: their requests and engine calls together, over their time together."""
+        return cls(
+            runs[0].rate,
+            np.concatenate([r.latencies_s for r in runs]),
+            np.concatenate([r.batch_sizes for r in runs]),
+            sum(r.duration_s for r in runs),
+        )
+
 
 def simulate(
     rate: float,

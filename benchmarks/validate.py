@@ -38,6 +38,7 @@ from benchmarks import calibrate, load, machine
 from benchmarks.http_load import open_loop, settling_s
 from benchmarks.plan import LOAD_FRACTION, HttpPath, Replica, predict
 from benchmarks.profile import batch_seconds, profile
+from benchmarks.simulate import SimResult
 
 TARGETS = {"max_rps": 0.15, "p99_ms": 0.25}
 MAX_WINDOWS = 6  # for the p99 at 70% of the max rate: at least load.STABLE_WINDOWS
@@ -163,8 +164,8 @@ def validate(
     # The machine's speed drifts by tens of percent over minutes, so each prediction is made from the
     # calibrations taken around what it is compared with: the max rate from the first calibration and the
     # round right after the bisection (before and after it, pooled); the p99 at the rate it was measured
-    # at from the rounds before the pooled windows. What the first calibration alone predicts (before
-    # anything was measured) is kept beside them.
+    # at window by window (below). What the first calibration alone predicts (before anything was
+    # measured) is kept beside them.
     around_max = calibrate.pool([http_report, rounds[0]])
     prediction = predict(
         Replica(seconds, HttpPath.from_report(around_max), best, delay_ms, seeds=PREDICT_SEEDS), slo_p99_ms
@@ -180,20 +181,19 @@ def validate(
     # figures averaged, which is recorded beside it: queueing is convex in the service time, and an
     # average machine has a lighter tail than the average of the machines.
     by_window = [at_measured_rate(r) for r in rounds]
-    pooled = by_window[-load.STABLE_WINDOWS :]
-    mixed_ms = np.concatenate([r.latencies_s for r in pooled]) * 1e3
+    pooled = SimResult.pooled(by_window[-load.STABLE_WINDOWS :])
     during = calibrate.pool(rounds[-load.STABLE_WINDOWS :])
     predicted = {
         "max_rps": prediction["max_rps"],
-        "p99_ms": round(float(np.percentile(mixed_ms, 99)), 3),
+        "p99_ms": round(pooled.percentile_ms(99), 3),
         "at_rps": measured["at_rps"],
         "window_p99_ms": [round(r.percentile_ms(99), 3) for r in by_window],
-        "rows_per_engine_call": round(float(np.concatenate([r.batch_sizes for r in pooled]).mean()), 2),
+        "rows_per_engine_call": round(float(pooled.batch_sizes.mean()), 2),
         "p99_ms_pooled_rounds": round(at_measured_rate(during).percentile_ms(99), 3),
         "max_rps_first_calibration": predictions[best]["max_rps"],
         "p99_ms_first_calibration": round(replicas[best].simulate(measured["at_rps"]).percentile_ms(99), 3),
         "p99_ms_at_own_70pct": prediction["p99_ms"],
-        "latency_quantiles_ms": [round(float(q), 3) for q in np.percentile(mixed_ms, range(1, 100))],
+        "latency_quantiles_ms": [round(pooled.percentile_ms(q), 3) for q in range(1, 100)],
         "curve": prediction["curve"],
     }
     errors = {k: round((predicted[k] - measured[k]) / measured[k], 4) for k in TARGETS}
