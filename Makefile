@@ -1,4 +1,4 @@
-# trtserve: the README's commands (CONTRACT §1).
+# trtserve: the README's commands.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ EXTRAS := $(if $(HAS_GPU),gpu,cpu),serve,convert,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run demo test lint bench bench-gpu models clean
+.PHONY: install run demo test test-slow lint bench bench-gpu models clean
 
 install: $(STAMP)
 
@@ -28,21 +28,28 @@ models: install
 			|| exit $$?; \
 	done
 
-# Serve the demo models at http://127.0.0.1:8000 in the foreground (Ctrl-C stops everything).
+# Serve the demo models at http://127.0.0.1:8000 in the foreground (Ctrl-C stops everything it started).
 # TRTSERVE_INGRESS=proxy switches from Ray's HAProxy ingress to its Python proxy.
 run: models
-	HF_HUB_OFFLINE=1 $(PY) -m runtime.launch run configs/serve/demo.yaml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/trtserve serve configs/serve/demo.yaml
 
 # Start the server, query it with tritonclient, print outputs and latencies, stop it.
 demo: models
-	HF_HUB_OFFLINE=1 $(PY) -m runtime.launch demo configs/serve/demo.yaml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/trtserve demo configs/serve/demo.yaml
 
+# ruff, and the import contracts of pyproject.toml's [tool.importlinter] (the layers).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
+# Everything but the `slow` end-to-end scenarios (a few minutes).
 test: lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+
+# The `slow` end-to-end scenarios: benchmark subcommands run end to end, the autoscaling ramp.
+test-slow: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow
 
 bench: models
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks convert configs/models/minilm.yaml configs/models/cnn.yaml --results benchmarks/results
@@ -54,7 +61,7 @@ bench: models
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks autoscale --repository $(REPOSITORY) --results benchmarks/results
 	$(PY) -m benchmarks report --results benchmarks/results --output benchmarks/RESULTS.md
 
-# Where torch sees a CUDA device: issue 5's GPU figures (torch backend) into $(GPU_RESULTS); `report` renders
+# Where torch sees a CUDA device: the GPU memory figures (torch backend) into $(GPU_RESULTS); `report` renders
 # every benchmarks/measured/*/ directory into RESULTS.md.
 GPU_RESULTS ?= benchmarks/measured/gpu
 bench-gpu: models

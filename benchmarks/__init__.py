@@ -1,2 +1,2 @@
 """trtserve benchmarks: each subcommand writes JSON under a results directory; `report` renders
-benchmarks/RESULTS.md from them (CONTRACT §8)."""
+benchmarks/RESULTS.md from them."""

@@ -1,6 +1,6 @@
-"""`python -m benchmarks autoscale`: issue 5's ramp. The cnn deployment with the memory-aware policy and
-a declared memory budget; open-loop load rising from 10% to 200% of one replica's capacity, then held at
-200%; the replica count sampled twice a second.
+"""`python -m benchmarks autoscale`: memory-aware autoscaling under a load ramp. The cnn deployment with
+the memory-aware policy and a declared memory budget; open-loop load rising from 10% to 200% of one
+replica's capacity, then held at 200%; the replica count sampled twice a second.
 
 Reported: the memory-permitted replica count and how long after the ramp started it was reached, the
 highest count seen (it must not pass the memory limit), replicas killed for memory (Ray's OOM killer in
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -20,23 +19,27 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orjson
-import yaml
 
 from benchmarks import machine
 from benchmarks.calibrate import calibrate
-from benchmarks.http_load import NOT_SENT, build_request, open_loop
+from benchmarks.harness import HOST, PORT, ROOT, ensure_model, json_request, serve_config
+from benchmarks.http_load import NOT_SENT, open_loop
 from benchmarks.plan import HttpPath, Replica
 from benchmarks.profile import batch_seconds, profile
-from benchmarks.serving import HOST, PORT, ROOT, ensure_model
-from runtime.launch import LocalServe
+from runtime.serve.launcher import LocalServe
 
 APP = "autoscale"
 
 
-def replica_count() -> int:
-    out = subprocess.run(["pgrep", "-f", f"^ray::ServeReplica:{APP}:trtserve"], capture_output=True, text=True)
-    return len(out.stdout.split())
+def replica_count(server: LocalServe, app: str = APP) -> int:
+    """Replicas of the app's deployment running now, among the processes this server started."""
+    count = 0
+    for process in server.processes():
+        try:
+            count += process.cmdline()[:1] == [f"ray::ServeReplica:{app}:trtserve"]
+        except Exception:  # gone meanwhile, or not ours to read
+            continue
+    return count
 
 
 def _config(path: Path, repository: Path, replica_mb: float, budget_replicas: int, max_replicas: int) -> Path:
@@ -58,13 +61,7 @@ def _config(path: Path, repository: Path, replica_mb: float, budget_replicas: in
             "headroom": 0.0,
         },
     }
-    doc = {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": HOST, "port": PORT},
-        "applications": [{"name": APP, "route_prefix": "/", "import_path": "runtime.app:build_app", "args": args}],
-    }
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return serve_config(path, args, name=APP)
 
 
 async def _ramp(request: bytes, low: float, high: float, ramp_s: float, hold_s: float, step_s: float = 2.0):
@@ -78,21 +75,17 @@ async def _ramp(request: bytes, low: float, high: float, ramp_s: float, hold_s: 
     return phases
 
 
-def run(repository: Path, results: Path, slo_p99_ms: float = 50.0, ramp_s: float = 30.0, hold_s: float = 30.0):
+def measure(repository: Path, results: Path, slo_p99_ms: float = 50.0, ramp_s: float = 30.0, hold_s: float = 30.0):
     repository = repository.resolve()
-    cnn = ensure_model(repository, ROOT / "configs/models/cnn.yaml")
+    cnn, _ = ensure_model(repository, ROOT / "configs/models/cnn.yaml")
     work = Path(tempfile.mkdtemp(prefix="trtserve-autoscale-"))
     engine_profile = profile(cnn)
     seconds = batch_seconds(engine_profile)
     # A cnn replica measures ~200-300 MiB; 600 MiB each and a budget of three keeps the limit independent of
     # this machine's figures, and Ray's own max_replicas (6) out of the way.
     replica_mb, budget_replicas, ray_max = 600.0, 3, 6
-    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    body = orjson.dumps(
-        {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": x.ravel()}]},
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
-    request = build_request(HOST, PORT, "/v2/models/cnn/infer", body, {"Content-Type": "application/json"})
+    image = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    request = json_request("/v2/models/cnn/infer", {"image": image})
     config = _config(work / "autoscale.yaml", repository, replica_mb, budget_replicas, ray_max)
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
@@ -100,16 +93,16 @@ def run(repository: Path, results: Path, slo_p99_ms: float = 50.0, ramp_s: float
         url = server.url
         # One replica's capacity: the closed-loop saturation throughput of the one replica running now,
         # measured before the policy has had time to add another (5 s).
-        http_report = calibrate(url, HOST, PORT, "cnn", request, seconds, window_s=4.0)
+        http_report = calibrate(url, "cnn", request, seconds, window_s=4.0)
         capacity = http_report["saturation"]["rps"]
         deadline = time.monotonic() + 120
-        while replica_count() > 1 and time.monotonic() < deadline:  # let it settle back to one
+        while replica_count(server) > 1 and time.monotonic() < deadline:  # let it settle back to one
             time.sleep(1)
         started = time.monotonic()
 
         def watch() -> None:
             while not stop.is_set():
-                samples.append((round(time.monotonic() - started, 2), replica_count()))
+                samples.append((round(time.monotonic() - started, 2), replica_count(server)))
                 time.sleep(0.5)
 
         watcher = threading.Thread(target=watch, daemon=True)
@@ -117,7 +110,7 @@ def run(repository: Path, results: Path, slo_p99_ms: float = 50.0, ramp_s: float
         phases = asyncio.run(_ramp(request, 0.1 * capacity, 2.0 * capacity, ramp_s, hold_s))
         ended = time.monotonic() - started
         deadline = time.monotonic() + 120
-        while replica_count() > 1 and time.monotonic() < deadline:
+        while replica_count(server) > 1 and time.monotonic() < deadline:
             time.sleep(1)
         down_after = time.monotonic() - started - ended
         stop.set()
@@ -163,3 +156,15 @@ def run(repository: Path, results: Path, slo_p99_ms: float = 50.0, ramp_s: float
         file=sys.stderr,
     )
     return report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("autoscale", help="memory-aware autoscaling of cnn under a 10%%->200%% load ramp")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--ramp", type=float, default=30.0, help="seconds from 10%% to 200%% of one replica")
+    p.add_argument("--hold", type=float, default=30.0, help="seconds held at 200%%")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+
+
+def run(args) -> None:
+    measure(args.repository, args.results, ramp_s=args.ramp, hold_s=args.hold)

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import machine
-from benchmarks.calibrate import model_stats, rows_per_call
-from benchmarks.serving import ROOT, _config, _json_request, _load, ensure_model
+from benchmarks.harness import ROOT, closed_load, ensure_model, json_request, model_stats, rows_per_call, server
 from runtime import load_engine
-from runtime.launch import LocalServe
+
+WORKLOAD = "cnn, one 1x3x32x32 FP32 image per request, KServe v2 JSON, closed loop"
 
 
 def _in_process(version_dir: Path, backend: str, batch: int, seconds: float) -> dict:
@@ -47,35 +47,33 @@ def _in_process(version_dir: Path, backend: str, batch: int, seconds: float) -> 
     }
 
 
-def run(repository: Path, results: Path, duration_s: float = 8.0) -> dict:
+def measure(repository: Path, results: Path, duration_s: float = 8.0) -> dict:
     repository = repository.resolve()
-    cnn = ensure_model(repository, ROOT / "configs/models/cnn.yaml")
+    cnn, _ = ensure_model(repository, ROOT / "configs/models/cnn.yaml")
     work = Path(tempfile.mkdtemp(prefix="trtserve-compare-"))
-    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    image = {"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": x.ravel()}
+    image = {"image": np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)}
     rows: dict[str, dict] = {}
     naive = ("naive Ray Serve + ONNX Runtime", "benchmarks.naive_app:build", {"model": str(cnn / "model.onnx")})
     torch_models = {"models": [{"name": "cnn", "backend": "torch"}]}
     servers = (
         (*naive, "proxy"),
         (*naive, "haproxy"),
-        ("trtserve (onnxruntime)", "runtime.app:build_app", {"models": [{"name": "cnn"}]}, "haproxy"),
-        ("trtserve (torch eager)", "runtime.app:build_app", torch_models, "haproxy"),
+        ("trtserve (onnxruntime)", "runtime.serve.app:build_app", {"models": [{"name": "cnn"}]}, "haproxy"),
+        ("trtserve (torch eager)", "runtime.serve.app:build_app", torch_models, "haproxy"),
     )
     trtserve_batch = 1
     for label, import_path, args, ingress in servers:
         if import_path.startswith("runtime."):
             args = {"repository": str(repository), **args}
         path = "/" if "naive" in import_path else "/v2/models/cnn/infer"
-        config = _config(work / f"{len(rows)}.yaml", import_path, args)
-        with LocalServe(config, ingress=ingress, log_path=work / f"{len(rows)}.log") as server:
-            request = _json_request(path, [image])
-            c1 = _load(request, 1, duration_s)
-            before = model_stats(server.url, "cnn") if path != "/" else None
-            c32 = _load(request, 32, duration_s)
+        with server(work, f"contender-{len(rows)}", args, import_path, ingress) as running:
+            request = json_request(path, image)
+            c1 = closed_load(request, 1, duration_s)
+            before = model_stats(running.url, "cnn") if path != "/" else None
+            c32 = closed_load(request, 32, duration_s)
             entry = {"ingress": ingress, "c1": c1, "c32": c32}
             if before is not None:
-                entry["rows_per_engine_call"] = round(rows_per_call(before, model_stats(server.url, "cnn")), 2)
+                entry["rows_per_engine_call"] = round(rows_per_call(before, model_stats(running.url, "cnn")), 2)
                 if label == "trtserve (onnxruntime)":
                     trtserve_batch = max(1, round(entry["rows_per_engine_call"]))
         rows[f"{label} [{ingress}]"] = entry
@@ -98,7 +96,7 @@ def run(repository: Path, results: Path, duration_s: float = 8.0) -> dict:
     report = {
         "benchmark": "compare",
         "machine": machine.describe(),
-        "workload": "cnn, one 1x3x32x32 FP32 image per request, KServe v2 JSON, closed loop",
+        "workload": WORKLOAD,
         "duration_s": duration_s,
         "runs": rows,
         "table": table,
@@ -115,3 +113,20 @@ def _figures(summary: dict, reference: float | None) -> dict:
         "p99_ms": summary["p99_ms"],
         "vs_trtserve": round(summary["rps"] / reference, 2) if reference else None,
     }
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compare", help="one workload against raw engine, naive Ray Serve, trtserve, torch eager")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--duration", type=float, default=8.0, help="seconds measured per load point")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+
+
+def run(args) -> None:
+    report = measure(args.repository, args.results, args.duration)
+    for row in report["table"]:
+        ratio = f" ({row['vs_trtserve']:.2f}x trtserve)" if row["vs_trtserve"] else ""
+        print(
+            f"{row['contender']}, {row['where']}: {row['rps']:.0f} req/s{ratio}, "
+            f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms"
+        )

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from benchmarks import machine
+from runtime.engine.manifest import read_manifest
 
 
-def run(configs: list[Path], results: Path, repeats: int = 1) -> dict:
+def measure(configs: list[Path], results: Path, repeats: int = 1) -> dict:
     runs = []
     for config in configs:
         for _ in range(repeats):
@@ -29,15 +30,15 @@ def run(configs: list[Path], results: Path, repeats: int = 1) -> dict:
                     raise SystemExit(
                         f"benchmark failed: {shlex.join(command)} exited {proc.returncode}:\n{proc.stderr}"
                     )
-                manifest = json.loads(next(Path(repo).glob("*/1/manifest.json")).read_text())
+                manifest = read_manifest(next(Path(repo).glob("*/1")))
             runs.append(
                 {
                     "config": str(config),
                     "command": f"convert build {config}",
                     "seconds": round(seconds, 2),
-                    "engines": [f"{e['backend']} {e['precision']}" for e in manifest["engines"]],
-                    "parity_samples": manifest["parity"][0]["samples"],
-                    "exporter": manifest["onnx"]["exporter"],
+                    "engines": [f"{e.backend} {e.precision}" for e in manifest.engines],
+                    "parity_samples": manifest.parity[0].samples,
+                    "exporter": manifest.onnx.exporter,
                 }
             )
             print(f"{config}: {seconds:.1f} s", file=sys.stderr)
@@ -45,3 +46,14 @@ def run(configs: list[Path], results: Path, repeats: int = 1) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     (results / "convert.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="time `convert build` end to end")
+    p.add_argument("configs", nargs="+", type=Path)
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--repeats", type=int, default=1)
+
+
+def run(args) -> None:
+    measure(args.configs, args.results, args.repeats)

@@ -25,7 +25,7 @@ def describe() -> dict:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 0
-    from runtime.cuda_device import probe
+    from runtime.engine.cuda_device import probe
 
     device, why = probe()
     return {

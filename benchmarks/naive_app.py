@@ -1,4 +1,4 @@
-"""The baseline of issue 3: a naive Ray Serve deployment, an ONNX Runtime session called in __call__,
+"""The serving baseline: a naive Ray Serve deployment, an ONNX Runtime session called in __call__,
 JSON in and out.
 
 `max_ongoing_requests` is the one setting raised (to 100): with Ray's default of 5, the router backs off
@@ -20,7 +20,7 @@ class NaiveOnnx:
         self.input = self.session.get_inputs()[0].name
 
     async def __call__(self, request: Request) -> dict:
-        if request.method == "GET":  # lets runtime.launch see the replica is up; not on the measured path
+        if request.method == "GET":  # lets runtime.serve.launcher see the replica is up; not on the measured path
             return {"ready": True}
         doc = await request.json()
         tensor = doc["inputs"][0]

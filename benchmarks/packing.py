@@ -1,7 +1,7 @@
 """`python -m benchmarks pack --model M`: how many replicas of a model fit one machine, derived from the
 measured footprint the way `build_app` places replicas, then proven by running that many at once.
 
-1. `runtime.placement.measure_replica` measures one replica (fresh process, warmed up at its largest batch).
+1. `runtime.serve.placement.measure_replica` measures one replica (fresh process, warmed up at its largest batch).
 2. `actor_options` turns it into the Ray options a replica gets (`memory`, and on a GPU a `num_gpus`
    fraction); the replicas that fit are what Ray would pack: 1 / num_gpus on a GPU, free host memory /
    `memory` otherwise, capped at `--max-replicas`.
@@ -28,16 +28,14 @@ def _worker(version_dir: str, backend: str, max_batch_size: int, duration: float
     from the start time the parent writes to its stdin."""
     import numpy as np
 
-    from runtime.host import ModelHost, ModelOptions
-    from runtime.memory import gpu_process_bytes, host_rss_bytes
+    from runtime.engine.memory import gpu_process_bytes, host_rss_bytes
+    from runtime.serve.config import ModelOptions
+    from runtime.serve.model import ServedModel
 
-    host = ModelHost(Path(version_dir), ModelOptions(backend=backend, max_batch_size=max_batch_size))
-    host.warmup()
+    model = ServedModel(Path(version_dir), ModelOptions(backend=backend, max_batch_size=max_batch_size))
+    model.warmup()
     rng = np.random.default_rng(os.getpid())
-    shapes = host.warmup_shapes()[-1]  # the largest batch at the largest dims
-    from benchmarks.profile import _feed
-
-    feed = _feed(host.signature, shapes, rng)
+    feed = model.signature.synthetic_feed(model.warmup_shapes()[-1], rng)  # the largest batch and dims
     print("ready", flush=True)
     start_at = float(sys.stdin.readline())
     while time.time() < start_at:
@@ -45,20 +43,20 @@ def _worker(version_dir: str, backend: str, max_batch_size: int, duration: float
     calls, rows, ended = 0, 0, time.time() + duration
     started = time.perf_counter()
     while time.time() < ended:
-        host.engine.infer(feed)
+        model.engine.infer(feed)
         calls += 1
-        rows += shapes["batch"]
+        rows += model.max_batch_size
     elapsed = time.perf_counter() - started
     report = {
         "pid": os.getpid(),
-        "device": host.engine.device,
+        "device": model.engine.device,
         "calls": calls,
         "rows_per_s": round(rows / elapsed, 1),
-        "footprint": host.footprint.to_dict(),
+        "footprint": model.footprint.to_dict(),
         "host_rss_bytes": host_rss_bytes(),
-        "device_bytes": gpu_process_bytes() if host.engine.device.startswith("cuda") else None,
+        "device_bytes": gpu_process_bytes() if model.on_gpu else None,
     }
-    host.close()
+    model.close()
     return report
 
 
@@ -72,15 +70,14 @@ def pack(
     duration: float = 10.0,
 ) -> dict:
     from benchmarks import machine
-    from runtime.cuda_device import probe
-    from runtime.memory import available_bytes, gpu_free_total, host_available_bytes
-    from runtime.placement import Free, actor_options, measure_replica
-    from runtime.repository import version_dir
+    from runtime.engine.cuda_device import probe
+    from runtime.engine.memory import available_bytes, gpu_free_total, host_available_bytes
+    from runtime.engine.repository import version_dir
+    from runtime.serve.config import ModelSpec
+    from runtime.serve.placement import Free, actor_options, measure_replica
 
-    spec: dict = {"name": model, "backend": backend}
-    if max_batch_size:
-        spec["max_batch_size"] = max_batch_size
-    need = measure_replica(repository, [spec])
+    directory = version_dir(repository, model, "latest")  # an unknown model fails here, saying so
+    need = measure_replica(repository, [ModelSpec(name=model, backend=backend, max_batch_size=max_batch_size)])
     footprint = need.models[model]
     on_gpu = need.device_bytes is not None
     gpu = gpu_free_total() if on_gpu else None
@@ -92,7 +89,6 @@ def pack(
         fits = int(free.host_bytes // options["memory"]) if free.host_bytes else 1
     replicas = max(1, min(fits, max_replicas))
 
-    directory = version_dir(repository, model, "latest")
     batch = footprint["max_batch_size"]
     before = available_bytes(on_gpu)
     command = [sys.executable, "-m", "benchmarks.packing", str(directory), backend, str(batch), str(duration)]
@@ -145,38 +141,84 @@ def pressure(version_dir: Path, backend: str = "torch", max_batch_size: int = 64
     batch limit halves down, free the ballast and check it comes back. Needs torch with CUDA."""
     import torch
 
-    from runtime.host import ModelHost, ModelOptions
+    from runtime.serve.config import ModelOptions
+    from runtime.serve.model import ServedModel
 
     if not torch.cuda.is_available():
         raise SystemExit("pack --pressure requires a CUDA device for torch (torch.cuda.is_available() is False)")
-    host = ModelHost(Path(version_dir), ModelOptions(backend=backend, max_batch_size=max_batch_size))
-    host.warmup()
-    if not host.engine.device.startswith("cuda"):
-        raise SystemExit(f"pack --pressure: the {backend} engine runs on {host.engine.device}, not a GPU")
-    low = host.limiter.low_water_bytes
-    free = host.available_memory()
-    ballast = torch.empty(max(0, free - low // 2), dtype=torch.uint8, device="cuda")
+    model = ServedModel(Path(version_dir), ModelOptions(backend=backend, max_batch_size=max_batch_size))
+    model.warmup()
+    if not model.on_gpu:
+        raise SystemExit(f"pack --pressure: the {backend} engine runs on {model.engine.device}, not a GPU")
+    pressure = model.pressure
+    low = pressure.limiter.low_water_bytes
+    ballast = torch.empty(max(0, pressure.available() - low // 2), dtype=torch.uint8, device="cuda")
     clock, steps = 1000.0, []
-    for _ in range(8):
+
+    def step() -> None:
+        nonlocal clock
         clock += 1.0
-        host.check_memory(clock)
-        steps.append({"free_bytes": host.available_memory(), "max_batch_size": host.batcher.max_rows})
-    under_pressure = host.batcher.max_rows
+        pressure.check(clock)
+        steps.append({"free_bytes": pressure.available(), "max_batch_size": model.batcher.max_rows})
+
+    for _ in range(8):
+        step()
+    under_pressure = model.batcher.max_rows
     del ballast
     torch.cuda.empty_cache()
     for _ in range(8):
-        clock += 1.0
-        host.check_memory(clock)
-        steps.append({"free_bytes": host.available_memory(), "max_batch_size": host.batcher.max_rows})
+        step()
     result = {
         "low_water_bytes": low,
         "configured": max_batch_size,
         "under_pressure": under_pressure,
-        "recovered": host.batcher.max_rows,
+        "recovered": model.batcher.max_rows,
         "steps": steps,
     }
-    host.close()
+    model.close()
     return result
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("pack", help="how many replicas of a model fit this machine (GPU or host), then run that many")
+    p.add_argument("--model", required=True)
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--headroom", type=float, default=0.2)
+    p.add_argument("--max-replicas", type=int, default=8, help="run at most this many even if more fit")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds every replica runs full batches")
+    p.add_argument("--pressure", action="store_true", help="GPU only: also check the batch step-down")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+
+
+def run(args) -> None:
+    from runtime.engine.repository import version_dir
+
+    report = pack(
+        args.repository, args.model, args.backend, args.max_batch_size, args.headroom, args.max_replicas, args.duration
+    )
+    if args.pressure:
+        batch = report["need"]["models"][args.model]["max_batch_size"]
+        report["pressure"] = pressure(version_dir(args.repository, args.model), args.backend, batch)
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"pack-{args.model}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    need, resource = report["need"], report["resource"]
+    per = need["device_bytes"] if resource == "gpu" else need["host_bytes"]
+    print(
+        f"{args.model} ({report['backend']}): a replica uses {per / 2**20:.0f} MiB of {resource} memory; "
+        f"options {report['actor_options']}; {report['replicas_fit']} fit, ran {report['replicas_run']}: "
+        f"{len(report['workers'])} finished, {report['rows_per_s_total']:.0f} rows/s together"
+    )
+    for failure in report["failures"]:
+        print(f"  a replica failed: {failure}")
+    if "pressure" in report:
+        p = report["pressure"]
+        print(f"pressure: max_batch_size {p['configured']} -> {p['under_pressure']} -> {p['recovered']}")
+    print(f"written to {out}")
+    if report["failures"]:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

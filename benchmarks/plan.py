@@ -3,9 +3,9 @@ request rate, predicted by simulating the batcher (benchmarks.simulate) on two m
 
 - the engine's profile (`benchmarks profile`): seconds per engine call at each batch size;
 - the server path (`benchmarks calibrate`): the replica's event-loop time per request (HTTP, decoding,
-  encoding) and per engine call, how much slower the engine runs inside a loaded replica than alone (from
-  the server's own /stats), the latency added outside the replica (ingress, loopback, client) as measured
-  samples, and the event loop's stalls at two loads.
+  encoding) and per engine call, how much slower the engine runs inside the replica than alone (from
+  the server's own /stats, saturated and lightly loaded), and the latency added outside the replica
+  (ingress, loopback, client) as measured samples, and the event loop's stalls at three loads.
 
 The simulation is `benchmarks.simulate.simulate_replicas`: the event loop's tasks in order (decoding,
 engine-call hand-off and hand-back), the batcher's rule (including max_queue_delay), the engine, stalls.
@@ -29,32 +29,21 @@ LOAD_FRACTION = 0.7  # validate compares p99 at this fraction of the max sustain
 
 @dataclass
 class HttpPath:
+    """What the server path costs a replica, as `calibrate` measured it."""
+
     per_request_s: float  # the replica's event-loop time per request
     floor_s: np.ndarray = field(default_factory=lambda: np.zeros(1))  # latency samples outside the replica
-    engine_slowdown: float = 1.0  # engine time in a loaded replica / engine time alone
     per_call_s: float = 0.0  # the replica's event-loop time per engine call
+    engine_slowdown: float = 1.0  # engine time in a saturated replica / engine time alone
+    # The slowdown measured at other rates: (rate, slowdown); interpolated with the saturated one.
+    slowdowns: list[tuple[float, float]] = field(default_factory=list)
     # When the replica's event loop could not run at all, measured at some rates: (rate, stalls a second,
     # stall lengths in seconds), as `calibrate` found them.
     stalls: list[tuple[float, float, np.ndarray]] = field(default_factory=list)
-    decode_s: float = 0.0  # of per_request_s: the handler's decoding, a loop task of its own
-    encode_s: float = 0.0  # of per_request_s: encoding the answer, after the engine call
-    # engine_slowdown measured at other rates than saturation: (rate, slowdown)
-    slowdowns: list[tuple[float, float]] = field(default_factory=list)
-    # per_request_s measured at several rates (an engine-bound model's loop, from its thread's own time):
-    # (rate, seconds)
-    per_request_by_rate: list[tuple[float, float]] = field(default_factory=list)
-
-    def per_request_at(self, rate: float | None) -> float:
-        """The loop's time a request at `rate`, interpolated where it was measured at several rates (the
-        nearest beyond them); per_request_s otherwise."""
-        if rate is None or not self.per_request_by_rate:
-            return self.per_request_s
-        points = sorted(self.per_request_by_rate)
-        return float(np.interp(rate, [r for r, _ in points], [s for _, s in points]))
 
     def slowdown_at(self, rate: float | None) -> float:
-        """The engine's slowdown at `rate`, interpolated between the rates it was measured at (the
-        saturated one included), the nearest beyond them; engine_slowdown where nothing else is known."""
+        """The engine's slowdown at `rate`, interpolated between the rates it was measured at (the nearest
+        beyond them); engine_slowdown (saturation) where nothing else is known."""
         if rate is None or not self.slowdowns:
             return self.engine_slowdown
         points = sorted(self.slowdowns)
@@ -81,27 +70,23 @@ class HttpPath:
 
     @classmethod
     def read(cls, path: Path) -> HttpPath:
-        doc = json.loads(Path(path).read_text())
-        return cls.from_report(doc)
+        return cls.from_report(json.loads(Path(path).read_text()))
 
     @classmethod
     def from_report(cls, doc: dict) -> HttpPath:
         runs = doc.get("stalls") or []
-        measured = [*runs, doc.get("low_load") or {}]
-        slowdowns = [(r["rate"], r["engine_slowdown"]) for r in measured if "engine_slowdown" in r]
-        slowdowns = [(rate, s) for rate, s in slowdowns if np.isfinite(s)]
-        if slowdowns:
-            slowdowns.append((doc["saturation"]["rps"], doc["engine_slowdown"]))
+        measured = [{"rate": doc["saturation"]["rps"], "engine_slowdown": doc["engine_slowdown"]}]
+        measured += [doc.get("low_load") or {}, *runs]
+        slowdowns = [
+            (r["rate"], r["engine_slowdown"]) for r in measured if np.isfinite(r.get("engine_slowdown", np.nan))
+        ]
         return cls(
             per_request_s=doc["per_request_ms"] / 1e3,
             floor_s=np.array(doc["floor_samples_ms"]) / 1e3,
-            engine_slowdown=doc["engine_slowdown"],
             per_call_s=doc.get("per_call_ms", 0.0) / 1e3,
-            stalls=[(r["rate"], r["per_s"], np.array(r["lengths_ms"]) / 1e3) for r in runs],
-            decode_s=doc.get("decode_ms", 0.0) / 1e3,
-            encode_s=doc.get("encode_ms", 0.0) / 1e3,
+            engine_slowdown=doc["engine_slowdown"],
             slowdowns=slowdowns,
-            per_request_by_rate=[(r, ms / 1e3) for r, ms in doc.get("per_request_by_rate", [])],
+            stalls=[(r["rate"], r["per_s"], np.array(r["lengths_ms"]) / 1e3) for r in runs],
         )
 
     @classmethod
@@ -159,8 +144,6 @@ class Replica:
         """Engine seconds a call inside the replica at `rate` (a replica's share); at saturation if None."""
         profiled = profile_service_time(self.batch_seconds)
         slowdown = self.http.slowdown_at(rate)
-        # The mean slowdown at this rate. Calls that ran long show in the stalls (answering time lost),
-        # which is where their effect on the tail is counted.
         return lambda rows, rng: profiled(rows, rng) * slowdown
 
     def simulate(self, rate: float, requests: int = SIM_REQUESTS, seed: int = 0) -> SimResult:
@@ -172,7 +155,7 @@ class Replica:
         return simulate_replicas(
             rate,
             self.engine(rate / self.replicas),
-            self.http.per_request_at(rate / self.replicas),
+            self.http.per_request_s,
             self.max_batch_size,
             self.max_queue_delay_ms / 1e3,
             self.replicas,
@@ -182,8 +165,6 @@ class Replica:
             call_s=self.http.per_call_s,
             stall_rate=stalls_per_s,
             stall_s=stall_s,
-            decode_s=self.http.decode_s,
-            encode_s=self.http.encode_s,
         )
 
     def capacity(self) -> float:
@@ -253,3 +234,49 @@ def predict(replica: Replica, slo_p99_ms: float) -> dict:
         "at_rps": round(max_rps * LOAD_FRACTION, 1),
         "curve": replica.curve(max_rps),
     }
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plan", help="cheapest replicas x batch limit meeting a p99 SLO at a rate (simulated)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--rate", type=float, required=True, help="requests/s to serve")
+    p.add_argument("--slo-p99-ms", type=float, required=True)
+    p.add_argument(
+        "--http-overhead-ms",
+        type=float,
+        help="what-if: this per-request cost instead of the one `calibrate` measured (results/http-MODEL.json)",
+    )
+    p.add_argument("--max-replicas", type=int, default=4)
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+
+
+def run(args) -> None:
+    from benchmarks import profile
+
+    seconds = profile.batch_seconds(profile.read(args.results, args.model))
+    if args.http_overhead_ms is not None:
+        http = HttpPath.fixed(args.http_overhead_ms)
+    else:
+        measured = args.results / f"http-{args.model}.json"
+        if not measured.exists():
+            raise SystemExit(
+                f"{measured} not found: run `python -m benchmarks calibrate --model {args.model}` against a "
+                "running server first (or give --http-overhead-ms)"
+            )
+        http = HttpPath.read(measured)
+    result = plan(seconds, args.rate, args.slo_p99_ms, http, args.max_replicas)
+    (args.results / f"plan-{args.model}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if result["plan"] is None:
+        raise SystemExit(
+            f"no configuration up to {args.max_replicas} replicas meets p99 <= {args.slo_p99_ms} ms "
+            f"at {args.rate} req/s"
+        )
+    best = result["plan"]
+    print(
+        f"{args.model}: {best['replicas']} replica(s), max_batch_size {best['max_batch_size']}: predicted "
+        f"max {best['max_rps']:.0f} req/s within p99 {args.slo_p99_ms} ms; p99 {best['p99_ms_at_rate']:.1f} ms "
+        f"at {args.rate:.0f} req/s (HTTP path {result['http_per_request_ms']:.3f} ms a request in the replica, "
+        f"{result['http_floor_p50_ms']:.2f} ms outside it)"
+    )
+    for point in result["curve"]:
+        print(f"  {point['rps']:.0f} req/s -> p99 {point['p99_ms']:.1f} ms")

@@ -3,6 +3,7 @@ swept dynamic dim), measured in-process after warm-up, with the replica's memory
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -11,17 +12,9 @@ import numpy as np
 
 from benchmarks import machine
 from runtime import load_engine
-from runtime.memory import FootprintMeter
-
-
-def _feed(signature, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    from runtime.dtypes import from_name
-
-    feed = {}
-    for spec, shape in zip(signature.inputs, signature.shapes_at(sizes).values(), strict=True):
-        dtype = from_name(spec.dtype).numpy
-        feed[spec.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype)
-    return feed
+from runtime.engine.manifest import read_manifest
+from runtime.engine.memory import FootprintMeter
+from runtime.engine.signature import Signature
 
 
 def profile(
@@ -36,62 +29,68 @@ def profile(
     max_batch_size), other dims at their opt size or at `sizes` (e.g. the token count of the requests a
     benchmark sends); with `sweep`, also at several sizes of that dim."""
     version_dir = Path(version_dir)
-    manifest = json.loads((version_dir / "manifest.json").read_text())
+    manifest = read_manifest(version_dir)
     rng = np.random.default_rng(0)
     meter = FootprintMeter()
     with load_engine(version_dir, backend) as engine:
         signature = engine.signature
-        max_batch = manifest["serving"]["max_batch_size"]
+        max_batch = manifest.serving.max_batch_size
+        base = _base_sizes(signature, sizes or {})
         batches = sorted({min(2**k, max_batch) for k in range(max_batch.bit_length() + 1)})
-        base = {d: r.opt for d, r in signature.dims.items()}
-        for dim, size in (sizes or {}).items():
-            if dim not in base or dim == "batch":
-                raise SystemExit(f"--sizes {dim}={size}: not a dynamic dim of {manifest['name']} other than batch")
-            if not signature.dims[dim].min <= size <= signature.dims[dim].max:
-                raise SystemExit(f"--sizes {dim}={size}: outside the engine's range")
-            base[dim] = size
         grid = [{**base, "batch": b} for b in batches]
         if sweep:
             if sweep not in signature.dims or sweep == "batch":
-                raise SystemExit(f"--sweep {sweep}: not a dynamic dim of {manifest['name']} (batch is swept anyway)")
+                raise SystemExit(f"--sweep {sweep}: not a dynamic dim of this model (batch is swept anyway)")
             r = signature.dims[sweep]
-            sizes = sorted({r.min, *[s for s in (16, 32, 64, 128, 256, 512) if r.min < s < r.max], r.max})
-            grid += [{**base, "batch": b, sweep: s} for b in batches for s in sizes if s != base[sweep]]
-        points = []
-        for sizes in grid:
-            feed = _feed(signature, sizes, rng)
-            for _ in range(warmup):
-                engine.infer(feed)
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                engine.infer(feed)
-                times.append(time.perf_counter() - started)
-            ms = np.array(times) * 1e3
-            points.append(
-                {
-                    "batch": sizes["batch"],
-                    "sizes": sizes,
-                    "median_ms": round(float(np.median(ms)), 4),
-                    "p10_ms": round(float(np.percentile(ms, 10)), 4),
-                    "p90_ms": round(float(np.percentile(ms, 90)), 4),
-                    "rows_per_s": round(sizes["batch"] / float(np.median(ms)) * 1e3, 1),
-                }
-            )
+            swept = sorted({r.min, *[s for s in (16, 32, 64, 128, 256, 512) if r.min < s < r.max], r.max})
+            grid += [{**base, "batch": b, sweep: s} for b in batches for s in swept if s != base[sweep]]
+        points = [_time_point(engine, signature.synthetic_feed(point, rng), point, warmup, repeats) for point in grid]
         # The replica's footprint, as a server measures it: after a call at the largest batch and dims.
-        engine.infer(_feed(signature, {d: r.max for d, r in signature.dims.items()} | {"batch": max_batch}, rng))
+        engine.infer(
+            signature.synthetic_feed({d: r.max for d, r in signature.dims.items()} | {"batch": max_batch}, rng)
+        )
         memory = {**engine.memory(), "footprint": meter.finish(engine, max_batch).to_dict()}
         info = {"backend": engine.backend, "precision": engine.precision, "device": engine.device}
     return {
         "benchmark": "profile",
-        "model": manifest["name"],
-        "version": manifest["version"],
+        "model": manifest.name,
+        "version": manifest.version,
         **info,
         "machine": machine.describe(),
         "repeats": repeats,
         "opt_sizes": base,
         "points": points,
         "memory": memory,
+    }
+
+
+def _base_sizes(signature: Signature, sizes: dict[str, int]) -> dict[str, int]:
+    base = {d: r.opt for d, r in signature.dims.items()}
+    for dim, size in sizes.items():
+        if dim not in base or dim == "batch":
+            raise SystemExit(f"--sizes {dim}={size}: not a dynamic dim of this model other than batch")
+        if not signature.dims[dim].min <= size <= signature.dims[dim].max:
+            raise SystemExit(f"--sizes {dim}={size}: outside the engine's range")
+        base[dim] = size
+    return base
+
+
+def _time_point(engine, feed: dict, sizes: dict[str, int], warmup: int, repeats: int) -> dict:
+    for _ in range(warmup):
+        engine.infer(feed)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        engine.infer(feed)
+        times.append(time.perf_counter() - started)
+    ms = np.array(times) * 1e3
+    return {
+        "batch": sizes["batch"],
+        "sizes": sizes,
+        "median_ms": round(float(np.median(ms)), 4),
+        "p10_ms": round(float(np.percentile(ms, 10)), 4),
+        "p90_ms": round(float(np.percentile(ms, 90)), 4),
+        "rows_per_s": round(sizes["batch"] / float(np.median(ms)) * 1e3, 1),
     }
 
 
@@ -102,3 +101,41 @@ def batch_seconds(report: dict) -> dict[int, float]:
         for p in report["points"]
         if p["sizes"] == {**report["opt_sizes"], "batch": p["batch"]}
     }
+
+
+def read(results: Path, model: str) -> dict:
+    """The profile `profile` wrote for `model` under `results`; a clear exit if there is none."""
+    path = results / f"profile-{model}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run `python -m benchmarks profile` for {model} first")
+    return json.loads(path.read_text())
+
+
+def _sizes(text: str) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in (item.split("=", 1) for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DIM=SIZE[,DIM=SIZE...], got {text!r}") from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("profile", help="engine latency and throughput against batch size, and memory")
+    p.add_argument("version_dir", type=Path)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--sweep", help="also sweep this dynamic dim (e.g. seq)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--sizes", type=_sizes, help="other dims at these sizes instead of opt, e.g. seq=12")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+
+
+def run(args) -> None:
+    report = profile(args.version_dir, args.backend, args.sweep, args.repeats, sizes=args.sizes)
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"profile-{report['model']}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for point in report["points"]:
+        print(
+            f"{point['sizes']}: median {point['median_ms']:.3f} ms "
+            f"(p10 {point['p10_ms']:.3f}, p90 {point['p90_ms']:.3f}), {point['rows_per_s']:.0f} rows/s"
+        )
+    print(f"memory: {report['memory']}; written to {out}")

@@ -1,10 +1,10 @@
-"""A discrete-event simulation of replicas running trtserve's dynamic batcher under Poisson arrivals.
+"""A discrete-event simulation of trtserve replicas under Poisson arrivals.
 
-It answers "what p99 does this configuration give at R requests/s?" from a service-time profile,
-without queueing-theory shortcuts (batching is not M/M/c). Each replica has one engine and its own queue;
-Ray's router sends each request to the less loaded of two random replicas. When an engine is free it
-takes everything queued, up to max_batch_size rows, as trtserve's batcher does (it waits only for
-requests already arriving, which a Poisson source never has).
+It answers "what p99 does this configuration give at R requests/s?" from measured costs, without
+queueing-theory shortcuts (batching is not M/M/c). A replica is what runs in it, event by event: its
+asyncio event loop, which runs one task at a time in the order they became ready (each request's HTTP
+handling and decoding, each engine call's hand-off and the hand-back of its results), the dynamic
+batcher's rule, the engine in its own thread, and the loop's stalls (times it cannot run at all).
 """
 
 from __future__ import annotations
@@ -48,74 +48,6 @@ class SimResult:
         )
 
 
-def simulate(
-    rate: float,
-    service_time: ServiceTime,
-    max_batch_size: int = 1,
-    replicas: int = 1,
-    requests: int = 100_000,
-    overhead_s: float | np.ndarray = 0.0,
-    seed: int = 0,
-    warmup_fraction: float = 0.1,
-) -> SimResult:
-    """Latency of `requests` Poisson arrivals at `rate`/s. `overhead_s` is latency added outside the
-    replica's queue (network, ingress, the client): one figure for every request, or measured samples
-    drawn at random per request. The first `warmup_fraction` of requests is dropped."""
-    rng = np.random.default_rng(seed)
-    arrivals = np.cumsum(rng.exponential(1.0 / rate, size=requests))
-    queues: list[deque[int]] = [deque() for _ in range(replicas)]
-    busy = [False] * replicas
-    outstanding = [0] * replicas
-    finish = np.zeros(requests)
-    batches: list[int] = []
-    events: list[tuple[float, int, int, list[int]]] = []  # (time, kind 0=finish, replica, members)
-    counter = 0
-
-    def start(replica: int, now: float) -> None:
-        nonlocal counter
-        members = [queues[replica].popleft() for _ in range(min(max_batch_size, len(queues[replica])))]
-        busy[replica] = True
-        batches.append(len(members))
-        counter += 1
-        heapq.heappush(events, (now + service_time(len(members), rng), counter, replica, members))
-
-    for index, now in enumerate(arrivals):
-        while events and events[0][0] <= now:
-            done, _, replica, members = heapq.heappop(events)
-            for m in members:
-                finish[m] = done
-            outstanding[replica] -= len(members)
-            busy[replica] = False
-            if queues[replica]:
-                start(replica, done)
-        if replicas == 1:
-            replica = 0
-        else:
-            a, b = rng.choice(replicas, size=2, replace=False)
-            replica = a if outstanding[a] <= outstanding[b] else b
-        queues[replica].append(index)
-        outstanding[replica] += 1
-        if not busy[replica]:
-            start(replica, now)
-    while events:
-        done, _, replica, members = heapq.heappop(events)
-        for m in members:
-            finish[m] = done
-        busy[replica] = False
-        if queues[replica]:
-            start(replica, done)
-    skip = int(requests * warmup_fraction)
-    latencies = _with_overhead(finish[skip:] - arrivals[skip:], overhead_s, rng)
-    return SimResult(rate, latencies, np.array(batches), float(finish[-1] - arrivals[skip]))
-
-
-def _with_overhead(latencies: np.ndarray, overhead_s: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Latency outside the replica's queue: one figure for all, or measured samples drawn per request."""
-    if np.ndim(overhead_s):
-        return latencies + rng.choice(np.asarray(overhead_s, dtype=float), size=len(latencies))
-    return latencies + overhead_s
-
-
 def profile_service_time(batch_seconds: dict[int, float]) -> ServiceTime:
     """Deterministic service time from a measured profile {batch size: seconds}, linearly interpolated."""
     sizes = np.array(sorted(batch_seconds))
@@ -141,24 +73,22 @@ def simulate_replicas(
     call_s: float = 0.0,
     stall_rate: float = 0.0,
     stall_s: np.ndarray | tuple = (),
-    decode_s: float = 0.0,
-    encode_s: float = 0.0,
 ) -> SimResult:
-    """trtserve's replica as it runs, event by event. Its asyncio event loop runs one task at a time, in
-    the order they became ready:
-    - each request costs it `loop_s` in all: the HTTP layer's part when it arrives, then the handler's
-      decoding (`decode_s` of it) as a task of its own, queued behind what was ready by then, and the
-      encoding of its answer (`encode_s`) after the engine call (all of it on arrival where decode_s is 0);
-    - each engine call costs it `call_s`, half before the call (stacking, the hand-off to the engine
-      thread) and half after it (resuming the batcher, splitting, answering). The after half is a task
-      queued when the engine finishes, behind everything that became ready first, and the batcher starts
-      nothing new until it has run: under load, an engine call lasts until the loop gets back to it.
-    The engine runs in its own thread, `engine_time(rows)` a call. The batcher's rule: when a call is
-    done and requests are queued, the next call takes them, up to max_batch_size rows, but while requests
-    are still being decoded and the batch has room it waits for them, up to max_delay_s after the oldest
-    was queued. Stalls (`stall_rate` a second, durations drawn from `stall_s`) are times the loop cannot
-    run at all (the CPU or the GIL taken by something else); work in progress resumes after them.
-    Replicas each get an equal share of the Poisson stream. `overhead_s` as in `simulate`."""
+    """Latency of `requests` Poisson arrivals at `rate`/s, the first `warmup_fraction` dropped.
+
+    In a replica's event loop, each request costs `loop_s` (the HTTP layer, decoding, encoding its
+    answer), run when it arrives, behind whatever is ready before it; each engine call costs `call_s`,
+    half before the call (stacking, the hand-off to the engine thread) and half after it (taking the
+    results back, splitting, answering), the second half a task queued when the engine finishes, behind
+    everything that became ready first: the batcher starts nothing new until it has run, so under load an
+    engine call lasts until the loop gets back to it. The engine runs `engine_time(rows)` a call. The
+    batcher's rule: when a call is done and requests are queued, the next call takes them, up to
+    max_batch_size rows; while requests are still being decoded and the batch has room it waits for them,
+    up to max_delay_s after the oldest was queued. Stalls (`stall_rate` a second, durations drawn from
+    `stall_s`) are times the loop cannot run (the CPU or the GIL taken by something else); work in
+    progress resumes after them. Replicas each get an equal share of the stream. `overhead_s` is latency
+    added outside the replicas (ingress, network, the client): one figure for every request, or measured
+    samples drawn at random per request."""
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, size=requests))
     owner = rng.integers(0, replicas, size=requests) if replicas > 1 else np.zeros(requests, dtype=int)
@@ -168,20 +98,14 @@ def simulate_replicas(
         index = np.flatnonzero(owner == replica)
         stalls = _Stalls(stall_rate, stall_s, float(arrivals[-1]) + 10.0, rng)
         finish[index] = _replica(
-            arrivals[index],
-            engine_time,
-            loop_s,
-            call_s,
-            max_batch_size,
-            max_delay_s,
-            stalls,
-            rng,
-            batches,
-            decode_s,
-            encode_s,
+            arrivals[index], engine_time, loop_s, call_s, max_batch_size, max_delay_s, stalls, rng, batches
         )
     skip = int(requests * warmup_fraction)
-    latencies = _with_overhead(finish[skip:] - arrivals[skip:], overhead_s, rng)
+    latencies = finish[skip:] - arrivals[skip:]
+    if np.ndim(overhead_s):
+        latencies = latencies + rng.choice(np.asarray(overhead_s, dtype=float), size=len(latencies))
+    else:
+        latencies = latencies + overhead_s
     return SimResult(rate, latencies, np.array(batches), float(finish.max() - arrivals[skip]))
 
 
@@ -212,12 +136,12 @@ class _Stalls:
         return t + work
 
 
-def _replica(
-    arrived, engine_time, loop_s, call_s, max_batch, max_delay_s, stalls, rng, batches, decode_s=0.0, encode_s=0.0
-) -> np.ndarray:
-    """One replica's event loop, batcher and engine (see simulate_replicas); returns each request's finish."""
-    parse_s = max(0.0, loop_s - decode_s - encode_s)
-    two_passes = decode_s > 0
+_ARRIVE, _QUEUED, _ENGINE_DONE, _IDLE, _DEADLINE = range(5)  # events
+_DECODE, _DISPATCH, _COMPLETE = range(3)  # the loop's tasks
+
+
+def _replica(arrived, engine_time, loop_s, call_s, max_batch, max_delay_s, stalls, rng, batches) -> np.ndarray:
+    """One replica's event loop, batcher and engine (see simulate_replicas); each request's finish time."""
     n = len(arrived)
     done = np.zeros(n)
     events = [(float(t), i, _ARRIVE, i) for i, t in enumerate(arrived)]  # (time, order, kind, payload)
@@ -252,11 +176,8 @@ def _replica(
     while events or ready:
         if ready and (not events or loop_free <= events[0][0]):
             kind, payload = ready.popleft()
-            if kind == _PARSE:
-                loop_free = stalls.finish(loop_free, parse_s)
-                push(loop_free, _PARSED, payload)
-            elif kind == _DECODE:
-                loop_free = stalls.finish(loop_free, decode_s if two_passes else parse_s)
+            if kind == _DECODE:
+                loop_free = stalls.finish(loop_free, loop_s)
                 push(loop_free, _QUEUED, payload)
             elif kind == _DISPATCH:
                 dispatch_ready = False
@@ -266,7 +187,7 @@ def _replica(
                 engine_busy = True
                 push(loop_free + engine_time(len(members), rng), _ENGINE_DONE, members)
             else:  # _COMPLETE
-                loop_free = stalls.finish(loop_free, call_s / 2 + encode_s * len(payload))
+                loop_free = stalls.finish(loop_free, call_s / 2)
                 done[payload] = loop_free
                 engine_busy = False
                 push(loop_free, _IDLE)
@@ -275,8 +196,6 @@ def _replica(
         loop_free = max(loop_free, now)
         if kind == _ARRIVE:
             decoding += 1
-            ready.append((_PARSE, payload) if two_passes else (_DECODE, payload))
-        elif kind == _PARSED:
             ready.append((_DECODE, payload))
         elif kind == _QUEUED:
             decoding -= 1
@@ -287,7 +206,3 @@ def _replica(
         else:  # _IDLE, _DEADLINE
             consider(now)
     return done
-
-
-_ARRIVE, _PARSED, _QUEUED, _ENGINE_DONE, _IDLE, _DEADLINE = range(6)
-_PARSE, _DECODE, _DISPATCH, _COMPLETE = range(4)

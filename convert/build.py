@@ -13,26 +13,27 @@ from convert import precision as precision_variants
 from convert.config import PRECISIONS, ModelConfig, load_config, resolve_callable
 from convert.errors import BackendUnavailable, ConfigError, ExportError, ParityFailed
 from convert.export import export_model
-from convert.package import (
-    git_commit,
-    next_version,
-    publish,
-    staging_dir,
-    toolchain,
-    utc_now,
-    write_json,
-    write_manifest,
-)
+from convert.package import git_commit, next_version, publish, staging_dir, toolchain, utc_now, write_json
 from convert.parity import ParityResult, compare, format_table
 from convert.progress import Counter, step
-from convert.reference import TorchReference, weights_sha256
+from convert.reference import TorchReference
 from convert.sampling import FeedMaker, parity_points
 from convert.tensorrt_build import TensorRTOptions, build_engine, tensorrt_target
-from runtime.artifact import FORMAT_VERSION, PARITY, PARITY_SAMPLES, read_manifest, sha256_file
-from runtime.backends import engine_class
-from runtime.repository import list_versions
-from runtime.signature import Signature, TensorSpec
-from runtime.tensorrt_plan import profile_json
+from runtime.engine.backends import EngineSpec, engine_class
+from runtime.engine.manifest import (
+    FORMAT_VERSION,
+    PARITY,
+    PARITY_SAMPLES,
+    EngineEntry,
+    Manifest,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from runtime.engine.repository import list_versions
+from runtime.engine.signature import Signature, TensorSpec
+from runtime.engine.tensorrt_plan import profile_json
+from runtime.engine.torch_model import weights_sha256
 
 log = logging.getLogger("trtserve.convert")
 
@@ -56,7 +57,7 @@ class BuildOptions:
 @dataclass
 class BuildResult:
     version_dir: Path
-    manifest: dict
+    manifest: Manifest
     parity: list[ParityResult]
     skipped: list[str]  # what was not built here, and why
     up_to_date: bool = False
@@ -72,7 +73,7 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
 
     factory = resolve_callable(config, config.factory, "source.factory")
     sampler = resolve_callable(config, config.sample, "sample") if config.sample else None
-    preprocessors = {k: resolve_callable(config, ref, f"preprocessing.{k}") for k, ref in config.preprocessing.items()}
+    preprocessors = {k: resolve_callable(config, ref, f"preprocessing.{k}") for k, ref in config.preprocessors.items()}
 
     model_dir = Path(options.repository) / config.name
     version = next_version(model_dir, options.version)
@@ -93,7 +94,7 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
         signature = Signature(
             inputs=tuple(TensorSpec(i.name, i.dtype, i.shape) for i in config.inputs),
             outputs=exported.outputs,
-            dims=config.dims,
+            dims=config.dim_ranges,
         )
         engines = _build_engines(staging, signature, precisions, backends, options)
 
@@ -110,14 +111,14 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
 
         _save_samples(staging / PARITY_SAMPLES, feeds, references)
         preprocessing = _package_preprocessing(staging, preprocessors)
-        parity = [r.to_dict() for r in results]
+        parity = [r.record() for r in results]
         write_json(
             staging / PARITY,
             {
                 "reference": {"backend": "torch", "precision": "fp32", "device": "cpu"},
                 "samples_file": PARITY_SAMPLES,
                 "samples": [{"index": i, "sizes": sizes} for i, sizes in enumerate(points)],
-                "results": parity,
+                "results": [p.model_dump(mode="json") for p in parity],
             },
         )
         commit, dirty = git_commit(config.path.parent)
@@ -139,7 +140,7 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
                 },
                 "inputs": [t.to_dict() for t in signature.inputs],
                 "outputs": [t.to_dict() for t in signature.outputs],
-                "dims": {k: v.to_dict() for k, v in config.dims.items()},
+                "dims": {k: v.model_dump() for k, v in config.dims.items()},
                 "toolchain": toolchain(),
                 "onnx": {"opset": exported.opset, "exporter": exported.exporter, "notes": exported.notes},
                 "engines": engines,
@@ -147,8 +148,8 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
                 "preprocessing": preprocessing,
                 "serving": {
                     "max_batch_size": config.max_batch_size,
-                    "max_queue_delay_ms": config.max_queue_delay_ms,
-                    "pad": config.pad,
+                    "max_queue_delay_ms": config.serving.max_queue_delay_ms,
+                    "pad": config.serving.pad,
                 },
             },
         )
@@ -165,7 +166,7 @@ def _precisions(config: ModelConfig, options: BuildOptions) -> tuple[str, ...]:
             raise ConfigError(
                 config.path, None, f"--precision {p!r} is unknown; expected one of {', '.join(PRECISIONS)}"
             )
-        if p not in config.tolerance:
+        if config.tolerance.get(p) is None:
             raise ConfigError(config.path, f"tolerance.{p}", f"--precision {p} needs a tolerance for it in the config")
     return tuple(dict.fromkeys(options.precisions))
 
@@ -209,15 +210,17 @@ def _current_version(model_dir: Path, config_sha: str, weights: str) -> Path | N
         return None
     latest = model_dir / str(versions[-1])
     try:
-        source = read_manifest(latest)["source"]
+        source = read_manifest(latest).source
     except Exception:  # an unreadable latest version is simply not current
         return None
-    if source.get("config_sha256") == config_sha and source.get("weights_sha256") == weights:
+    if source.config_sha256 == config_sha and source.weights_sha256 == weights:
         return latest
     return None
 
 
-def _build_engines(staging: Path, signature: Signature, precisions, backends, options: BuildOptions) -> list[dict]:
+def _build_engines(
+    staging: Path, signature: Signature, precisions, backends, options: BuildOptions
+) -> list[EngineEntry]:
     profile = [profile_json(signature)]
     engines = []
     for precision in precisions:
@@ -226,14 +229,14 @@ def _build_engines(staging: Path, signature: Signature, precisions, backends, op
             with step(f"{precision} ONNX variant"):
                 precision_variants.fp16_variant(staging / ONNX_FILES["fp32"], staging / onnx_file)
         engines.append(
-            {
-                "file": onnx_file,
-                "backend": "onnxruntime",
-                "precision": precision,
-                "compute_capability": None,
-                "tensorrt_version": None,
-                "profiles": profile,
-            }
+            EngineEntry(
+                file=onnx_file,
+                backend="onnxruntime",
+                precision=precision,
+                compute_capability=None,
+                tensorrt_version=None,
+                profiles=profile,
+            )
         )
         if "tensorrt" in backends:
             with step(f"TensorRT {precision} engine"):
@@ -242,21 +245,21 @@ def _build_engines(staging: Path, signature: Signature, precisions, backends, op
 
 
 def _run_parity(
-    staging: Path, signature: Signature, entry: dict, feeds, references, config: ModelConfig
+    staging: Path, signature: Signature, entry: EngineEntry, feeds, references, config: ModelConfig
 ) -> ParityResult:
-    label = f"parity {entry['backend']} {entry['precision']}"
+    label = f"parity {entry.backend} {entry.precision}"
     try:
-        engine = engine_class(entry["backend"])(staging / entry["file"], signature, entry["precision"])
+        engine = engine_class(entry.backend)(EngineSpec(staging, signature, entry.precision, entry.file))
     except Exception as e:
-        raise ExportError(f"{entry['file']}: {entry['backend']} cannot load the engine it was built into: {e}") from e
+        raise ExportError(f"{entry.file}: {entry.backend} cannot load the engine it was built into: {e}") from e
     with engine:
         return compare(
-            entry["backend"],
-            entry["precision"],
+            entry.backend,
+            entry.precision,
             engine.infer,
             feeds,
             references,
-            lambda name: config.tolerance_for(name, entry["precision"]),
+            lambda name: config.tolerance_for(name, entry.precision),
             Counter(label, len(feeds)),
         )
 

@@ -13,15 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.config import Tolerance
 from convert.parity import ParityResult, compare
 from convert.progress import Counter
-from runtime.artifact import PARITY_SAMPLES, verify_version_dir
-from runtime.backends import engine_class
-from runtime.cuda_device import probe, tensorrt_version
-from runtime.errors import ArtifactError
-from runtime.signature import Signature
-from runtime.tensorrt_plan import plan_compatibility
+from runtime.engine.artifact import verify_version_dir
+from runtime.engine.backends import EngineSpec, engine_class
+from runtime.engine.errors import ArtifactError
+from runtime.engine.manifest import PARITY_SAMPLES, Manifest
 
 log = logging.getLogger("trtserve.convert")
 
@@ -29,7 +26,7 @@ log = logging.getLogger("trtserve.convert")
 @dataclass
 class CheckResult:
     version_dir: Path
-    manifest: dict
+    manifest: Manifest
     results: list[ParityResult]
     skipped: list[str]
 
@@ -41,47 +38,40 @@ class CheckResult:
 def check(version_dir: str | Path) -> CheckResult:
     version_dir = Path(version_dir)
     manifest = verify_version_dir(version_dir)
-    if version_dir.name != str(manifest["version"]):
-        raise ArtifactError(f"{version_dir}: the directory holds version {manifest['version']} of {manifest['name']}")
-    log.info("%s: %d files match their checksums", version_dir, len(manifest["files"]))
-    if PARITY_SAMPLES not in manifest["files"]:
+    if version_dir.name != str(manifest.version):
+        raise ArtifactError(f"{version_dir}: the directory holds version {manifest.version} of {manifest.name}")
+    log.info("%s: %d files match their checksums", version_dir, len(manifest.files))
+    if PARITY_SAMPLES not in manifest.files:
         raise ArtifactError(f"{version_dir}: the manifest lists no {PARITY_SAMPLES}; parity cannot be re-run")
     feeds, references = load_samples(version_dir / PARITY_SAMPLES)
-    signature = Signature.from_manifest(manifest)
-    recorded = {(p["backend"], p["precision"]): p for p in manifest["parity"]}
+    recorded = {(p.backend, p.precision): p for p in manifest.parity}
 
     results, skipped = [], []
-    for entry in manifest["engines"]:
-        label = f"{entry['backend']} {entry['precision']}"
-        ok, why = _runnable(entry)
+    for entry in manifest.engines:
+        label = f"{entry.backend} {entry.precision}"
+        backend = engine_class(entry.backend)
+        ok, why = backend.runnable(entry)
         if not ok:
             skipped.append(f"{label}: {why}")
             log.warning("skipping %s", skipped[-1])
             continue
-        record = recorded.get((entry["backend"], entry["precision"]))
+        record = recorded.get((entry.backend, entry.precision))
         if record is None:
-            raise ArtifactError(f"{version_dir}: {entry['file']} has no parity record in the manifest")
-        tolerances = {n: Tolerance(o["atol"], o["rtol"]) for n, o in record["outputs"].items()}
-        with engine_class(entry["backend"])(version_dir / entry["file"], signature, entry["precision"]) as engine:
+            raise ArtifactError(f"{version_dir}: {entry.file} has no parity record in the manifest")
+        spec = EngineSpec(version_dir, manifest.signature, entry.precision, entry.file, manifest.source)
+        with backend(spec) as engine:
             results.append(
                 compare(
-                    entry["backend"],
-                    entry["precision"],
+                    entry.backend,
+                    entry.precision,
                     engine.infer,
                     feeds,
                     references,
-                    tolerances.__getitem__,
+                    record.outputs.__getitem__,  # the tolerances parity was proved with
                     Counter(f"parity {label}", len(feeds)),
                 )
             )
     return CheckResult(version_dir, manifest, results, skipped)
-
-
-def _runnable(entry: dict) -> tuple[bool, str]:
-    if entry["backend"] == "tensorrt":
-        device, _why = probe()
-        return plan_compatibility(entry, device.compute_capability if device else None, tensorrt_version())
-    return engine_class(entry["backend"]).availability()
 
 
 def load_samples(path: Path) -> tuple[list[dict], list[dict]]:

@@ -1,6 +1,6 @@
 """The `convert` command: a thin layer over convert.build, convert.check and convert.inspect.
 
-Exit codes (CONTRACT §3): 0 ok; 1 parity failed; 2 bad config, usage, artifact or unexportable model;
+Exit codes (as the README lists them): 0 ok; 1 parity failed; 2 bad config, usage, artifact or unexportable model;
 3 a requested backend is unavailable here; 4 an internal error (a bug: please report it).
 """
 
@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from runtime.errors import TrtserveError
+from runtime.engine.errors import TrtserveError
 
 EXIT_INTERNAL = 4
 
@@ -124,7 +124,7 @@ def _check(args) -> int:
         print("parity failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
     print(
-        f"{result.version_dir}: ok ({len(result.manifest['files'])} files verified, "
+        f"{result.version_dir}: ok ({len(result.manifest.files)} files verified, "
         f"{len(result.results)} engines pass parity here)"
     )
     return 0

@@ -1,8 +1,8 @@
-"""Errors of the convert stage, each with its CLI exit code (CONTRACT §3)."""
+"""Errors of the convert stage, each with its CLI exit code (as the README lists them)."""
 
 from __future__ import annotations
 
-from runtime.errors import ArtifactError, BackendUnavailable, TrtserveError
+from runtime.engine.errors import ArtifactError, BackendUnavailable, TrtserveError
 
 __all__ = [
     "ArtifactError",

@@ -26,8 +26,9 @@ from convert import onnx_graph
 from convert.config import BATCH, ModelConfig
 from convert.errors import ExportError
 from convert.sampling import Sizes, export_sizes
-from runtime import dtypes
-from runtime.signature import TensorSpec
+from runtime.engine import dtypes
+from runtime.engine.signature import TensorSpec
+from runtime.engine.torch_model import to_torch
 
 log = logging.getLogger("trtserve.convert")
 
@@ -45,9 +46,7 @@ class ExportedModel:
 
 
 def to_torch_args(config: ModelConfig, feed: dict[str, np.ndarray]) -> tuple:
-    import torch
-
-    return tuple(torch.from_numpy(np.ascontiguousarray(feed[i.name])) for i in config.inputs)
+    return to_torch(feed, [i.name for i in config.inputs])
 
 
 def describe_feed(feed: dict[str, np.ndarray]) -> str:

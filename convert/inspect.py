@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from runtime import dtypes
-from runtime.artifact import MANIFEST, onnx_external_data_locations, read_manifest, verify_version_dir
-from runtime.cuda_device import tensorrt_version
-from runtime.errors import ArtifactError, TrtserveError
-from runtime.tensorrt_plan import parse_engine_filename
+from runtime.engine import dtypes
+from runtime.engine.artifact import onnx_external_data_locations, verify_version_dir
+from runtime.engine.cuda_device import tensorrt_version
+from runtime.engine.errors import ArtifactError, TrtserveError
+from runtime.engine.manifest import MANIFEST, read_manifest
+from runtime.engine.tensorrt_plan import parse_engine_filename
 
 
 def describe(path: str | Path) -> dict:
@@ -112,7 +113,7 @@ def _describe_version(path: Path) -> dict:
     except ArtifactError as e:
         manifest = read_manifest(path)
         integrity = f"FAILED: {e}"
-    return {"kind": "version", "path": str(path), "integrity": integrity, "manifest": manifest}
+    return {"kind": "version", "path": str(path), "integrity": integrity, "manifest": manifest.to_json()}
 
 
 def render(info: dict) -> str:

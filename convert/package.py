@@ -1,4 +1,5 @@
-"""Writing a version directory: staged in a hidden temp dir, published by one rename, never overwritten."""
+"""Writing a version directory: staged in a hidden temp dir, published by one rename, never overwritten.
+(Its manifest is written by runtime.engine.manifest.write_manifest, the one writer of that contract.)"""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from convert.errors import TrtserveError
-from runtime.artifact import MANIFEST, MANIFEST_KEYS, file_record
-from runtime.cuda_device import probe, tensorrt_version
-from runtime.repository import list_versions
+from runtime.engine.cuda_device import probe, tensorrt_version
+from runtime.engine.repository import list_versions
 
 
 class VersionExists(TrtserveError):
@@ -69,21 +69,6 @@ def _readable(root: Path) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def write_manifest(staging: Path, fields: dict) -> dict:
-    """Checksum every file under `staging` and write manifest.json; return the manifest."""
-    files = {}
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        rel = path.relative_to(staging).as_posix()
-        if rel != MANIFEST:
-            files[rel] = file_record(path)
-    manifest = {**fields, "files": files}
-    missing = [k for k in MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise AssertionError(f"manifest is missing {missing}")
-    write_json(staging / MANIFEST, {k: manifest[k] for k in MANIFEST_KEYS} | manifest)
-    return manifest
 
 
 def utc_now() -> str:

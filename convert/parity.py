@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convert.config import Tolerance
+from runtime.engine.manifest import OutputParity, ParityRecord
 
 _TINY = float(np.finfo(np.float32).tiny)
 
@@ -59,18 +60,18 @@ class OutputStats:
             self.rtol_needed = max(self.rtol_needed, float(rel[diff > self.atol].max(initial=0.0)))
             self.min_cosine = min(self.min_cosine, _cosine(out64, ref64))
 
-    def to_dict(self) -> dict:
-        return {
-            "passed": self.passed,
-            "max_abs": self.max_abs,
-            "max_rel": self.max_rel,
-            "mismatch_fraction": self.mismatch_fraction,
-            "nonfinite": self.nonfinite,
-            "cosine": self.min_cosine,
-            "atol": self.atol,
-            "rtol": self.rtol,
-            "would_pass": None if self.passed else self.would_pass(),
-        }
+    def record(self) -> OutputParity:
+        return OutputParity(
+            passed=self.passed,
+            max_abs=self.max_abs,
+            max_rel=self.max_rel,
+            mismatch_fraction=self.mismatch_fraction,
+            nonfinite=self.nonfinite,
+            cosine=self.min_cosine,
+            atol=self.atol,
+            rtol=self.rtol,
+            would_pass=None if self.passed else self.would_pass(),
+        )
 
     def would_pass(self) -> str:
         if self.shape_errors:
@@ -109,15 +110,16 @@ class ParityResult:
     def passed(self) -> bool:
         return self.error is None and all(s.passed for s in self.outputs.values())
 
-    def to_dict(self) -> dict:
-        return {
-            "backend": self.backend,
-            "precision": self.precision,
-            "passed": self.passed,
-            "outputs": {name: stats.to_dict() for name, stats in self.outputs.items()},
-            "samples": self.samples,
-            "error": self.error,
-        }
+    def record(self) -> ParityRecord:
+        """What the manifest keeps of this comparison."""
+        return ParityRecord(
+            backend=self.backend,
+            precision=self.precision,
+            passed=self.passed,
+            outputs={name: stats.record() for name, stats in self.outputs.items()},
+            samples=self.samples,
+            error=self.error,
+        )
 
     def failures(self) -> list[str]:
         if self.error:
@@ -140,7 +142,7 @@ def compare(
     run: Callable[[dict], dict[str, np.ndarray]],
     feeds: Sequence[dict[str, np.ndarray]],
     references: Sequence[dict[str, np.ndarray]],
-    tolerance_for: Callable[[str], Tolerance],
+    tolerance_for: Callable[[str], Tolerance | OutputParity],  # anything with atol and rtol
     progress: Callable[[int], None] | None = None,
 ) -> ParityResult:
     names = list(references[0])

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 
 from convert.config import BATCH, ModelConfig
-from runtime import dtypes
-from runtime.errors import InputError
+from runtime.engine import dtypes
+from runtime.engine.errors import InputError
 
 Sizes = dict[str, int]  # a concrete size for every declared dim
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convert.errors import BackendUnavailable, ExportError
-from runtime.cuda_device import CudaDevice, probe, tensorrt_version
-from runtime.signature import Signature
-from runtime.tensorrt_plan import engine_filename, profile_json, profile_shapes
+from runtime.engine.cuda_device import CudaDevice, probe, tensorrt_version
+from runtime.engine.manifest import EngineEntry
+from runtime.engine.signature import Signature
+from runtime.engine.tensorrt_plan import engine_filename, profile_json, profile_shapes
 
 log = logging.getLogger("trtserve.convert")
 
@@ -47,7 +48,7 @@ def default_timing_cache(device: CudaDevice, version: str) -> Path:
 
 def build_engine(
     onnx_path: Path, signature: Signature, precision: str, out_dir: Path, options: TensorRTOptions
-) -> dict:
+) -> EngineEntry:
     """Build one plan into out_dir/engines/; return its manifest entry."""
     device, version = tensorrt_target()
     import tensorrt as trt
@@ -90,11 +91,11 @@ def build_engine(
     (out_dir / file).parent.mkdir(parents=True, exist_ok=True)
     (out_dir / file).write_bytes(bytes(serialized))
     log.info("tensorrt: built %s for %s", file, device.name)
-    return {
-        "file": file.as_posix(),
-        "backend": "tensorrt",
-        "precision": precision,
-        "compute_capability": device.compute_capability,
-        "tensorrt_version": version,
-        "profiles": [profile_json(signature)],
-    }
+    return EngineEntry(
+        file=file.as_posix(),
+        backend="tensorrt",
+        precision=precision,
+        compute_capability=device.compute_capability,
+        tensorrt_version=version,
+        profiles=[profile_json(signature)],
+    )

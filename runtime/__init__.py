@@ -1,17 +1,6 @@
-"""trtserve runtime: load verified model versions and run them. Needs no torch."""
+"""trtserve runtime: `runtime.engine` loads verified model versions and runs them (no Ray, no torch);
+`runtime.serve` serves them on Ray Serve (`import_path: runtime.serve.app:build_app`). The engine
+layer's public API (`load_engine`, `Engine`, `Manifest`, ...) is this package's too."""
 
-from runtime.backends import Engine
-from runtime.errors import ArtifactError, BackendUnavailable, InputError, TrtserveError
-from runtime.loader import load_engine
-from runtime.signature import Signature, TensorSpec
-
-__all__ = [
-    "ArtifactError",
-    "BackendUnavailable",
-    "Engine",
-    "InputError",
-    "Signature",
-    "TensorSpec",
-    "TrtserveError",
-    "load_engine",
-]
+from runtime.engine import *  # noqa: F403
+from runtime.engine import __all__  # noqa: F401

@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _gpu_missing() -> str:
-    from runtime.cuda_device import probe, tensorrt_version
+    from runtime.engine.cuda_device import probe, tensorrt_version
 
     if tensorrt_version() is None:
         return "requires TensorRT >= 10 (tensorrt is not installed)"
@@ -94,7 +94,7 @@ def server(built_repository, tmp_path_factory):
     cnn gets a small queue (128 rows) so overload can be provoked; bodies are capped at 8 MiB."""
     import yaml
 
-    from runtime.launch import LocalServe
+    from runtime.serve.launcher import LocalServe
 
     workdir = tmp_path_factory.mktemp("serve")
     config = {
@@ -104,7 +104,7 @@ def server(built_repository, tmp_path_factory):
             {
                 "name": "trtserve",
                 "route_prefix": "/",
-                "import_path": "runtime.app:build_app",
+                "import_path": "runtime.serve.app:build_app",
                 "args": {
                     "repository": str(built_repository),
                     "max_body_mb": 8,

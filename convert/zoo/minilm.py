@@ -79,10 +79,10 @@ def tokenizer_files() -> list[Path]:
 
 
 def tokenize(texts: list[str], length: int) -> dict[str, np.ndarray]:
-    """Tokenize as the server does (runtime.preprocessing), padded to exactly `length` tokens."""
+    """Tokenize as the server does (runtime.engine.preprocessing), padded to exactly `length` tokens."""
     from tokenizers import Tokenizer
 
-    from runtime.preprocessing import encode
+    from runtime.engine.preprocessing import encode
 
     tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
     return encode(tokenizer, texts, length, ["input_ids", "attention_mask"], pad_to=length)

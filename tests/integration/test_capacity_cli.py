@@ -1,12 +1,17 @@
 """`python -m benchmarks profile | validate | plan | report` against the session's server, tiny durations:
 the capacity-planning path runs end to end and writes what it promises. (The figures themselves are
-`make bench`'s business.)"""
+`make bench`'s business.) Slow tier: minutes of the machine, and a bound on them that holds when it is
+busy."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.integration.test_load_cli import run_benchmarks
+
+pytestmark = [pytest.mark.slow]
 
 
 def test_validate_then_plan_then_report(server, built_repository, tmp_path):
@@ -25,27 +30,19 @@ def test_validate_then_plan_then_report(server, built_repository, tmp_path):
         "1",
         "--results",
         results / "cnn",
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((results / "cnn" / "validate.json").read_text())
     for side in ("predicted", "measured"):
         assert report[side]["max_rps"] > 0 and report[side]["p99_ms"] > 0, report[side]
     assert report["measured"]["statuses"] == {"200": sum(report["measured"]["statuses"].values())}
-    assert report["http"]["per_request_ms"] > 0 and report["http"]["engine_slowdown"] >= 1
-    # The p99 is predicted from the calibration rounds taken before the pooled windows, one each.
-    assert report["http_during_p99"]["pooled"] == min(3, report["measured"]["windows"])
-    # Each window predicted from the round before it (one a window), and the pooled ones' p99 from theirs.
-    assert len(report["predicted"]["window_p99_ms"]) == report["measured"]["windows"]
-    assert min(report["predicted"]["window_p99_ms"][-3:]) <= report["predicted"]["p99_ms"]
-    assert report["predicted"]["p99_ms"] <= max(report["predicted"]["window_p99_ms"][-3:])
-    assert report["predicted"]["p99_ms_pooled_rounds"] > 0
-    rounds = json.loads((results / "cnn" / "rounds-cnn.json").read_text())
-    assert len(rounds) == report["measured"]["windows"] and all(r["floor_samples_ms"] for r in rounds)
-    assert report["predicted"]["p99_ms_first_calibration"] > 0
+    http = report["http"]
+    assert http["per_request_ms"] > 0 and http["engine_slowdown"] >= 1 and len(http["stalls"]) == 3
+    assert json.loads((results / "cnn" / "http-cnn.json").read_text())["floor_samples_ms"]
+    assert 3 <= report["measured"]["windows"] <= 6 and len(report["measured"]["window_p99_ms"]) >= 3
     assert report["measured"]["rows_per_engine_call"] >= 1 and report["predicted"]["rows_per_engine_call"] >= 1
-    pngs = sorted(p.name for p in (results / "cnn").glob("*.png"))
-    assert pngs == ["cnn-latency-cdf.png", "cnn-latency-vs-batch.png", "cnn-throughput-vs-p99.png"]
-    assert all((results / "cnn" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert set(report["met"]) == {"max_rps", "p99_ms"}
 
     proc = run_benchmarks("profile", built_repository / "cnn" / "1", "--repeats", "3", "--results", results / "cnn")
     assert proc.returncode == 0, proc.stderr
@@ -72,13 +69,6 @@ def test_validate_then_plan_then_report(server, built_repository, tmp_path):
     text = output.read_text()
     assert "## Capacity planning: predicted vs measured" in text
     assert "![cnn-throughput-vs-p99](plots/cnn-throughput-vs-p99.png)" in text
-    assert (tmp_path / "plots" / "cnn-latency-cdf.png").exists()
-
-
-def test_plan_without_a_calibration_says_what_to_run(tmp_path):
-    (tmp_path / "profile-cnn.json").write_text(
-        json.dumps({"opt_sizes": {"batch": 1}, "points": [{"batch": 1, "sizes": {"batch": 1}, "median_ms": 1.0}]})
-    )
-    proc = run_benchmarks("plan", "--model", "cnn", "--rate", "50", "--slo-p99-ms", "100", "--results", tmp_path)
-    assert proc.returncode != 0
-    assert "benchmarks calibrate --model cnn" in proc.stderr and "Traceback" not in proc.stderr
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert pngs == ["cnn-latency-cdf.png", "cnn-latency-vs-batch.png", "cnn-throughput-vs-p99.png"]
+    assert all((tmp_path / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runtime.cuda_device import tensorrt_version
+from runtime.engine.cuda_device import tensorrt_version
 from tests.conftest import ROOT, run_convert
 
 

@@ -1,5 +1,5 @@
-"""GPU memory accounting with the torch backend (issue 5's GPU path): needs torch with a CUDA device,
-not TensorRT; skipped elsewhere with the reason."""
+"""GPU memory accounting with the torch backend (the GPU path of memory-aware placement): needs torch
+with a CUDA device, not TensorRT; skipped elsewhere with the reason."""
 
 from __future__ import annotations
 
@@ -11,26 +11,29 @@ pytestmark = [pytest.mark.cuda]
 def test_torch_cuda_footprint_is_measured(cnn_repository):
     import torch
 
-    from runtime.host import ModelHost, ModelOptions
+    from runtime.serve import triton
+    from runtime.serve.config import ModelOptions
+    from runtime.serve.model import ServedModel
 
-    host = ModelHost(cnn_repository / "cnn" / "1", ModelOptions(backend="torch", max_batch_size=64))
-    host.warmup()
-    footprint = host.footprint
-    assert host.engine.device == "cuda:0"
+    model = ServedModel(cnn_repository / "cnn" / "1", ModelOptions(backend="torch", max_batch_size=64))
+    model.warmup()
+    footprint = model.footprint
+    assert model.engine.device == "cuda:0"
     assert footprint.device_bytes and footprint.device_bytes > 0
     reserved = torch.cuda.memory_reserved()
     if footprint.device_method == "nvml-process":
         assert footprint.device_bytes >= reserved  # NVML also counts the CUDA context
     else:
         assert footprint.device_bytes == reserved
-    assert host.stats()["memory"]["footprint"]["device_bytes"] == footprint.device_bytes
-    host.close()
+    assert triton.statistics(model)["memory"]["footprint"]["device_bytes"] == footprint.device_bytes
+    model.close()
 
 
 def test_replicas_pack_fractionally_on_one_gpu(cnn_repository):
-    from runtime.placement import actor_options, measure_replica
+    from runtime.serve.config import ModelSpec
+    from runtime.serve.placement import actor_options, measure_replica
 
-    need = measure_replica(cnn_repository, [{"name": "cnn", "backend": "torch", "max_batch_size": 64}])
+    need = measure_replica(cnn_repository, [ModelSpec(name="cnn", backend="torch", max_batch_size=64)])
     assert need.device_bytes and need.device_total_bytes
     options = actor_options(need, None, 0.2, None)
     assert 0 < options["num_gpus"] < 1

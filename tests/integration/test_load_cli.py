@@ -1,4 +1,5 @@
-"""`python -m benchmarks load` and `generator` smoke runs against the trivial endpoint, tiny durations."""
+"""`python -m benchmarks load` and `generator` smoke runs against the trivial endpoint, tiny durations; the
+CLI's errors for what is missing."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from benchmarks import trivial_server
 from tests.conftest import ROOT
 
 
-def run_benchmarks(*args: str) -> subprocess.CompletedProcess:
+def run_benchmarks(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "benchmarks", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "benchmarks", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -53,3 +54,12 @@ def test_generator_check_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "generator.json").read_text())
     assert report["statuses"] == {"200": report["requests"]}
+
+
+def test_plan_without_a_calibration_says_what_to_run(tmp_path):
+    (tmp_path / "profile-cnn.json").write_text(
+        json.dumps({"opt_sizes": {"batch": 1}, "points": [{"batch": 1, "sizes": {"batch": 1}, "median_ms": 1.0}]})
+    )
+    proc = run_benchmarks("plan", "--model", "cnn", "--rate", "50", "--slo-p99-ms", "100", "--results", tmp_path)
+    assert proc.returncode != 0
+    assert "benchmarks calibrate --model cnn" in proc.stderr and "Traceback" not in proc.stderr

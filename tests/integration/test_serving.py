@@ -6,7 +6,6 @@ import http.client
 import json
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,7 +75,7 @@ def test_minilm_text_equals_token_inputs(client, built_repository, binary):
     assert embedding.shape == (len(TEXTS), 384)
     from tokenizers import Tokenizer
 
-    from runtime.preprocessing import encode
+    from runtime.engine.preprocessing import encode
 
     tokenizer = Tokenizer.from_file(str(built_repository / "minilm/1/preprocessing/tokenizer/tokenizer.json"))
     feed = encode(tokenizer, TEXTS, 256, ["input_ids", "attention_mask"])
@@ -264,12 +263,13 @@ def test_overload_answers_503_with_retry_after_and_loses_nothing(server, built_r
         np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_metrics_are_exported_by_model_and_version(client):
+def test_metrics_are_exported_by_model_and_version(client, server):
     import time
     import urllib.request
 
     client.infer("cnn", [cnn_input(np.zeros((1, 3, 32, 32), np.float32), True)])
-    ports = [p.read_text().strip() for p in Path("/tmp/ray/session_latest").glob("metrics_export_port_*")]
+    assert server.session_dir is not None, "the server's Ray session was not found"
+    ports = [p.read_text().strip() for p in server.session_dir.glob("metrics_export_port_*")]
     assert ports, "Ray wrote no metrics export port"
     names = [
         "trtserve_requests_total",
@@ -302,7 +302,7 @@ def test_json_logs_carry_request_id_model_and_latency_split(server):
     assert status == 200
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for path in Path("/tmp/ray/session_latest/logs/serve").glob("replica_*.log"):
+        for path in (server.session_dir / "logs" / "serve").glob("replica_*.log"):
             for line in path.read_text(errors="replace").splitlines():
                 if "log-check-1" in line and '"model"' in line:
                     record = json.loads(line)

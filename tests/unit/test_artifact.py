@@ -4,10 +4,11 @@ from pathlib import Path
 import onnx
 import pytest
 
-from convert.package import next_version, publish, staging_dir, write_manifest
-from runtime.artifact import MANIFEST, onnx_external_data_locations, verify_version_dir
-from runtime.errors import ArtifactError
-from runtime.repository import list_versions, version_dir
+from convert.package import next_version, publish, staging_dir
+from runtime.engine.artifact import onnx_external_data_locations, verify_version_dir
+from runtime.engine.errors import ArtifactError
+from runtime.engine.manifest import MANIFEST, write_manifest
+from runtime.engine.repository import list_versions, version_dir
 from tests.fixtures.artifacts import add_model
 
 
@@ -24,7 +25,7 @@ def rewrite_manifest(root: Path, change) -> None:
 def test_intact_version_verifies(tmp_path):
     root = make_version(tmp_path / "toy" / "1", external=True)
     manifest = verify_version_dir(root)
-    assert set(manifest["files"]) == {"model.onnx", "model.onnx.data"}
+    assert set(manifest.files) == {"model.onnx", "model.onnx.data"}
 
 
 def test_flipped_byte_is_caught(tmp_path):

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from runtime.autoscaling import (
+from runtime.serve.autoscaling import (
     BATCH_FILL,
     DEVICE_FREE_BYTES,
     HOST_AVAILABLE_BYTES,

@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from runtime.batcher import RECENT_CALLS, DynamicBatcher, Overloaded, TimedOut
-from runtime.batching import Work
-from runtime.loader import load_engine
+from runtime.engine.loader import load_engine
+from runtime.serve.batcher import DynamicBatcher, Overloaded, TimedOut
+from runtime.serve.batching import Work
 from tests.fixtures.artifacts import sequence_model
 
 PAD = {"seq": {"x": 0.0}}
@@ -87,7 +87,7 @@ def test_full_queue_is_refused_and_slow_requests_time_out():
         time.sleep(0.2)
         return {"doubled": batch["x"] * 2, "total": batch["x"].sum(1)}
 
-    from runtime.signature import DimRange, Signature, TensorSpec
+    from runtime.engine.signature import DimRange, Signature, TensorSpec
 
     sig = Signature(
         (TensorSpec("x", "float32", ("batch", 4)),),
@@ -140,7 +140,7 @@ def test_a_request_above_a_stepped_down_limit_still_runs(engine):
 
 
 def test_engine_time_is_timed_in_its_thread_apart_from_the_wait_for_the_loop(engine):
-    # An engine of 20 ms a call while the event loop is blocked for 60 ms right after each call starts:
+    # An engine of 20 ms a call while the event loop is blocked for 100 ms right after each call starts:
     # compute_infer holds the engine's 20 ms, compute_output the wait to be taken back by the loop.
     def slow(batch):
         time.sleep(0.02)
@@ -151,7 +151,7 @@ def test_engine_time_is_timed_in_its_thread_apart_from_the_wait_for_the_loop(eng
 
         async def hog():
             await asyncio.sleep(0.005)
-            time.sleep(0.06)  # the loop busy with something else
+            time.sleep(0.1)  # the loop busy with something else
 
         for i in range(3):
             await asyncio.gather(batcher.submit(feed(1, 8, i), Work(1, {"seq": 8}), 5), hog())
@@ -159,22 +159,7 @@ def test_engine_time_is_timed_in_its_thread_apart_from_the_wait_for_the_loop(eng
         return batcher.stats
 
     stats = asyncio.run(main())
-    assert stats.batches == 3
-    assert [rows for rows, _ in stats.recent_calls] == [1, 1, 1]  # each call kept, engine time alone
-    assert sum(ns for _, ns in stats.recent_calls) == stats.infer_ns
-    assert stats.infer_ns / 3 == pytest.approx(20e6, rel=0.5)
-    assert stats.output_ns / 3 > 30e6
+    assert stats.batches == 3 and stats.batch_sizes == {1: 3}
+    assert 20e6 <= stats.infer_ns / 3 < 80e6  # a sleep never ends early; the loop's block is not in it
+    assert stats.output_ns / 3 > 40e6
     assert stats.input_ns + stats.infer_ns + stats.output_ns == pytest.approx(stats.compute_ns, abs=3)
-
-
-def test_only_the_last_engine_calls_are_kept(engine):
-    async def main():
-        batcher = DynamicBatcher(engine.infer, engine.signature, max_rows=4, max_delay_s=0.0, max_queued_rows=100)
-        for i in range(RECENT_CALLS + 5):
-            await batcher.submit(feed(1 + i % 2, 8, i), Work(1 + i % 2, {"seq": 8}), 5)
-        batcher.close()
-        return batcher.stats
-
-    stats = asyncio.run(main())
-    assert stats.batches == RECENT_CALLS + 5 and len(stats.recent_calls) == RECENT_CALLS
-    assert stats.recent_calls[-1][0] == 1 + (RECENT_CALLS + 4) % 2  # the newest last

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from runtime.batching import Work, buckets_for, plan, round_up, stack, unstack
-from runtime.signature import DimRange, Signature, TensorSpec
+from runtime.engine.signature import DimRange, Signature, TensorSpec
+from runtime.serve.batching import Work, buckets_for, plan, round_up, stack, unstack
 
 SIG = Signature(
     inputs=(TensorSpec("ids", "int64", ("batch", "seq")), TensorSpec("mask", "int64", ("batch", "seq"))),

@@ -4,8 +4,7 @@ reading the server's /stats."""
 import numpy as np
 import pytest
 
-from benchmarks.calibrate import _handoff_seconds, _loop_per_request, _variation, loop_seconds, pool, stalls
-from benchmarks.plan import HttpPath
+from benchmarks.calibrate import engine_calls, handler_seconds, stalls
 
 
 def test_a_stall_is_the_answering_time_lost_while_requests_waited():
@@ -55,130 +54,17 @@ def test_waiting_for_an_engine_call_or_two_is_not_a_stall():
     assert stalls(scheduled, scheduled + 0.010) == []
 
 
-def _stats(calls: int, recent: list[tuple[int, int]] | None = None, input_ns=0, output_ns=0) -> dict:
-    stats = {
-        "execution_count": calls,
-        "inference_stats": {"compute_input": {"ns": input_ns}, "compute_output": {"ns": output_ns}},
-    }
-    if recent is not None:
-        stats["recent_engine_calls"] = {"rows": [r for r, _ in recent], "infer_us": [us for _, us in recent]}
-    return stats
-
-
-def test_engine_variation_is_each_calls_time_over_the_profiles_around_their_mean():
-    engine = lambda rows, rng: 0.001 * rows  # noqa: E731 - 1 ms a row alone
-    # Two calls before the run (not counted), three in it: 2x, 3x and 4x the profile.
-    before = _stats(2, [(1, 5000), (1, 5000)])
-    after = _stats(5, [(1, 5000), (1, 5000), (1, 2000), (2, 6000), (4, 16000)])
-    assert _variation(before, after, engine) == pytest.approx([2 / 3, 1.0, 4 / 3], abs=1e-3)
-    assert _variation(before, _stats(5), engine) == []  # a server that does not list its calls
-
-
-def test_handoff_is_the_loops_share_of_an_engine_call():
-    before = _stats(10, input_ns=1_000_000, output_ns=2_000_000)
-    after = _stats(14, input_ns=1_400_000, output_ns=3_200_000)
-    assert _handoff_seconds(before, after) == pytest.approx((0.4e6 + 1.2e6) / 4 / 1e9)
-    assert _handoff_seconds(before, before) == 0.0
-
-
-def _report(per_request_ms, floor_ms, stall_lengths, span_s=10.0, loop_ms=None):
-    """A calibration report as `calibrate` writes it, with the figures pool reads."""
-    stall_runs = [
-        {
-            "rate": rate,
-            "p50_ms": 3.0,
-            "p99_ms": per_request_ms * 10,
-            "per_s": len(lengths) / span_s,
-            "span_s": span_s,
-            "lengths_ms": lengths,
-            "rows_per_engine_call": 1.5,
-            "engine_slowdown": 2.0 + i,
-            "engine_variation": [1.0],
-            "event_loop_ms_per_request": loop_ms,
-        }
-        for i, (rate, lengths) in enumerate(zip((100.0, 200.0), stall_lengths, strict=True))
-    ]
+def _stats(calls: int, rows: int, infer_ns: int, success: int = 0, success_ns: int = 0) -> dict:
     return {
-        "model": "m",
-        "saturation": {
-            "rps": 1e3 / per_request_ms,
-            "rows_per_engine_call": 8.0,
-            "engine_ms_per_call_served": 4.0,
-            "engine_busy": 0.3,
-            "engine_variation": [1.0],
-        },
-        "low_load": {
-            "rate": 50.0,
-            "p50_ms": 3.0,
-            "p99_ms": 6.0,
-            "handler_ms": 1.0,
-            "rows_per_engine_call": 1.0,
-            "engine_slowdown": 2.5,
-        },
-        "per_request_ms": per_request_ms,
-        "per_request_by_rate": [[100.0, loop_ms], [200.0, loop_ms]] if loop_ms else [],
-        "engine_bound": bool(loop_ms),
-        "decode_ms": 0.1,
-        "encode_ms": 0.1,
-        "per_call_ms": 0.5,
-        "engine_slowdown": 3.0,
-        "floor_samples_ms": floor_ms,
-        "floor_p50_ms": float(np.median(floor_ms)),
-        "floor_p99_ms": float(np.percentile(floor_ms, 99)),
-        "stalls": stall_runs,
+        "execution_count": calls,
+        "inference_count": rows,
+        "inference_stats": {"compute_infer": {"ns": infer_ns}, "success": {"count": success, "ns": success_ns}},
     }
 
 
-def test_pooled_calibrations_average_the_figures_and_keep_every_sample():
-    first = _report(1.0, [1.0, 1.0], [[5.0], []])
-    second = _report(2.0, [3.0, 3.0, 3.0], [[7.0, 9.0], []])
-    pooled = pool([first, second])
-    assert pooled["pooled"] == 2
-    assert pooled["per_request_ms"] == pytest.approx(1.5)
-    assert pooled["saturation"]["rps"] == pytest.approx(750.0)
-    assert pooled["floor_samples_ms"] == [1.0, 1.0, 3.0, 3.0, 3.0] and pooled["floor_p50_ms"] == 3.0
-    # Stalls: each load's runs together, counted over their time together (3 in 20 s; none in 20 s).
-    low, high = pooled["stalls"]
-    assert low["lengths_ms"] == [5.0, 7.0, 9.0] and low["per_s"] == pytest.approx(0.15) and low["span_s"] == 20.0
-    assert high["lengths_ms"] == [] and high["per_s"] == 0.0
-    assert (low["engine_slowdown"], high["engine_slowdown"]) == (2.0, 3.0)
-    assert low["p99_ms"] == pytest.approx(15.0) and "outside_handler_ms" not in low  # neither report has it
-    # What plan reads of it.
-    http = HttpPath.from_report(pooled)
-    assert http.per_request_s == pytest.approx(1.5e-3)
-    assert http.stalls_at(100.0)[0] == pytest.approx(0.15)
-    assert pool([first]) is first
-
-
-def test_pooled_engine_bound_calibrations_average_the_loops_cost_by_rate():
-    pooled = pool([_report(1.0, [1.0], [[], []], loop_ms=1.2), _report(1.0, [1.0], [[], []], loop_ms=1.6)])
-    assert pooled["engine_bound"]
-    assert pooled["per_request_by_rate"] == [[100.0, 1.4], [200.0, 1.4]]
-    assert [s["event_loop_ms_per_request"] for s in pooled["stalls"]] == [1.4, 1.4]
-    assert HttpPath.from_report(pooled).per_request_at(150.0) == pytest.approx(1.4e-3)
-
-
-def test_the_loops_waits_for_a_cpu_count_as_often_as_work_is_queued_behind_them():
-    # 1 ms on a CPU and 1 ms waiting for one a request: taken 2 ms a request in all.
-    assert loop_seconds(1e-3, 1e-3, 0.0) == pytest.approx(1e-3)  # idle: a wait delays only what woke it
-    assert loop_seconds(1e-3, 1e-3, 250.0) == pytest.approx(1.5e-3)  # taken half the time
-    assert loop_seconds(1e-3, 1e-3, 1000.0) == pytest.approx(2e-3)  # always busy: every wait holds work up
-    assert loop_seconds(1e-3, 0.0, 1000.0) == pytest.approx(1e-3)
-
-
-def test_loop_figures_from_stats():
-    def stats(requests, cpu_ns, wait_ns=None):
-        doc = {"inference_stats": {"success": {"count": requests}}, "event_loop_cpu_ns": cpu_ns}
-        return doc if wait_ns is None else {**doc, "event_loop_wait_ns": wait_ns}
-
-    cpu, wait, loop = _loop_per_request(stats(100, 0, 0), stats(300, 200_000_000, 100_000_000), 400.0)
-    assert (cpu, wait) == pytest.approx((1e-3, 0.5e-3))
-    assert loop == pytest.approx(1e-3 + 0.5e-3 * 0.6)
-    assert _loop_per_request(stats(100, 0), stats(300, 200_000_000), 400.0) is None  # no wait reported
-
-
-def test_a_pool_mostly_not_engine_bound_takes_the_loops_cost_from_the_throughput():
-    reports = [_report(1.0, [1.0], [[], []], loop_ms=1.2), _report(1.0, [1.0], [[], []]), _report(1.0, [1.0], [[], []])]
-    pooled = pool(reports)
-    assert not pooled["engine_bound"] and pooled["per_request_by_rate"] == []
-    assert HttpPath.from_report(pooled).per_request_at(150.0) == pytest.approx(1e-3)
+def test_engine_calls_and_handler_time_between_two_readings():
+    before = _stats(10, 30, 20_000_000, success=30, success_ns=90_000_000)
+    after = _stats(14, 50, 28_000_000, success=50, success_ns=150_000_000)
+    assert engine_calls(before, after) == pytest.approx((5.0, 0.002))  # 20 rows in 4 calls of 2 ms
+    assert handler_seconds(before, after) == pytest.approx(0.003)
+    assert np.isnan(engine_calls(before, before)[0]) and handler_seconds(before, before) is None

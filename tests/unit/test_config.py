@@ -62,7 +62,7 @@ def test_defaults_and_overrides(tmp_path):
     data = mutate(outputs__0={"name": "y", "tolerance": {"fp32": {"atol": "1e-3", "rtol": 0.1}}})
     config = load_config(write(tmp_path, data))
     assert config.tolerance_for("y", "fp32").atol == 1e-3  # YAML's string '1e-3' read as the number
-    assert config.max_batch_size == 8 and config.max_queue_delay_ms == 5
+    assert config.max_batch_size == 8 and config.serving.max_queue_delay_ms == 5
 
 
 @pytest.mark.parametrize(

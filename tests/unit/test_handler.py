@@ -6,20 +6,21 @@ import numpy as np
 import orjson
 import pytest
 
-from runtime.handler import KServeHandler
-from runtime.host import ModelHost, ModelOptions
+from runtime.serve.handler import KServeHandler
+from runtime.serve.model import ServedModel
+from runtime.serve.telemetry import Telemetry
 from tests.fixtures.artifacts import sequence_model
 
 
 @pytest.fixture
 def handler(tmp_path):
-    hosts = [ModelHost(sequence_model(tmp_path / "seq" / str(v))) for v in (1, 2)]
-    hosts[0].warmup()
-    hosts[1].warmup()
-    handler = KServeHandler(hosts, max_body_bytes=4096)
+    models = [ServedModel(sequence_model(tmp_path / "seq" / str(v))) for v in (1, 2)]
+    for model in models:
+        model.warmup()
+    handler = KServeHandler(models, max_body_bytes=4096)
     yield handler
-    for host in hosts:
-        host.close()
+    for model in models:
+        model.close()
 
 
 def call(handler, method, path, body=b"", headers=None):
@@ -66,11 +67,8 @@ def test_infer_and_stats(handler):
     stats = orjson.loads(call(handler, "GET", "/v2/models/seq/versions/1/stats").body)["model_stats"][0]
     assert stats["inference_count"] == 1 and stats["inference_stats"]["success"]["count"] == 1
     assert stats["warmup_seconds"] > 0
-    handling = stats["request_handling"]
-    assert handling["count"] == 1 and handling["decode_ns"] > 0 and handling["encode_ns"] > 0
-    assert stats["event_loop_cpu_ns"] > 0 and stats["event_loop_wait_ns"] >= 0  # this thread's, on Linux
-    recent = stats["recent_engine_calls"]
-    assert recent["rows"] == [1] and 0 < recent["infer_us"][0] * 1000 <= stats["inference_stats"]["compute_infer"]["ns"]
+    calls = stats["inference_stats"]
+    assert stats["execution_count"] == 1 and calls["compute_infer"]["count"] == 1 and calls["compute_infer"]["ns"] > 0
     assert len(call(handler, "GET", "/v2/models/seq/stats").headers["x-request-id"]) == 32  # generated
 
 
@@ -104,12 +102,47 @@ def test_bad_requests(handler, path, body, status, message):
 
 
 def test_not_ready_until_warmed_up(tmp_path):
-    host = ModelHost(sequence_model(tmp_path / "seq" / "1"), ModelOptions())
-    handler = KServeHandler([host])
+    model = ServedModel(sequence_model(tmp_path / "seq" / "1"))
+    handler = KServeHandler([model])
     assert call(handler, "GET", "/v2/health/ready").status == 503
     assert call(handler, "GET", "/v2/models/seq/ready").headers["retry-after"] == "1"
     assert call(handler, "POST", "/v2/models/seq/infer", infer_body([[1.0]])).status == 503
-    host.warmup()
+    model.warmup()
     assert call(handler, "GET", "/v2/health/ready").status == 200
     assert call(handler, "POST", "/v2/models/seq/infer", infer_body([[1.0]])).status == 200
-    host.close()
+    model.close()
+
+
+class RecordingTelemetry(Telemetry):
+    def __init__(self) -> None:
+        self.calls = []
+
+    def request(self, model, status, seconds, queue_s, compute_s):
+        self.calls.append(("request", model.label if model else None, status))
+
+    def in_flight(self, model, delta):
+        self.calls.append(("in_flight", model.label, delta))
+
+    def batch_done(self, model, rows, seconds, requests):
+        self.calls.append(("batch_done", model.label, rows, requests))
+
+    def warmed_up(self, model):
+        self.calls.append(("warmed_up", model.label))
+
+
+def test_every_telemetry_hook_is_given_at_construction_and_called(tmp_path):
+    telemetry = RecordingTelemetry()
+    model = ServedModel(sequence_model(tmp_path / "seq" / "1"), telemetry=telemetry)
+    handler = KServeHandler([model], telemetry=telemetry)
+    model.warmup()
+    assert telemetry.calls == [("warmed_up", "seq v1")]
+    warmup_calls = len(telemetry.calls)
+    assert call(handler, "POST", "/v2/models/seq/infer", infer_body([[1.0, 2.0]])).status == 200
+    assert call(handler, "POST", "/v2/models/nope/infer", infer_body([[1.0]])).status == 404
+    assert telemetry.calls[warmup_calls:] == [
+        ("in_flight", "seq v1", 1),
+        ("batch_done", "seq v1", 1, 1),
+        ("in_flight", "seq v1", -1),
+        ("request", "seq v1", 200),
+    ]
+    model.close()

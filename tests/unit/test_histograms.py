@@ -1,6 +1,6 @@
 import pytest
 
-from runtime.histograms import CumulativeHistogram, Publisher, le_label
+from runtime.serve.histograms import CumulativeHistogram, Publisher, le_label
 
 
 class FakeGauge:

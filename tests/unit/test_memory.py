@@ -2,7 +2,8 @@
 
 import pytest
 
-from runtime.memory import BatchLimiter, FootprintMeter, host_available_bytes, host_rss_bytes
+from runtime.engine.memory import FootprintMeter, host_available_bytes, host_rss_bytes
+from runtime.serve.memory_pressure import BatchLimiter
 
 MiB = 2**20
 
@@ -63,24 +64,26 @@ def test_footprint_is_what_loading_added():
     ballast.close()
 
 
-def test_model_host_steps_its_batch_limit_down_under_pressure(tmp_path, monkeypatch):
-    from runtime.host import ModelHost, ModelOptions
+def test_a_served_model_steps_its_batch_limit_down_under_pressure(tmp_path, monkeypatch):
+    from runtime.serve import triton
+    from runtime.serve.config import ModelOptions
+    from runtime.serve.model import ServedModel
     from tests.fixtures.artifacts import sequence_model
 
-    host = ModelHost(sequence_model(tmp_path / "seq" / "1"), ModelOptions(max_batch_size=8, memory_low_water_mb=100))
-    host.warmup()
-    assert host.footprint.host_bytes >= 0 and host.footprint.max_batch_size == 8
+    model = ServedModel(sequence_model(tmp_path / "seq" / "1"), ModelOptions(max_batch_size=8, memory_low_water_mb=100))
+    model.warmup()
+    assert model.footprint.host_bytes >= 0 and model.footprint.max_batch_size == 8
     available = {"bytes": 50 * MiB}
-    monkeypatch.setattr(host, "available_memory", lambda: available["bytes"])
-    host.check_memory(now=1000.0)
-    assert host.batcher.max_rows == 4 and host.stats()["max_batch_size"] == {"configured": 8, "now": 4}
+    monkeypatch.setattr(model.pressure, "available", lambda: available["bytes"])
+    model.pressure.check(now=1000.0)
+    assert model.batcher.max_rows == 4 and triton.statistics(model)["max_batch_size"] == {"configured": 8, "now": 4}
     available["bytes"] = 10 * 2**30
-    host.check_memory(now=1001.0)
-    assert host.batcher.max_rows == 8
-    off = ModelHost(sequence_model(tmp_path / "seq2" / "1"), ModelOptions(memory_low_water_mb=0))
+    model.pressure.check(now=1001.0)
+    assert model.batcher.max_rows == 8
+    off = ServedModel(sequence_model(tmp_path / "seq2" / "1"), ModelOptions(memory_low_water_mb=0))
     off.warmup()
-    assert off.limiter is None
-    host.close()
+    assert off.pressure is None
+    model.close()
     off.close()
 
 
@@ -117,7 +120,7 @@ class FakeNvml:
 def test_gpu_figures_come_from_nvml_per_process(monkeypatch):
     import sys
 
-    from runtime.memory import gpu_free_total, gpu_process_bytes
+    from runtime.engine.memory import gpu_free_total, gpu_process_bytes
 
     nvml = FakeNvml(used=1500 * MiB)
     monkeypatch.setitem(sys.modules, "pynvml", nvml)

@@ -51,7 +51,7 @@ def test_shape_mismatch_fails():
 def test_compare_reports_per_output_and_survives_engine_errors():
     refs = [{"a": np.ones(3, np.float32), "b": np.zeros(2, np.float32)}] * 2
     feeds = [{}, {}]
-    tol = lambda name: Tolerance(1e-3, 1e-3)  # noqa: E731
+    tol = lambda name: Tolerance(atol=1e-3, rtol=1e-3)  # noqa: E731
     result = compare("fake", "fp32", lambda feed: {"a": np.ones(3), "b": np.full(2, 0.5)}, feeds, refs, tol)
     assert result.samples == 2 and not result.passed
     assert result.outputs["a"].passed and not result.outputs["b"].passed
@@ -69,4 +69,4 @@ def test_compare_reports_per_output_and_survives_engine_errors():
 def test_cosine_is_reported():
     s = stats_for([1.0, 0.0], [0.0, 1.0], atol=10, rtol=10)
     assert s.min_cosine == pytest.approx(0.0)
-    assert s.to_dict()["cosine"] == pytest.approx(0.0)
+    assert s.record().cosine == pytest.approx(0.0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime.placement import Free, PlacementError, ReplicaNeed, actor_options
+from runtime.serve.placement import Free, PlacementError, ReplicaNeed, actor_options
 
 MiB = 2**20
 GiB = 2**30
@@ -45,7 +45,9 @@ def test_gpu_need_without_the_gpu_size_is_refused():
 
 
 def test_app_config_surface(built_like_repository):
-    from runtime.app import autoscaling_config, parse_args, replica_need
+    from runtime.serve.autoscaling import ray_autoscaling_config
+    from runtime.serve.config import parse_args
+    from runtime.serve.placement import replica_need
 
     base = {"repository": str(built_like_repository), "models": [{"name": "seq"}]}
     args = parse_args(
@@ -53,14 +55,19 @@ def test_app_config_surface(built_like_repository):
     )
     need = replica_need(args)
     assert need.host_bytes == 300 * MiB and need.device_bytes is None
-    config = autoscaling_config(args["autoscaling"], need)
+    config = ray_autoscaling_config(args.autoscaling, need)
     assert config["max_replicas"] == 6
-    assert config["policy"]["policy_function"] == "runtime.autoscaling:MemoryAwarePolicy"
+    assert config["policy"]["policy_function"] == "runtime.serve.autoscaling:MemoryAwarePolicy"
     assert config["policy"]["policy_kwargs"] == {"host_budget_bytes": 900 * MiB, "replica_host_bytes": 300 * MiB}
-    with pytest.raises(ValueError, match="autoscaling: unknown keys"):
+    with pytest.raises(ValueError, match=r"autoscaling\.max_replica: unknown key; expected one of min_replicas"):
         parse_args({**base, "autoscaling": {"max_replica": 2}})
     with pytest.raises(ValueError, match="not both"):
         parse_args({**base, "autoscaling": {}, "num_replicas": 2})
+    with pytest.raises(ValueError, match=r"models\[0\].max_batch_size: expected an integer >= 1, got 0"):
+        parse_args({**base, "models": [{"name": "seq", "max_batch_size": 0}]})
+    with pytest.raises(ValueError, match=r"models\[0\]: .*no version 3 of model 'seq'"):
+        parse_args({**base, "models": [{"name": "seq", "version": 3}]})
+    assert parse_args({**base, "models": ["seq"]}).models[0].version == "latest"
     assert replica_need(parse_args({**base, "placement": {"measure": False}})) is None
 
 
@@ -76,7 +83,8 @@ def test_the_example_serve_configs_parse(tmp_path):
     """configs/serve/*.yaml: every app's args pass the same validation `serve run` applies."""
     import yaml
 
-    from runtime.app import autoscaling_config, parse_args
+    from runtime.serve.autoscaling import ray_autoscaling_config
+    from runtime.serve.config import parse_args
     from tests.conftest import ROOT
     from tests.fixtures.artifacts import sequence_model
 
@@ -85,6 +93,6 @@ def test_the_example_serve_configs_parse(tmp_path):
     for path in sorted((ROOT / "configs/serve").glob("*.yaml")):
         for app in yaml.safe_load(path.read_text())["applications"]:
             args = parse_args({**app["args"], "repository": str(tmp_path)})
-            if "autoscaling" in args:
-                policy = autoscaling_config(args["autoscaling"], None)["policy"]
-                assert policy["policy_function"] == "runtime.autoscaling:MemoryAwarePolicy", path
+            if args.autoscaling is not None:
+                policy = ray_autoscaling_config(args.autoscaling, None)["policy"]
+                assert policy["policy_function"] == "runtime.serve.autoscaling:MemoryAwarePolicy", path

@@ -4,7 +4,7 @@ import numpy as np
 import orjson
 import pytest
 
-from runtime.protocol import HEADER_LENGTH, InferRequest, ProtocolError, decode_request, encode_response
+from runtime.serve.protocol import HEADER_LENGTH, InferRequest, ProtocolError, decode_request, encode_response
 
 
 def binary_body(header: dict, *chunks: bytes) -> tuple[bytes, int]:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from runtime.errors import InputError
-from runtime.signature import DimRange, Signature, TensorSpec
+from runtime.engine.errors import InputError
+from runtime.engine.signature import DimRange, Signature, TensorSpec
 
 SIG = Signature(
     inputs=(

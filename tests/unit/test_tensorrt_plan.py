@@ -1,7 +1,8 @@
 import pytest
 
-from runtime.signature import DimRange, Signature, TensorSpec
-from runtime.tensorrt_plan import (
+from runtime.engine.manifest import EngineEntry
+from runtime.engine.signature import DimRange, Signature, TensorSpec
+from runtime.engine.tensorrt_plan import (
     engine_filename,
     parse_engine_filename,
     plan_compatibility,
@@ -37,11 +38,14 @@ def test_engine_names_round_trip():
         engine_filename("fp16", "89", "10.7")
 
 
-ENGINE = {
-    "file": "engines/fp16-sm89-trt10.7.0.plan",
-    "compute_capability": "8.9",
-    "tensorrt_version": "10.7.0",
-}
+ENGINE = EngineEntry(
+    file="engines/fp16-sm89-trt10.7.0.plan",
+    backend="tensorrt",
+    precision="fp16",
+    compute_capability="8.9",
+    tensorrt_version="10.7.0",
+    profiles=[],
+)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from runtime.serve.config import RAY_AUTOSCALING_KEYS, Autoscaling
+
+if TYPE_CHECKING:
+    from runtime.serve.placement import ReplicaNeed
+
+MiB = 2**20
 
 # Metric names replicas report through record_autoscaling_stats (floats, averaged by Ray over its window).
 BATCH_FILL = "trtserve_batch_fill"  # rows per engine call / max_batch_size, over the last window
@@ -135,3 +142,23 @@ def _max(per_replica) -> float | None:
 
 def _total(per_replica) -> float:
     return sum(_values(per_replica))
+
+
+def ray_autoscaling_config(spec: Autoscaling, need: ReplicaNeed | None) -> dict[str, Any]:
+    """Ray Serve's autoscaling_config running `MemoryAwarePolicy` with the app's `autoscaling` settings
+    and, where placement knows it, what one replica reserves."""
+    given = spec.model_dump(exclude_none=True)
+    config = {k: given[k] for k in RAY_AUTOSCALING_KEYS if k in given}
+    kwargs: dict[str, Any] = {
+        k: given[k] for k in ("target_ongoing_requests", "hysteresis", "batch_fill_high", "headroom") if k in given
+    }
+    if spec.memory_budget_mb is not None:
+        kwargs["host_budget_bytes"] = int(spec.memory_budget_mb * MiB)
+    if spec.gpu_memory_budget_mb is not None:
+        kwargs["device_budget_bytes"] = int(spec.gpu_memory_budget_mb * MiB)
+    if need is not None:
+        kwargs["replica_host_bytes"] = need.host_bytes
+        if need.device_bytes is not None:
+            kwargs["replica_device_bytes"] = need.device_bytes
+    config["policy"] = {"policy_function": f"{__name__}:MemoryAwarePolicy", "policy_kwargs": kwargs}
+    return config

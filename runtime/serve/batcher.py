@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime import batching
-from runtime.errors import TrtserveError
-from runtime.signature import Signature
+from runtime.engine.errors import TrtserveError
+from runtime.engine.signature import Signature
+from runtime.serve import batching
 
 log = logging.getLogger("trtserve.server")
 
@@ -43,9 +43,6 @@ class _Item:
     timing: dict = field(default_factory=dict)
 
 
-RECENT_CALLS = 1024
-
-
 @dataclass
 class BatchStats:
     """Counters a model's /stats and metrics read; times in nanoseconds, as Triton reports them."""
@@ -58,9 +55,6 @@ class BatchStats:
     infer_ns: int = 0  # the engine itself, timed in the thread that runs it (Triton's compute_infer)
     output_ns: int = 0  # the rest: resuming on the event loop after the call, splitting results (compute_output)
     batch_sizes: dict[int, int] = field(default_factory=dict)
-    # The last RECENT_CALLS engine calls: (rows, infer_ns), for capacity calibration (how much the
-    # engine's time varies inside a loaded replica, not only on average).
-    recent_calls: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))
 
 
 class _Arriving:
@@ -245,7 +239,6 @@ class DynamicBatcher:
         self.stats.output_ns += call_ns - input_ns - infer_ns
         self.stats.queue_ns += sum(int((started - m.enqueued) * 1e9) for m in members)
         self.stats.batch_sizes[rows] = self.stats.batch_sizes.get(rows, 0) + 1
-        self.stats.recent_calls.append((rows, infer_ns))
         if self._on_batch:
             self._on_batch(rows, finished - started, len(members))
 

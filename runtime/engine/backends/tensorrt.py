@@ -1,6 +1,6 @@
 """Native TensorRT engines (TensorRT 10/11 API: tensor names, set_tensor_address, execute_async_v3).
 
-Kept thin on purpose: everything that can be decided without a GPU lives in runtime.tensorrt_plan and
+Kept thin on purpose: everything that can be decided without a GPU lives in runtime.engine.tensorrt_plan and
 is unit-tested there. This module needs tensorrt, cuda-python and an NVIDIA GPU.
 """
 
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.base import Engine
-from runtime.cuda_device import probe, tensorrt_version
-from runtime.errors import ArtifactError, BackendUnavailable, TrtserveError
-from runtime.signature import Signature
+from runtime.engine.backends.base import Engine, EngineOptions, EngineSpec
+from runtime.engine.cuda_device import probe, tensorrt_version
+from runtime.engine.errors import ArtifactError, BackendUnavailable, TrtserveError
+from runtime.engine.manifest import EngineEntry
+from runtime.engine.tensorrt_plan import plan_compatibility
 
 
 def _cudart():
@@ -69,8 +69,8 @@ class _Buffer:
 class TensorRTEngine(Engine):
     backend = "tensorrt"
 
-    def __init__(self, path: Path, signature: Signature, precision: str) -> None:
-        super().__init__(signature, precision, path)
+    def __init__(self, spec: EngineSpec, options: EngineOptions | None = None) -> None:
+        super().__init__(spec, options)
         ok, why = self.availability()
         if not ok:
             raise BackendUnavailable(why)
@@ -79,9 +79,9 @@ class TensorRTEngine(Engine):
         self._cudart = cudart = _cudart()
         self._trt_logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._trt_logger)
-        self._engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
-            raise ArtifactError(f"{path}: TensorRT could not deserialize this engine (see the log above)")
+            raise ArtifactError(f"{self.path}: TensorRT could not deserialize this engine (see the log above)")
         self._context = self._engine.create_execution_context()
         self._stream = _call(cudart.cudaStreamCreate())
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
@@ -99,6 +99,18 @@ class TensorRTEngine(Engine):
         if device is None:
             return False, why
         return True, f"TensorRT {version} on {device.name} (sm {device.compute_capability})"
+
+    @classmethod
+    def runnable(cls, entry: EngineEntry) -> tuple[bool, str]:
+        version = tensorrt_version()
+        device, why = probe()
+        if device is None and version is not None:
+            return False, why
+        return plan_compatibility(entry, device.compute_capability if device else None, version)
+
+    @classmethod
+    def preferred_precisions(cls) -> tuple[str, ...]:
+        return ("fp16", "fp32")
 
     @property
     def device(self) -> str:

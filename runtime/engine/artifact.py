@@ -1,4 +1,4 @@
-"""Model version directories: the manifest's shape and the checks made before anything is loaded.
+"""Model version directories: the checks made before anything in one is loaded.
 
 A version directory is trusted only after every file listed in its manifest matches its recorded size
 and sha256, and no path in it (ONNX external-data locations included) leads outside the directory.
@@ -6,47 +6,11 @@ and sha256, and no path in it (ONNX external-data locations included) leads outs
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from runtime.errors import ArtifactError
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-PARITY = "parity.json"
-PARITY_SAMPLES = "parity/samples.npz"  # parity inputs and PyTorch reference outputs
-
-MANIFEST_KEYS = (
-    "format_version",
-    "name",
-    "version",
-    "created_at",
-    "source",
-    "inputs",
-    "outputs",
-    "dims",
-    "files",
-    "toolchain",
-    "onnx",
-    "engines",
-    "parity",
-    "preprocessing",
-    "serving",
-)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_record(path: Path) -> dict:
-    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+from runtime.engine.errors import ArtifactError
+from runtime.engine.manifest import Manifest, read_manifest, sha256_file
 
 
 def resolve_inside(root: Path, rel: str, what: str) -> Path:
@@ -93,43 +57,22 @@ def onnx_external_data_locations(onnx_path: Path) -> list[str]:
     return locations
 
 
-def read_manifest(version_dir: Path) -> dict:
-    path = version_dir / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{version_dir}: no {MANIFEST}; not a model version directory") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{path}: expected a JSON object")
-    missing = [k for k in MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise ArtifactError(f"{path}: missing key {missing[0]!r}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path}: format_version {manifest['format_version']!r} is not supported "
-            f"(this trtserve reads {FORMAT_VERSION})"
-        )
-    return manifest
-
-
-def verify_version_dir(version_dir: Path) -> dict:
-    """Return the manifest of `version_dir` after checking every file it lists; raise ArtifactError."""
+def verify_version_dir(version_dir: str | Path) -> Manifest:
+    """The manifest of `version_dir`, after checking every file it lists; raise ArtifactError."""
     version_dir = Path(version_dir)
     manifest = read_manifest(version_dir)
-    files = manifest["files"]
+    files = manifest.files
     for rel, record in files.items():
         path = resolve_inside(version_dir, rel, "file")
         if not path.is_file():
             raise ArtifactError(f"{version_dir}: {rel} is listed in the manifest but missing")
         size = path.stat().st_size
-        if size != record["bytes"]:
+        if size != record.bytes:
             raise ArtifactError(
-                f"{version_dir}: {rel} is {size} bytes, the manifest says {record['bytes']}; "
+                f"{version_dir}: {rel} is {size} bytes, the manifest says {record.bytes}; "
                 "the file was changed or truncated"
             )
-        if sha256_file(path) != record["sha256"]:
+        if sha256_file(path) != record.sha256:
             raise ArtifactError(f"{version_dir}: checksum mismatch for {rel}; the file was changed after packaging")
     for rel in files:
         if rel.endswith(".onnx"):
@@ -142,7 +85,7 @@ def verify_version_dir(version_dir: Path) -> dict:
                         f"{version_dir}: {rel} keeps weights in {location!r}, which the manifest does not "
                         "list; refusing to load unverified data"
                     )
-    for engine in manifest["engines"]:
-        if engine["file"] not in files:
-            raise ArtifactError(f"{version_dir}: engine {engine['file']!r} is not listed in the manifest's files")
+    for engine in manifest.engines:
+        if engine.file not in files:
+            raise ArtifactError(f"{version_dir}: engine {engine.file!r} is not listed in the manifest's files")
     return manifest

@@ -32,6 +32,7 @@ _TABLE = [
 BY_NAME = {d.name: d for d in _TABLE}
 _BY_NUMPY = {d.numpy: d for d in _TABLE}
 _BY_ONNX = {d.onnx: d for d in _TABLE}
+_BY_KSERVE = {d.kserve: d for d in _TABLE}
 
 NAMES = tuple(BY_NAME)
 
@@ -55,3 +56,10 @@ def from_onnx(elem_type: int) -> DType:
         return _BY_ONNX[elem_type]
     except KeyError:
         raise ValueError(f"unsupported ONNX element type {elem_type}") from None
+
+
+def from_kserve(datatype: str) -> DType:
+    try:
+        return _BY_KSERVE[datatype]
+    except KeyError:
+        raise ValueError(f"no model dtype for the Open Inference Protocol datatype {datatype!r}") from None

@@ -1,7 +1,7 @@
 """Errors shared by the runtime and the convert stage.
 
-Each carries the process exit code a CLI should end with (CONTRACT §3), so a command can turn any of
-them into one clear line without a traceback.
+Each carries the process exit code a CLI should end with (the README's exit codes), so a command can
+turn any of them into one clear line without a traceback.
 """
 
 from __future__ import annotations

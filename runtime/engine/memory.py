@@ -134,37 +134,3 @@ class FootprintMeter:
                 if reported is not None:
                     device, method = int(reported), f"{engine.backend}-reported"
         return Footprint(host, device, method, max_batch_size, host_after)
-
-
-class BatchLimiter:
-    """Steps a model's batch limit down under memory pressure, before an allocation fails, and back up
-    once the pressure has passed: halve while available memory is below `low_water_bytes`, double
-    while it is above `high_water_bytes` (hysteresis between the two), never below 1 or above the
-    configured limit. Checked at most every `interval_s`."""
-
-    def __init__(
-        self, max_rows: int, low_water_bytes: int, high_water_bytes: int | None = None, interval_s: float = 0.5
-    ) -> None:
-        if max_rows < 1:
-            raise ValueError("max_rows must be >= 1")
-        self.configured = max_rows
-        self.limit = max_rows
-        self.low_water_bytes = low_water_bytes
-        self.high_water_bytes = high_water_bytes if high_water_bytes is not None else 2 * low_water_bytes
-        self.interval_s = interval_s
-        self._checked_at = float("-inf")
-
-    def due(self, now: float) -> bool:
-        return now - self._checked_at >= self.interval_s
-
-    def update(self, available_bytes: int | None, now: float) -> tuple[int, int] | None:
-        """The new limit as (old, new) when it changed, else None."""
-        if available_bytes is None or not self.due(now):
-            return None
-        self._checked_at = now
-        old = self.limit
-        if available_bytes < self.low_water_bytes and self.limit > 1:
-            self.limit = max(1, self.limit // 2)
-        elif available_bytes > self.high_water_bytes and self.limit < self.configured:
-            self.limit = min(self.configured, self.limit * 2)
-        return (old, self.limit) if self.limit != old else None

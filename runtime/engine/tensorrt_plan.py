@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from runtime.signature import Signature
+from runtime.engine.manifest import EngineEntry
+from runtime.engine.signature import Signature
 
 _PLAN_NAME = re.compile(r"^(?P<precision>[a-z0-9]+)-sm(?P<cc>\d+)-trt(?P<trt>\d+(?:\.\d+)*)\.plan$")
 
@@ -22,7 +23,7 @@ def cc_tag(compute_capability: str) -> str:
 
 
 def engine_filename(precision: str, compute_capability: str, tensorrt_version: str) -> str:
-    """engines/<precision>-sm<cc>-trt<version>.plan, as CONTRACT §4 names them."""
+    """<precision>-sm<cc>-trt<version>.plan, the name of a plan under a version's engines/."""
     return f"{precision}-sm{cc_tag(compute_capability)}-trt{tensorrt_version}.plan"
 
 
@@ -59,7 +60,7 @@ def profile_json(signature: Signature) -> dict[str, dict[str, list[int]]]:
     }
 
 
-def plan_compatibility(engine: dict, device_cc: str | None, tensorrt_version: str | None) -> tuple[bool, str]:
+def plan_compatibility(engine: EngineEntry, device_cc: str | None, tensorrt_version: str | None) -> tuple[bool, str]:
     """Can the manifest's engine entry run here? Returns (ok, reason), the reason fit for a log line.
 
     A plan is only guaranteed to deserialize with the exact TensorRT version that built it, on a GPU of
@@ -69,13 +70,14 @@ def plan_compatibility(engine: dict, device_cc: str | None, tensorrt_version: st
         return False, "tensorrt is not installed"
     if device_cc is None:
         return False, "no CUDA device"
-    if engine["compute_capability"] != device_cc:
-        return False, (
-            f"{engine['file']} was built for compute capability {engine['compute_capability']}, this GPU is {device_cc}"
+    if engine.compute_capability != device_cc:
+        return (
+            False,
+            f"{engine.file} was built for compute capability {engine.compute_capability}, this GPU is {device_cc}",
         )
-    if engine["tensorrt_version"] != tensorrt_version:
-        return False, (
-            f"{engine['file']} was built with TensorRT {engine['tensorrt_version']}, "
-            f"this machine has {tensorrt_version}"
+    if engine.tensorrt_version != tensorrt_version:
+        return (
+            False,
+            f"{engine.file} was built with TensorRT {engine.tensorrt_version}, this machine has {tensorrt_version}",
         )
-    return True, f"{engine['file']} matches this GPU (sm{cc_tag(device_cc)}) and TensorRT {tensorrt_version}"
+    return True, f"{engine.file} matches this GPU (sm{cc_tag(device_cc)}) and TensorRT {tensorrt_version}"

@@ -7,7 +7,7 @@ host RSS and, on a GPU, device memory. `actor_options` turns the figure into Ray
 the GPU's memory, both with headroom; options the config sets are kept as they are. A replica that
 cannot fit anywhere is refused at deploy time with what it needs and what is free.
 
-    python -m runtime.placement REPOSITORY '[{"name": "cnn", "max_batch_size": 64}]'   # prints the JSON
+    python -m runtime.serve.placement REPOSITORY '[{"name": "cnn", "max_batch_size": 64}]'   # prints the JSON
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from runtime.errors import TrtserveError
+from runtime.engine.errors import TrtserveError
+from runtime.engine.memory import gpu_free_total, gpu_process_bytes, host_rss_bytes
+from runtime.serve.config import AppArgs, ModelSpec
 
 MiB = 2**20
 
@@ -105,16 +107,31 @@ def cluster_free() -> Free | None:
         host = int(available.get("memory", 0)) or None
     elif nodes:  # per-node availability is not in available_resources(); the largest node total bounds it
         host = int(max(n["Resources"].get("memory", 0) for n in nodes)) or None
-    from runtime.memory import gpu_free_total
-
     gpu = gpu_free_total()
     return Free(host, gpu[0] if gpu else None)
 
 
-def measure_replica(repository: Path, models: list[dict], timeout_s: float = 600) -> ReplicaNeed:
+def replica_need(args: AppArgs) -> ReplicaNeed | None:
+    """What one replica needs: given in `placement` (host_mb, device_mb), else measured in a fresh process
+    (placement.measure, default true). None when ray_actor_options already sets memory (and num_gpus)."""
+    placement = args.placement
+    configured = args.ray_actor_options or {}
+    if placement.host_mb is not None:
+        device = placement.device_mb
+        gpu = gpu_free_total() if device is not None else None
+        return ReplicaNeed(
+            int(placement.host_mb * MiB), None if device is None else int(device * MiB), gpu[1] if gpu else None, {}
+        )
+    if not placement.measure or ("memory" in configured and "num_gpus" in configured):
+        return None
+    return measure_replica(args.repository_path, args.models)
+
+
+def measure_replica(repository: Path, models: list[ModelSpec], timeout_s: float = 600) -> ReplicaNeed:
     """The memory of a process holding these models after warm-up, measured in a fresh subprocess."""
+    specs = json.dumps([m.model_dump() for m in models])
     proc = subprocess.run(
-        [sys.executable, "-m", "runtime.placement", str(repository), json.dumps(models)],
+        [sys.executable, "-m", "runtime.serve.placement", str(repository), specs],
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -125,25 +142,23 @@ def measure_replica(repository: Path, models: list[dict], timeout_s: float = 600
     return ReplicaNeed(**doc)
 
 
-def _measure_here(repository: Path, models: list[dict]) -> ReplicaNeed:
+def _measure_here(repository: Path, models: list[ModelSpec]) -> ReplicaNeed:
     # A replica has Ray Serve imported: count it (where Ray is installed; `benchmarks pack` may run without).
     with contextlib.suppress(ImportError):
         import ray.serve  # noqa: F401
 
-    from runtime.cuda_device import probe
-    from runtime.host import ModelHost, ModelOptions
-    from runtime.memory import gpu_process_bytes, host_rss_bytes
-    from runtime.repository import version_dir
+    from runtime.engine.cuda_device import probe
+    from runtime.engine.repository import version_dir
+    from runtime.serve.model import ServedModel
 
-    hosts, footprints = [], {}
+    served, footprints = [], {}
     for spec in models:
-        options = ModelOptions(**{k: v for k, v in spec.items() if k not in ("name", "version")})
-        host = ModelHost(version_dir(repository, spec["name"], spec.get("version", "latest")), options)
-        host.warmup()
-        hosts.append(host)
-        footprints[spec["name"]] = host.footprint.to_dict()
+        model = ServedModel(version_dir(repository, spec.name, spec.version), spec)
+        model.warmup()
+        served.append(model)
+        footprints[spec.name] = model.footprint.to_dict()
     device = None
-    if any(h.engine.device.startswith("cuda") for h in hosts):
+    if any(m.on_gpu for m in served):
         device = gpu_process_bytes()
         if device is None:
             device = sum(f["device_bytes"] or 0 for f in footprints.values())
@@ -154,4 +169,5 @@ def _measure_here(repository: Path, models: list[dict]) -> ReplicaNeed:
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: " + __doc__.strip().splitlines()[-1].strip())
-    print(json.dumps(_measure_here(Path(sys.argv[1]), json.loads(sys.argv[2])).to_dict()))
+    specs = [ModelSpec.model_validate(spec) for spec in json.loads(sys.argv[2])]
+    print(json.dumps(_measure_here(Path(sys.argv[1]), specs).to_dict()))

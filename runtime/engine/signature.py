@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import dtypes
-from runtime.errors import InputError
+from runtime.engine import dtypes
+from runtime.engine.errors import InputError
 
 Dim = int | str  # a fixed size, or the name of a symbolic dim declared in `dims`
 
@@ -26,15 +26,11 @@ class DimRange:
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # a name from runtime.dtypes
+    dtype: str  # a name from runtime.engine.dtypes
     shape: tuple[Dim, ...]
 
     def to_dict(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> TensorSpec:
-        return cls(d["name"], d["dtype"], tuple(d["shape"]) if d.get("shape") is not None else ())
 
 
 @dataclass(frozen=True)
@@ -42,14 +38,6 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     dims: Mapping[str, DimRange]
-
-    @classmethod
-    def from_manifest(cls, manifest: Mapping) -> Signature:
-        return cls(
-            inputs=tuple(TensorSpec.from_dict(t) for t in manifest["inputs"]),
-            outputs=tuple(TensorSpec.from_dict(t) for t in manifest["outputs"]),
-            dims={k: DimRange(**v) for k, v in manifest["dims"].items()},
-        )
 
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:
@@ -60,6 +48,11 @@ class Signature:
     def shapes_at(self, sizes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
         """Concrete input shapes with every symbolic dim replaced by `sizes[dim]`."""
         return {s.name: tuple(sizes[d] if isinstance(d, str) else d for d in s.shape) for s in self.inputs}
+
+    def synthetic_feed(self, sizes: Mapping[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Inputs at `sizes` with `synthetic` data: for warm-up, profiling and load, not for parity."""
+        shapes = self.shapes_at(sizes)
+        return {s.name: synthetic(dtypes.from_name(s.dtype).numpy, shapes[s.name], rng) for s in self.inputs}
 
     def validate(self, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
         """Check names, dtypes, ranks and sizes; return the size bound to each symbolic dim.
@@ -105,3 +98,11 @@ class Signature:
                     )
                 bound.setdefault(dim, (size, spec.name))
         return {dim: size for dim, (size, _) in bound.items()}
+
+
+def synthetic(dtype: np.dtype, shape: tuple[int, ...] | list[int], rng: np.random.Generator) -> np.ndarray:
+    """Data every model takes: standard normal floats; ones for integers and booleans (a valid token id
+    and attention mask alike)."""
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    return np.ones(shape, dtype)

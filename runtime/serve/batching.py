@@ -14,7 +14,7 @@ from math import prod
 
 import numpy as np
 
-from runtime.signature import DimRange, Signature
+from runtime.engine.signature import DimRange, Signature
 
 BATCH = "batch"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.errors import ArtifactError
+from runtime.engine.errors import ArtifactError
 
 
 def list_versions(model_dir: Path) -> list[int]:

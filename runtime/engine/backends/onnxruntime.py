@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.base import Engine
-from runtime.cuda_device import probe
-from runtime.errors import ArtifactError, BackendUnavailable
-from runtime.signature import Signature
+from runtime.engine.backends.base import Engine, EngineOptions, EngineSpec
+from runtime.engine.cuda_device import probe
+from runtime.engine.errors import ArtifactError, BackendUnavailable
 
 
 def _ort():
@@ -34,35 +32,28 @@ def _cpu_count() -> int:
 class OnnxRuntimeEngine(Engine):
     backend = "onnxruntime"
 
-    def __init__(
-        self,
-        path: Path,
-        signature: Signature,
-        precision: str = "fp32",
-        device: str = "auto",
-        intra_op_threads: int | None = None,
-        spin: bool = False,
-    ) -> None:
-        super().__init__(signature, precision, path)
+    def __init__(self, spec: EngineSpec, options: EngineOptions | None = None) -> None:
+        super().__init__(spec, options)
         ort = _ort()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # One replica owns the CPUs it was given; more threads than that only contend.
-        options.intra_op_num_threads = intra_op_threads or _cpu_count()
+        session_options.intra_op_num_threads = self.options.intra_op_threads or _cpu_count()
         # By default idle worker threads spin waiting for work, taking the CPU a server's event loop needs
         # to parse the next requests (measured: -20% MiniLM throughput when serving on 2 cores). A process
         # that does nothing but run the engine is faster with spinning: spin=True.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        options.log_severity_level = 3
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.spin else "0")
+        session_options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
+        device = self.options.device
         if device in ("auto", "cuda") and self.cuda_usable():
             providers.insert(0, "CUDAExecutionProvider")
         elif device == "cuda":
             raise BackendUnavailable("onnxruntime cannot use CUDA here (needs trtserve[gpu] and an NVIDIA GPU)")
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self._session = ort.InferenceSession(str(self.path), sess_options=session_options, providers=providers)
         except Exception as e:  # ORT raises its own exception types per failure, all fatal here
-            raise ArtifactError(f"{path}: onnxruntime cannot load this model: {e}") from e
+            raise ArtifactError(f"{self.path}: onnxruntime cannot load this model: {e}") from e
         self._providers = self._session.get_providers()
         self._output_names = [o.name for o in self._session.get_outputs()]
 
@@ -73,6 +64,10 @@ class OnnxRuntimeEngine(Engine):
         except BackendUnavailable as e:
             return False, str(e)
         return True, f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+
+    @classmethod
+    def preferred_precisions(cls) -> tuple[str, ...]:
+        return ("fp16", "fp32") if cls.cuda_usable() else ("fp32", "fp16")
 
     @classmethod
     def cuda_usable(cls) -> bool:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import InputError
-from runtime.signature import Signature
+from runtime.engine.errors import InputError
+from runtime.engine.manifest import Manifest
+from runtime.engine.signature import Signature
 
 TEXT_INPUT = "text"
 
@@ -55,8 +56,9 @@ def encode(tokenizer, texts: list[str], max_length: int, names: list[str], pad_t
     return {name: np.array(columns[name], dtype=np.int64) for name in names}
 
 
-def load(version_dir: Path, manifest: dict, signature: Signature) -> Tokenize | None:
-    spec = manifest.get("preprocessing") or {}
-    if "tokenizer" in spec:
-        return Tokenize(version_dir, spec["tokenizer"]["files"], signature)
+def load(version_dir: Path, manifest: Manifest) -> Tokenize | None:
+    """The preprocessing a version packages, ready to apply; None when it has none."""
+    packaged = manifest.preprocessing or {}
+    if "tokenizer" in packaged:
+        return Tokenize(version_dir, packaged["tokenizer"].files, manifest.signature)
     return None

@@ -1,0 +1,25 @@
+"""Every performance target the benchmarks are judged by, in one place. `report` marks each figure met
+or not against these; nothing else states a target."""
+
+from __future__ import annotations
+
+# `convert build` wall time, seconds, by model config name.
+CONVERT_S = {"minilm": 90.0}
+
+# The open-loop generator must keep this schedule against a trivial endpoint.
+GENERATOR_RPS = 1500.0
+GENERATOR_SEND_LAG_P99_MS = 2.0
+
+# Serving, against a naive Ray Serve deployment of the same ONNX model (`serving`).
+CNN_C32_THROUGHPUT_VS_NAIVE = 2.5  # at least this many times naive's requests/s at concurrency 32
+CNN_C32_P99_VS_NAIVE = 0.5  # at most this fraction of naive's p99 at concurrency 32
+CNN_C1_P50_GAP_MS = 0.5  # at most this much above naive's p50 at concurrency 1, behind the same ingress
+MINILM_VS_RAW_ENGINE = 0.85  # at least this fraction of the raw engine's sentences/s at its best batch
+MINILM_VS_PAD128 = 2.0  # at least this many times the sentences/s of padding every request to 128 tokens
+BINARY_VS_JSON = 5.0  # binary tensors at least this many times the requests/s of JSON (3x224x224 FP32)
+
+# Capacity planning (`validate`): predicted within this relative error of measured.
+CAPACITY = {"max_rps": 0.15, "p99_ms": 0.25}
+
+# Memory-aware autoscaling under a load ramp (`autoscale`).
+AUTOSCALE_REACH_S = 30.0  # the memory-permitted replica count within this many seconds

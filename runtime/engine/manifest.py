@@ -1,0 +1,198 @@
+"""`manifest.json`: the one typed description of a model version, written by `convert` and read everywhere.
+
+Every key is required (null where it does not apply), so a reader never guesses what produced a version.
+Keys this trtserve does not know are ignored when reading: a newer writer may add some without breaking
+older servers; a change they cannot ignore bumps `format_version`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtime.engine.errors import ArtifactError
+from runtime.engine.signature import DimRange, Signature, TensorSpec
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PARITY = "parity.json"
+PARITY_SAMPLES = "parity/samples.npz"  # parity inputs and PyTorch reference outputs
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Tensor(_Record):
+    name: str
+    dtype: str  # a name from runtime.engine.dtypes
+    shape: list[int | str]  # sizes, or names of dims declared under `dims`
+
+
+class Dim(_Record):
+    min: int
+    opt: int
+    max: int
+
+
+class Source(_Record):
+    factory: str  # module:callable that builds the PyTorch model
+    weights_sha256: str  # over the state dict (runtime.engine.torch_model.weights_sha256)
+    git_commit: str | None
+    git_dirty: bool | None = None
+    config: str | None = None  # the model config's file name
+    config_sha256: str | None = None
+    description: str | None = None
+
+
+class FileRecord(_Record):
+    sha256: str
+    bytes: int
+
+
+class Toolchain(_Record):
+    python: str | None = None
+    torch: str | None = None
+    onnx: str | None = None
+    onnxruntime: str | None = None
+    tensorrt: str | None = None
+    cuda: str | None = None
+    gpu: str | None = None
+
+
+class OnnxExport(_Record):
+    opset: int
+    exporter: str  # dynamo or torchscript
+    notes: list[str] = Field(default_factory=list)  # why a fallback was taken
+
+
+class EngineEntry(_Record):
+    file: str
+    backend: str
+    precision: str
+    compute_capability: str | None  # TensorRT plans only
+    tensorrt_version: str | None
+    profiles: list[dict[str, dict[str, list[int]]]]  # per optimization profile: input -> min/opt/max shape
+
+
+class OutputParity(_Record):
+    passed: bool
+    max_abs: float
+    max_rel: float
+    mismatch_fraction: float = 0.0
+    nonfinite: int = 0
+    cosine: float = 1.0
+    atol: float
+    rtol: float
+    would_pass: str | None = None  # the tolerance that would have passed, for a failed output
+
+
+class ParityRecord(_Record):
+    backend: str
+    precision: str
+    passed: bool
+    outputs: dict[str, OutputParity]
+    samples: int
+    error: str | None = None
+
+
+class Packaged(_Record):
+    files: list[str]
+
+
+class Serving(_Record):
+    max_batch_size: int
+    max_queue_delay_ms: float
+    # dim -> input -> pad value: requests that differ in dim share engine calls, padded with these
+    pad: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class Manifest(_Record):
+    format_version: int
+    name: str
+    version: int
+    created_at: str  # UTC, ISO 8601
+    source: Source
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    dims: dict[str, Dim]
+    files: dict[str, FileRecord]  # every file of the version but the manifest, relative paths
+    toolchain: Toolchain
+    onnx: OnnxExport
+    engines: list[EngineEntry]
+    parity: list[ParityRecord]
+    preprocessing: dict[str, Packaged] | None  # e.g. {"tokenizer": {"files": [...]}}
+    serving: Serving
+
+    @property
+    def signature(self) -> Signature:
+        return Signature(
+            inputs=tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in self.inputs),
+            outputs=tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in self.outputs),
+            dims={name: DimRange(d.min, d.opt, d.max) for name, d in self.dims.items()},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_manifest(doc: Any, where: str | Path) -> Manifest:
+    """A manifest from its JSON document; ArtifactError naming the first key at fault."""
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{where}: expected a JSON object")
+    try:
+        manifest = Manifest.model_validate(doc)
+    except ValidationError as e:
+        error = e.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "missing":
+            raise ArtifactError(f"{where}: missing key {key!r}") from None
+        raise ArtifactError(f"{where}: {key}: {error['msg']}") from None
+    if manifest.format_version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{where}: format_version {manifest.format_version!r} is not supported "
+            f"(this trtserve reads {FORMAT_VERSION})"
+        )
+    return manifest
+
+
+def read_manifest(version_dir: str | Path) -> Manifest:
+    """The manifest of a version directory, checked for shape (not for file integrity: see
+    runtime.engine.artifact.verify_version_dir)."""
+    path = Path(version_dir) / MANIFEST
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ArtifactError(f"{version_dir}: no {MANIFEST}; not a model version directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e})") from None
+    return parse_manifest(doc, path)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> FileRecord:
+    return FileRecord(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def write_manifest(version_dir: Path, fields: dict[str, Any]) -> Manifest:
+    """Checksum every file under `version_dir` and write its manifest from `fields` (every key but
+    `files`); return it. The manifest is written last: a directory with one is complete."""
+    files = {
+        path.relative_to(version_dir).as_posix(): file_record(path)
+        for path in sorted(p for p in version_dir.rglob("*") if p.is_file())
+        if path.relative_to(version_dir).as_posix() != MANIFEST
+    }
+    manifest = parse_manifest({**fields, "files": files}, version_dir / MANIFEST)
+    (version_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+    return manifest

@@ -1,0 +1,51 @@
+"""The Ray Serve application: `serve run configs/serve/<app>.yaml` (import_path runtime.serve.app:build_app).
+
+`build_app` checks the application's args (runtime.serve.config), sizes the replicas from the memory
+they measurably use (runtime.serve.placement), sets up scaling, and binds the deployment
+(runtime.serve.deployment).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+
+from runtime.serve.autoscaling import ray_autoscaling_config
+from runtime.serve.config import AppArgs, parse_args
+from runtime.serve.deployment import KServeServer
+from runtime.serve.placement import actor_options, cluster_free, replica_need
+
+log = logging.getLogger("trtserve.server")
+
+
+def deployment_options(args: AppArgs) -> dict[str, Any]:
+    """Ray Serve's options for the deployment these args describe."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "max_queued_requests": args.max_queued_requests,
+        # Scale-down drains: a stopping replica gets this long to finish what it holds.
+        "graceful_shutdown_timeout_s": 30,
+        "logging_config": {"encoding": "JSON", "log_level": args.log_level},
+    }
+    need = replica_need(args)
+    if need is not None:
+        options["ray_actor_options"] = actor_options(
+            need, args.ray_actor_options, args.placement.headroom, cluster_free()
+        )
+        log.info("replica need %s -> ray_actor_options %s", need.to_dict(), options["ray_actor_options"])
+    elif args.ray_actor_options is not None:
+        options["ray_actor_options"] = args.ray_actor_options
+    if args.autoscaling is not None:
+        options["autoscaling_config"] = ray_autoscaling_config(args.autoscaling, need)
+    elif args.autoscaling_config is not None:
+        options["autoscaling_config"] = args.autoscaling_config
+    else:
+        options["num_replicas"] = args.num_replicas or 1
+    return options
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    args = parse_args(args)
+    return KServeServer.options(**deployment_options(args)).bind(args.version_dirs(), args.models, args.max_body_mb)

@@ -1,0 +1,150 @@
+"""The Serve application's arguments (`args:` of an application in a Serve config): the schema, declared
+once. `parse_args` checks them before anything starts, with one line naming the key at fault, e.g.
+`models[1].max_batch_size: expected an integer >= 1, got 0`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
+
+from runtime.engine.backends import EngineOptions
+from runtime.engine.errors import ArtifactError
+from runtime.engine.repository import version_dir
+from runtime.engine.schema import (
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveInt,
+    Schema,
+    invalid,
+    non_empty_list,
+    one_line,
+)
+
+
+class ModelOptions(Schema):
+    """How one model is served; what is not given comes from its artifact's manifest (`serving`)."""
+
+    backend: str = "auto"  # auto | onnxruntime | tensorrt | torch | a registered backend
+    precision: str | None = None  # default: the backend's preference (fp16 first on GPUs)
+    max_batch_size: PositiveInt | None = None
+    max_queue_delay_ms: NonNegative | None = None
+    max_queued_rows: PositiveInt | None = None  # beyond this: 503 + Retry-After; default 8 batches
+    timeout_s: Positive = 30.0  # beyond this: 504
+    intra_op_threads: PositiveInt | None = None  # ONNX Runtime threads; default: the replica's CPUs
+    spin: bool = False  # ONNX Runtime worker threads spin between calls (lower latency, more CPU)
+    # Below this much available memory (host, or the GPU's for a CUDA engine) the batch limit halves,
+    # back up above twice it. Default: 5% of that memory, at least 256 MiB; 0 turns it off.
+    memory_low_water_mb: NonNegative | None = None
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(intra_op_threads=self.intra_op_threads, spin=self.spin)
+
+
+def _named(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+def _version(value: Any) -> Any:
+    if value != "latest" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise invalid(f"expected a positive integer or 'latest', got {value!r}")
+    return value
+
+
+class ModelSpec(ModelOptions):
+    """One entry of `models`: which version of which model, and how to serve it."""
+
+    name: str
+    version: Annotated[int | Literal["latest"], BeforeValidator(_version)] = "latest"
+
+
+# Ray Serve's autoscaling keys, passed on as they are; trtserve's policy reads the rest.
+RAY_AUTOSCALING_KEYS = (
+    "min_replicas",
+    "max_replicas",
+    "initial_replicas",
+    "upscale_delay_s",
+    "downscale_delay_s",
+    "look_back_period_s",
+    "target_ongoing_requests",
+)
+
+
+class Autoscaling(Schema):
+    """trtserve's memory-aware policy (runtime.serve.autoscaling) on Ray Serve's autoscaler."""
+
+    min_replicas: NonNegativeInt | None = None
+    max_replicas: PositiveInt | None = None
+    initial_replicas: NonNegativeInt | None = None
+    target_ongoing_requests: Positive | None = None
+    upscale_delay_s: NonNegative | None = None
+    downscale_delay_s: NonNegative | None = None
+    look_back_period_s: Positive | None = None
+    hysteresis: NonNegative | None = None  # scale down only with this share to spare (0.25)
+    batch_fill_high: NonNegative | None = None  # one more replica above this batch fill with rows queued (0.75)
+    headroom: NonNegative | None = None  # memory kept free per replica (0.2)
+    memory_budget_mb: Positive | None = None  # host memory all replicas together may take
+    gpu_memory_budget_mb: Positive | None = None
+
+
+class Placement(Schema):
+    """What one replica reserves: measured at deploy time, or given."""
+
+    headroom: NonNegative = 0.2  # reserve the measured need x (1 + headroom)
+    measure: bool = True
+    host_mb: Positive | None = None  # the need, given instead of measured
+    device_mb: Positive | None = None
+
+
+class AppArgs(Schema):
+    repository: str  # a model repository path; relative paths resolve where the app is built
+    models: Annotated[
+        list[Annotated[ModelSpec, BeforeValidator(_named)]],
+        non_empty_list("expected a non-empty list of models, e.g. [{name: cnn, version: latest}]"),
+    ]
+    max_body_mb: Positive = 64.0  # larger bodies: 413
+    num_replicas: PositiveInt | None = None
+    autoscaling: Autoscaling | None = None
+    autoscaling_config: dict[str, Any] | None = None  # Ray's own, instead of `autoscaling`
+    ray_actor_options: dict[str, Any] | None = None  # keys set here win over placement's
+    placement: Placement = Field(default_factory=Placement)
+    max_ongoing_requests: PositiveInt = 512
+    max_queued_requests: int = 1024
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AppArgs:
+        if self.autoscaling is not None and (self.autoscaling_config is not None or self.num_replicas is not None):
+            raise invalid(
+                "give either `autoscaling` (trtserve's memory-aware policy) or Ray's `autoscaling_config` / "
+                "`num_replicas`, not both",
+                "autoscaling",
+            )
+        repository = self.repository_path
+        for i, spec in enumerate(self.models):
+            try:  # fails now, with the reason, if it does not exist
+                version_dir(repository, spec.name, spec.version)
+            except ArtifactError as e:
+                raise invalid(str(e), f"models[{i}]") from None
+        return self
+
+    @property
+    def repository_path(self) -> Path:
+        return Path(self.repository).expanduser().resolve()
+
+    def version_dirs(self) -> list[Path]:
+        return [version_dir(self.repository_path, spec.name, spec.version) for spec in self.models]
+
+
+def parse_args(args: dict[str, Any] | AppArgs) -> AppArgs:
+    """The application's args, checked; ValueError with one line naming the key at fault."""
+    if isinstance(args, AppArgs):
+        return args
+    if not isinstance(args, dict):
+        raise ValueError(f"application args must be a mapping, got {type(args).__name__}")
+    try:
+        return AppArgs.model_validate(args)
+    except ValidationError as e:
+        raise ValueError(f"application args: {one_line(e, AppArgs)}") from None

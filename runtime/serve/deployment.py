@@ -1,0 +1,95 @@
+"""The Ray Serve deployment: one HTTP ingress that hosts every model of the application in-process, a
+dynamic batcher each, so a request crosses one hop (ingress -> replica) and no second actor call.
+Replicas load and warm up every model in their constructor, so Ray routes no traffic to a cold replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from runtime.engine.memory import gpu_free_total, host_available_bytes, host_rss_bytes
+from runtime.serve import autoscaling
+from runtime.serve.config import ModelSpec
+from runtime.serve.handler import KServeHandler
+from runtime.serve.model import ServedModel
+from runtime.serve.telemetry import RayTelemetry
+
+
+@serve.deployment(name="trtserve", max_ongoing_requests=512)
+class KServeServer:
+    def __init__(self, version_dirs: list[Path], models: list[ModelSpec], max_body_mb: float = 64) -> None:
+        _log_like_ray_serve()
+        self._telemetry = RayTelemetry()
+        self._models = []
+        for directory, spec in zip(version_dirs, models, strict=True):
+            model = ServedModel(directory, spec, self._telemetry)
+            model.warmup()
+            self._models.append(model)
+        self.handler = KServeHandler(self._models, max_body_bytes=int(max_body_mb * 2**20), telemetry=self._telemetry)
+        self._last_batches: dict[str, tuple[int, int]] = {}
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """What the memory-aware autoscaling policy reads (runtime.serve.autoscaling), per replica."""
+        fills, queued, device = [], 0, 0
+        for model in self._models:
+            stats = model.batcher.stats
+            last = self._last_batches.get(model.label, (0, 0))
+            calls, rows = stats.batches - last[0], stats.rows - last[1]
+            self._last_batches[model.label] = (stats.batches, stats.rows)
+            if calls:
+                fills.append(rows / calls / model.max_batch_size)
+            queued += model.batcher.queued_rows
+            if model.footprint and model.footprint.device_bytes:
+                device += model.footprint.device_bytes
+        report = {
+            autoscaling.BATCH_FILL: max(fills) if fills else 0.0,
+            autoscaling.QUEUED_ROWS: float(queued),
+            autoscaling.REPLICA_HOST_BYTES: float(host_rss_bytes() or 0),
+        }
+        available = host_available_bytes()
+        if available is not None:
+            report[autoscaling.HOST_AVAILABLE_BYTES] = float(available)
+        if device:
+            report[autoscaling.REPLICA_DEVICE_BYTES] = float(device)
+            free_total = gpu_free_total()
+            if free_total:
+                report[autoscaling.DEVICE_FREE_BYTES] = float(free_total[0])
+        return report
+
+    def __del__(self) -> None:  # Ray Serve calls this when it stops the replica
+        self._telemetry.close()
+        for model in self._models:
+            model.close()
+
+    async def __call__(self, request: Request) -> Response:
+        body = await request.body()
+        request_id = _ray_request_id()
+        result = await self.handler.handle(request.method, request.url.path, request.headers, body, request_id)
+        if request_id:  # Ray echoes X-Request-ID (or the one it generated) itself
+            result.headers.pop("x-request-id", None)
+        return Response(result.body, status_code=result.status, headers=result.headers)
+
+
+def _ray_request_id() -> str | None:
+    """The id Ray Serve gave this request (the client's X-Request-ID when it sent one), so our log lines
+    and Ray's access log agree."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or None
+    except (ImportError, AttributeError):
+        return None
+
+
+def _log_like_ray_serve() -> None:
+    """Send the trtserve loggers through the replica's Serve handlers (JSON, per LoggingConfig)."""
+    serve_logger = logging.getLogger("ray.serve")
+    ours = logging.getLogger("trtserve")
+    ours.handlers = list(serve_logger.handlers)
+    ours.setLevel(serve_logger.level or logging.INFO)
+    ours.propagate = False

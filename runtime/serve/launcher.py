@@ -1,0 +1,188 @@
+"""Serve a Ray Serve config on this machine (for a person, a test or a benchmark) and stop exactly what
+that started.
+
+`LocalServe` runs `serve run --address local CONFIG`: a Ray instance of its own, never one already
+running here (whatever RAY_ADDRESS or an earlier `ray start` says). Everything that instance starts is
+a descendant of that process: Ray's GCS, raylet and workers, and the HAProxy ingress the Serve proxy
+spawns. Those processes are tracked by process id (with their start times, so a reused id is never
+mistaken for one of them) while the server runs, and `stop` ends them and nothing else: not another
+Ray cluster, not another HAProxy, even when one of ours outlived its parent.
+
+The ingress is Ray's HAProxy unless TRTSERVE_INGRESS=proxy picks Ray's Python proxy
+(`serve_env` lists the environment each gets; benchmarks/RESULTS.md has the measurements behind the
+default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import yaml
+
+INGRESSES = ("haproxy", "proxy")
+STOP_TIMEOUT_S = 30.0
+
+
+def serve_env(ingress: str) -> dict[str, str]:
+    """The environment `serve run` gets.
+
+    haproxy: Ray's high-throughput mode, RAY_SERVE_ENABLE_HA_PROXY=1 with RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+    (user code on the replica's own event loop, replica logs to files only, not copied to the driver's
+    console). That mode also buffers request logs 1000 lines at a time; we keep them unbuffered so a
+    request's log line is in the file when the response is sent. Replicas push autoscaling metrics every
+    second instead of every 10 s. A stopping replica stays reachable for 2 s, not 30: Ray's default gives
+    an external load balancer time to deregister it, and here the only one is the HAProxy in front of it,
+    which hears of it from Serve at once and retries refused connections (Ctrl-C took 35 s with it).
+    proxy: Ray's defaults (the Python proxy)."""
+    if ingress not in INGRESSES:
+        raise ValueError(f"unknown ingress {ingress!r}; expected one of {', '.join(INGRESSES)}")
+    if ingress == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+        # Replicas report autoscaling metrics every second, not every 10 s: scale-up starts that much sooner.
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
+class LocalServe:
+    """`serve run CONFIG` in a child process, ready when /v2/health/ready answers 200."""
+
+    def __init__(self, config: str | Path, ingress: str | None = None, log_path: str | Path | None = None) -> None:
+        self.config = Path(config)
+        doc = yaml.safe_load(self.config.read_text()) or {}
+        http = doc.get("http_options") or {}
+        self.url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+        self.ingress = ingress or os.environ.get("TRTSERVE_INGRESS", "haproxy")
+        serve_env(self.ingress)  # an unknown ingress fails here, before anything starts
+        self.log_path = Path(log_path) if log_path else None
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.ready_after_s: float | None = None
+        self._tracked: dict[int, psutil.Process] = {}
+        self._lock = threading.Lock()
+        self._watching = threading.Event()
+        self._out = None
+
+    def start(self, timeout_s: float = 300) -> LocalServe:
+        serve = Path(sys.executable).with_name("serve")
+        env = {**os.environ, **serve_env(self.ingress)}
+        self._out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
+        self.started_at = time.perf_counter()
+        self.process = subprocess.Popen(
+            [str(serve), "run", "--address", "local", str(self.config)],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a terminal's Ctrl-C reaches us only; we stop the rest in order
+        )
+        self._watching.set()
+        threading.Thread(target=self._watch, name="trtserve-launcher-watch", daemon=True).start()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _watch(self) -> None:
+        """Track what the server starts while it runs: a process orphaned later (an HAProxy whose Ray
+        actor died) is still ours."""
+        while self._watching.is_set():
+            self.processes()
+            time.sleep(1.0)
+
+    def processes(self) -> list[psutil.Process]:
+        """The processes this server started that are alive now (it, and everything it started)."""
+        with self._lock:
+            if self.process is not None:
+                try:
+                    root = psutil.Process(self.process.pid)
+                    for p in [root, *root.children(recursive=True)]:
+                        self._tracked.setdefault(p.pid, p)
+                except psutil.NoSuchProcess:
+                    pass
+            return [p for p in self._tracked.values() if p.is_running()]
+
+    @property
+    def session_dir(self) -> Path | None:
+        """This server's Ray session directory (logs, metrics ports), from its GCS's or raylet's command line."""
+        for p in self.processes():
+            try:
+                for arg in p.cmdline():
+                    if arg.startswith(("--session_dir=", "--session-dir=")):  # raylet's, GCS's spelling
+                        return Path(arg.split("=", 1)[1])
+            except psutil.Error:
+                continue
+        return None
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        streak = 0
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve run exited with {self.process.returncode}; see {self.log_path or 'its log'}")
+            streak = streak + 1 if self.get("/v2/health/ready")[0] == 200 else 0
+            if streak == 1 and self.ready_after_s is None:
+                self.ready_after_s = time.perf_counter() - self.started_at
+            if streak >= 3:  # HAProxy reloads its config as replicas register: let that settle
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.url} was not ready within {timeout_s:.0f} s")
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except (OSError, ValueError):
+            return 0, b""
+
+    def stop(self) -> None:
+        """Shut the application down (Ctrl-C to `serve run`), then end whatever of ours is still alive."""
+        if self.process is None:
+            return
+        ours = self.processes()
+        self._watching.clear()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # serve run deletes the application and stops Ray
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        left = [p for p in ours if p.is_running()]
+        for p in left:
+            _signal(p, signal.SIGTERM)
+        _, alive = psutil.wait_procs(left, timeout=10)
+        for p in alive:
+            _signal(p, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=10)
+        if self._out not in (None, subprocess.DEVNULL):
+            self._out.close()
+        self.process = None
+
+    def __enter__(self) -> LocalServe:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal(process: psutil.Process, signum: int) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.send_signal(signum)  # psutil checks the process is still the one it was (no reused pid)

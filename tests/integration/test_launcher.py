@@ -1,0 +1,104 @@
+"""`trtserve serve` (what `make run` runs) starts a Ray instance and HAProxy of its own and stops exactly
+those: an unrelated Ray head, started here on another port and named by RAY_ADDRESS, is neither used nor
+stopped, and nothing of the server's is left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from benchmarks.harness import serve_config
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what} within {timeout_s:.0f} s")
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def ray_like(process: psutil.Process) -> bool:
+    try:
+        text = " ".join(process.cmdline()) + " " + process.name()
+    except psutil.Error:
+        return False
+    return any(word in text for word in ("ray", "raylet", "gcs_server", "haproxy", "trtserve"))
+
+
+def test_trtserve_serve_stops_only_what_it_started(built_repository, tmp_path):
+    head_port = free_port()
+    command = [str(BIN / "ray"), "start", "--head", f"--port={head_port}", "--block", "--num-cpus=1"]
+    head = subprocess.Popen(
+        [*command, "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=open(tmp_path / "head.log", "w"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: listening(head_port), 120, "the unrelated Ray head did not start")
+        time.sleep(3)  # its raylet and the rest register after the GCS listens
+        unrelated = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
+        assert any("gcs_server" in p.name() for p in unrelated)
+        before = {p.pid for p in psutil.process_iter()}
+
+        port = free_port()
+        args = {"repository": str(built_repository), "models": [{"name": "cnn"}]}
+        config = serve_config(tmp_path / "serve.yaml", args, name="trtserve", port=port)
+        env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{head_port}"}  # what the old launcher would have joined
+        serve = subprocess.Popen(
+            [str(BIN / "trtserve"), "serve", str(config), "--log", str(tmp_path / "serve.log")],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines = []
+        for line in serve.stdout:
+            lines.append(line)
+            if "trtserve ready at" in line or serve.poll() is not None:
+                break
+        assert f"trtserve ready at http://127.0.0.1:{port}" in "".join(lines), "".join(lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/cnn/ready", timeout=10) as response:
+            assert response.status == 200
+
+        serve.send_signal(signal.SIGTERM)  # as a supervisor stops it
+        rest, _ = serve.communicate(timeout=120)
+        assert serve.returncode == 0, "".join(lines) + rest
+        assert "stopped" in rest
+
+        assert all(p.is_running() for p in unrelated), "the unrelated Ray head lost a process"
+        assert listening(head_port), "the unrelated Ray head stopped answering"
+        left = [p for p in psutil.process_iter() if p.pid not in before and ray_like(p)]
+        assert not left, [(p.pid, p.name()) for p in left]
+        assert not listening(port)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # the group this test started, and only it
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
