@@ -2,7 +2,8 @@
 
 Like Polygraphy's runners: the public `infer` validates against the signature and the engine's state,
 then hands over to `_infer_impl`, which only does the work. Every backend is built the same way,
-`Backend(EngineSpec, EngineOptions)`, and says for itself which of an artifact's engines it would run
+`Backend(EngineSpec, EngineOptions)` (refused with the reason where `availability` says it cannot run
+here), and says for itself which of an artifact's engines it would run
 here (`choose`), so the loader treats them all alike, ones registered from outside the package included.
 """
 
@@ -16,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from runtime.engine.errors import TrtserveError
+from runtime.engine.errors import BackendUnavailable, TrtserveError
 from runtime.engine.manifest import EngineEntry, Manifest, Source
 from runtime.engine.memory import host_rss_bytes
 from runtime.engine.signature import Signature
@@ -50,6 +51,9 @@ class Engine(ABC):
     backend: ClassVar[str]
 
     def __init__(self, spec: EngineSpec, options: EngineOptions | None = None) -> None:
+        ok, why = self.availability()
+        if not ok:
+            raise BackendUnavailable(why)
         self.spec = spec
         self.options = options or EngineOptions()
         self.precision = spec.precision

@@ -71,9 +71,6 @@ class TensorRTEngine(Engine):
 
     def __init__(self, spec: EngineSpec, options: EngineOptions | None = None) -> None:
         super().__init__(spec, options)
-        ok, why = self.availability()
-        if not ok:
-            raise BackendUnavailable(why)
         import tensorrt as trt
 
         self._cudart = cudart = _cudart()

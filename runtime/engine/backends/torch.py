@@ -24,9 +24,6 @@ class TorchEngine(Engine):
 
     def __init__(self, spec: EngineSpec, options: EngineOptions | None = None) -> None:
         super().__init__(spec, options)
-        ok, why = self.availability()
-        if not ok:
-            raise BackendUnavailable(why)
         if spec.source is None:
             raise BackendUnavailable(
                 f"{spec.version_dir}: the torch backend needs the manifest's source to rebuild the model"
