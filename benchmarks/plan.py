@@ -228,6 +228,8 @@ def predict(replica: Replica, slo_p99_ms: float) -> dict:
     """For one replica configuration: the max sustainable rate within the SLO, the p99 at LOAD_FRACTION of
     it, and the rate-vs-p99 curve (what `validate` measures)."""
     max_rps = replica.max_sustainable_rate(slo_p99_ms)
+    if max_rps <= 0:  # not even the lowest rate tried stays within the SLO: nothing to predict at 70% of it
+        return {"max_rps": 0.0, "p99_ms": None, "at_rps": 0.0, "curve": []}
     return {
         "max_rps": round(max_rps, 1),
         "p99_ms": round(replica.p99_ms(max_rps * LOAD_FRACTION), 3),

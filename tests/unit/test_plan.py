@@ -49,6 +49,16 @@ def test_predict_reports_the_p99_at_70_percent():
     assert result["p99_ms"] < 50
 
 
+def test_predict_an_slo_no_rate_meets():
+    http = HttpPath(per_request_s=0.002, floor_s=np.array([0.060]))  # the HTTP path alone is above the SLO
+    assert predict(Replica(PROFILE, http, 16, 2.0), slo_p99_ms=50) == {
+        "max_rps": 0.0,
+        "p99_ms": None,
+        "at_rps": 0.0,
+        "curve": [],
+    }
+
+
 def test_profile_points_feed_the_planner():
     report = {
         "opt_sizes": {"batch": 8, "seq": 128},
