@@ -10,7 +10,7 @@ EXTRAS := $(if $(HAS_GPU),gpu,cpu),serve,convert,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run demo test test-slow lint bench bench-gpu models clean
+.PHONY: install run demo test test-slow lint bench bench-gpu gpu-check models clean
 
 install: $(STAMP)
 
@@ -69,6 +69,11 @@ bench-gpu: models
 	$(PY) -m benchmarks pack --model cnn --backend torch --max-replicas 8 --duration 10 --pressure \
 		--repository $(REPOSITORY) --results $(GPU_RESULTS)
 	$(PY) -m benchmarks report --results benchmarks/results --output benchmarks/RESULTS.md
+
+# The TensorRT and CUDA path, step by step, on a machine with an NVIDIA GPU (README: "GPUs"). Without one
+# every step prints `SKIP <step>: <reason>`, nothing is written, and it exits 0.
+gpu-check: install
+	$(PY) -m benchmarks gpu-check --results benchmarks/measured
 
 clean:
 	rm -rf $(VENV) $(REPOSITORY) benchmarks/results .pytest_cache .ruff_cache

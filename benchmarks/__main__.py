@@ -22,6 +22,7 @@ COMMANDS = {
     "autoscale": "autoscale",
     "pack": "packing",
     "load": "load",
+    "gpu-check": "gpu_check",
     "report": "report",
 }
 

@@ -25,9 +25,9 @@ def describe() -> dict:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 0
-    from runtime.engine.cuda_device import probe
+    from runtime.engine.cuda_device import visible_device
 
-    device, why = probe()
+    device, why = visible_device()
     return {
         "cpu": cpu,
         "cores": cores,

@@ -70,7 +70,7 @@ def pack(
     duration: float = 10.0,
 ) -> dict:
     from benchmarks import machine
-    from runtime.engine.cuda_device import probe
+    from runtime.engine.cuda_device import visible_device
     from runtime.engine.memory import available_bytes, gpu_free_total, host_available_bytes
     from runtime.engine.repository import version_dir
     from runtime.serve.config import ModelSpec
@@ -114,7 +114,7 @@ def pack(
             reports.append(json.loads(out.strip().splitlines()[-1]))
         else:
             failures.append(f"exit {w.returncode}: {(err.strip().splitlines() or ['(no output)'])[-1]}")
-    device, _ = probe()
+    device, _ = visible_device()
     return {
         "benchmark": "pack",
         "model": model,

@@ -43,7 +43,30 @@ def render(results: Path, output: Path) -> str:
             lines += section(json.loads((results / name).read_text()))
     for directory in sorted(p for p in MEASURED.glob("*/") if p.is_dir()):
         lines += _gpu_measured(directory)
+        lines += _gpu_check(directory)
     return "\n".join(lines)
+
+
+def _gpu_check(directory: Path) -> list[str]:
+    """`make gpu-check` on a lent machine: each step's outcome as it was recorded."""
+    path = directory / "gpu-check.json"
+    if not path.exists():
+        return []
+    report = json.loads(path.read_text())
+    lines = [
+        f"## The TensorRT and CUDA path, `make gpu-check` (measured on `{directory.name}`, not this machine)",
+        "",
+        _machine(report["machine"]),
+        "",
+        f"Command: `python -m benchmarks gpu-check` (`benchmarks/measured/{directory.name}/gpu-check.json`).",
+        "",
+        "| step | outcome | detail |",
+        "|---|---|---|",
+    ]
+    for step in report["steps"]:
+        detail = step["detail"] if isinstance(step["detail"], str) else json.dumps(step["detail"])
+        lines.append(f"| {step['step']} | {step['status']} | {detail[:200].replace('|', '/')} |")
+    return [*lines, ""]
 
 
 def _machine(m: dict) -> str:

@@ -23,3 +23,7 @@ CAPACITY = {"max_rps": 0.15, "p99_ms": 0.25}
 
 # Memory-aware autoscaling under a load ramp (`autoscale`).
 AUTOSCALE_REACH_S = 30.0  # the memory-permitted replica count within this many seconds
+
+# The GPU path (`gpu-check`, on a machine with an NVIDIA GPU and TensorRT).
+GPU_TRT_FP16_VS_EAGER = 3.0  # TensorRT fp16 at least this many times torch eager's calls/s at batch 32
+GPU_RUNTIME_OVERHEAD = 0.05  # Engine.infer at most this much slower than the engine alone (TensorRTEngine.replay)

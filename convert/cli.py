@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     trt = b.add_argument_group("TensorRT")
     trt.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit (default 4096)")
     trt.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimization level")
-    trt.add_argument("--timing-cache", type=Path, help="default: ~/.cache/trtserve/timing-sm<cc>-trt<ver>.cache")
+    trt.add_argument("--timing-cache", type=Path, help="default: ~/.cache/trtserve/timing-<gpu>-sm<cc>-trt<ver>.cache")
 
     c = sub.add_parser("check", parents=[common], help="verify checksums and paths, re-run parity here")
     c.add_argument("version_dir", type=Path)

@@ -157,7 +157,11 @@ def render(info: dict) -> str:
         "  engines:",
         *[
             f"    {e['backend']:<12} {e['precision']:<5} {e['file']}"
-            + (f" (sm {e['compute_capability']}, TensorRT {e['tensorrt_version']})" if e["tensorrt_version"] else "")
+            + (
+                f" (sm {e['compute_capability']}, TensorRT {e['tensorrt_version']}{_built_on(e)})"
+                if e["tensorrt_version"]
+                else ""
+            )
             for e in m["engines"]
         ],
         "  parity (vs PyTorch fp32):",
@@ -189,3 +193,9 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def _built_on(entry: dict) -> str:
+    if not entry.get("gpu_name"):
+        return ""
+    return f", built on {entry['gpu_name']}, driver {entry.get('driver_version') or 'unknown'}"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from convert.errors import TrtserveError
-from runtime.engine.cuda_device import probe, tensorrt_version
+from runtime.engine.cuda_device import tensorrt_version, visible_device
 from runtime.engine.repository import list_versions
 
 
@@ -84,7 +84,7 @@ def toolchain() -> dict:
 
     import torch
 
-    device, _ = probe()
+    device, _ = visible_device()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -93,6 +93,7 @@ def toolchain() -> dict:
         "tensorrt": tensorrt_version(),
         "cuda": torch.version.cuda,
         "gpu": device.name if device else None,
+        "driver": device.driver_version if device else None,
     }
 
 

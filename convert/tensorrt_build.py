@@ -2,21 +2,23 @@
 
 Networks are strongly typed (required by TensorRT 11, opted into on 10), so each precision is built
 from its own ONNX variant and no precision builder flags are set. One optimization profile spans the
-config's dims min/opt/max; the timing cache is kept between builds.
+config's dims min/opt/max; the timing cache is kept between builds (convert.timing_cache). Each plan
+records the GPU model and driver it was built on, so a server can tell an exact match from a plan built
+on another card of the same compute capability.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from convert.errors import BackendUnavailable, ExportError
-from runtime.engine.cuda_device import CudaDevice, probe, tensorrt_version
+from convert.timing_cache import TimingCacheFile, cache_filename, default_root
+from runtime.engine.cuda_device import CudaDevice, tensorrt_version, visible_device
 from runtime.engine.manifest import EngineEntry
 from runtime.engine.signature import Signature
-from runtime.engine.tensorrt_plan import engine_filename, profile_json, profile_shapes
+from runtime.engine.tensorrt_plan import engine_filename, profile_json, profile_shapes, tensorrt_supported
 
 log = logging.getLogger("trtserve.convert")
 
@@ -25,7 +27,7 @@ log = logging.getLogger("trtserve.convert")
 class TensorRTOptions:
     workspace_mib: int = 4096
     optimization_level: int = 3  # TensorRT's default; 4-5 search longer for faster kernels
-    timing_cache: Path | None = None  # default: ~/.cache/trtserve/timing-sm<cc>-trt<version>.cache
+    timing_cache: Path | None = None  # default: ~/.cache/trtserve/timing-<gpu>-sm<cc>-trt<version>.cache
 
 
 def tensorrt_target() -> tuple[CudaDevice, str]:
@@ -35,15 +37,17 @@ def tensorrt_target() -> tuple[CudaDevice, str]:
         raise BackendUnavailable(
             "tensorrt is not installed (it needs an NVIDIA GPU: make install picks trtserve[gpu] there)"
         )
-    device, why = probe()
+    ok, why = tensorrt_supported(version)
+    if not ok:
+        raise BackendUnavailable(why)
+    device, why = visible_device()
     if device is None:
         raise BackendUnavailable(why)
     return device, version
 
 
 def default_timing_cache(device: CudaDevice, version: str) -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trtserve"
-    return root / f"timing-sm{device.compute_capability.replace('.', '')}-trt{version}.cache"
+    return default_root() / cache_filename(device, version)
 
 
 def build_engine(
@@ -53,7 +57,9 @@ def build_engine(
     device, version = tensorrt_target()
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    from runtime.engine.backends.tensorrt import trt_logger
+
+    logger = trt_logger()
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
@@ -68,9 +74,8 @@ def build_engine(
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls would not meet fp32 tolerances
 
-    cache_path = options.timing_cache or default_timing_cache(device, version)
-    cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+    timing_cache = TimingCacheFile(options.timing_cache or default_timing_cache(device, version))
+    timing_cache.attach(config)
 
     profile = builder.create_optimization_profile()
     shapes = profile_shapes(signature)
@@ -82,15 +87,11 @@ def build_engine(
     if serialized is None:
         raise ExportError(f"{onnx_path.name}: TensorRT failed to build the {precision} engine (see the log above)")
 
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    tmp.replace(cache_path)
-
     file = Path("engines") / engine_filename(precision, device.compute_capability, version)
     (out_dir / file).parent.mkdir(parents=True, exist_ok=True)
     (out_dir / file).write_bytes(bytes(serialized))
     log.info("tensorrt: built %s for %s", file, device.name)
+    timing_cache.save(config)  # after the plan is safe: a cache problem only warns
     return EngineEntry(
         file=file.as_posix(),
         backend="tensorrt",
@@ -98,4 +99,6 @@ def build_engine(
         compute_capability=device.compute_capability,
         tensorrt_version=version,
         profiles=[profile_json(signature)],
+        gpu_name=device.name,
+        driver_version=device.driver_version,
     )

@@ -35,14 +35,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _gpu_missing() -> str:
-    from runtime.engine.cuda_device import probe, tensorrt_version
+    from runtime.engine.backends.tensorrt import TensorRTEngine
 
-    if tensorrt_version() is None:
-        return "requires TensorRT >= 10 (tensorrt is not installed)"
-    device, why = probe()
-    if device is None:
-        return f"requires an NVIDIA GPU ({why})"
-    return ""
+    ok, why = TensorRTEngine.availability()
+    return "" if ok else f"requires TensorRT >= 10.1, cuda-python and an NVIDIA GPU ({why})"
 
 
 def _cuda_missing() -> str:
@@ -120,3 +116,13 @@ def server(built_repository, tmp_path_factory):
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with LocalServe(path, log_path=workdir / "serve.log") as local:
         yield local
+
+
+@pytest.fixture
+def forget_gpu():
+    """Clear what trtserve remembers about the GPU before and after a test that fakes one."""
+    from tests.fixtures.gpu_fakes import forget_gpu as forget
+
+    forget()
+    yield
+    forget()

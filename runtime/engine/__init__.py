@@ -3,7 +3,7 @@ and the engines that run them, one backend registered by name each. No Ray, no H
 both the convert stage and the serving layer build on it."""
 
 from runtime.engine.backends import Engine, EngineOptions, EngineSpec, register_backend
-from runtime.engine.errors import ArtifactError, BackendUnavailable, InputError, TrtserveError
+from runtime.engine.errors import ArtifactError, BackendUnavailable, EngineLoadError, InputError, TrtserveError
 from runtime.engine.loader import load_engine
 from runtime.engine.manifest import Manifest, read_manifest
 from runtime.engine.signature import Signature, TensorSpec
@@ -12,6 +12,7 @@ __all__ = [
     "ArtifactError",
     "BackendUnavailable",
     "Engine",
+    "EngineLoadError",
     "EngineOptions",
     "EngineSpec",
     "InputError",

@@ -29,3 +29,8 @@ class InputError(TrtserveError):
     """Inference inputs do not match the engine's signature; the message names the input."""
 
     exit_code = 2
+
+
+class EngineLoadError(BackendUnavailable):
+    """An engine this machine should run failed to load here (a plan that does not deserialize, no memory
+    for its context): backend="auto" goes on to the next backend and says why."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from runtime.engine.artifact import verify_version_dir
@@ -22,8 +23,9 @@ def load_engine(
     """Load one engine from a model version directory (checksums and paths verified first).
 
     backend: a registered backend's name, or 'auto': the first of `auto_backends()` that has an engine
-    this machine can run (a TensorRT plan built for this GPU and TensorRT version, else ONNX Runtime,
-    CUDA when installed, else CPU). The choice and the reasons for passing over the others are logged.
+    this machine can run and that loads (a TensorRT plan built for this GPU and TensorRT version, else ONNX
+    Runtime, CUDA when it works here, else CPU). The choice and the reasons for passing over the others are
+    logged and kept on `engine.spec` (reason, warning, passed_over) for /stats.
     """
     version_dir = Path(version_dir)
     return engine_for(version_dir, verify_version_dir(version_dir), backend, precision, options)
@@ -46,7 +48,17 @@ def engine_for(
         if spec is None:
             passed_over.append(f"{name}: {why}")
             continue
-        engine = cls(spec, options)
+        spec = replace(spec, reason=spec.reason or why, passed_over=tuple(passed_over))
+        if spec.warning:
+            log.warning("%s: %s", version_dir, spec.warning)
+        try:
+            engine = cls(spec, options)
+        except BackendUnavailable as e:  # EngineLoadError included: a plan that does not load on this GPU
+            if backend != "auto":
+                raise
+            log.warning("%s: %s %s failed to load, trying the next backend: %s", version_dir, name, spec.precision, e)
+            passed_over.append(f"{name}: {spec.file or name} failed to load: {e}")
+            continue
         reasons = "; ".join([why, *passed_over]) if passed_over else why
         log.info("%s: using %s %s on %s (%s)", version_dir, name, spec.precision, engine.device, reasons)
         return engine

@@ -62,6 +62,7 @@ class Toolchain(_Record):
     tensorrt: str | None = None
     cuda: str | None = None
     gpu: str | None = None
+    driver: str | None = None  # the NVIDIA driver, where there is a GPU
 
 
 class OnnxExport(_Record):
@@ -76,6 +77,8 @@ class EngineEntry(_Record):
     precision: str
     compute_capability: str | None  # TensorRT plans only
     tensorrt_version: str | None
+    gpu_name: str | None = None  # TensorRT plans: the GPU and NVIDIA driver it was built on
+    driver_version: str | None = None
     profiles: list[dict[str, dict[str, list[int]]]]  # per optimization profile: input -> min/opt/max shape
 
 

@@ -10,9 +10,10 @@ torch's reserved bytes when NVML cannot say). Measured, not estimated from file 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from runtime.engine.cuda_device import CudaDevice, nvml, nvml_handle, visible_device
 
 GiB = 2**30
 
@@ -46,55 +47,48 @@ def host_available_bytes(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | No
     return available
 
 
-@contextmanager
-def _nvml():
-    """pynvml, initialised, or None where there is no NVML (no driver, or nvidia-ml-py not installed)."""
-    try:
-        import pynvml
-    except ImportError:
-        yield None
-        return
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        yield None
-        return
-    try:
-        yield pynvml
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def gpu_process_bytes(index: int = 0) -> int | None:
-    """Device memory this process holds on GPU `index`, from NVML; None where NVML cannot tell."""
-    with _nvml() as nvml:
-        if nvml is None:
+def _ask_nvml(device: CudaDevice | None, question):
+    """question(pynvml, handle) for `device` (default: the CUDA device this process uses); None where there is
+    no device, no NVML, or NVML cannot answer (e.g. per-process figures hidden inside a container)."""
+    device = device or visible_device()[0]
+    if device is None:
+        return None
+    with nvml() as lib:
+        handle = nvml_handle(lib, device) if lib is not None else None
+        if handle is None:
             return None
         try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            for process in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if process.pid == os.getpid() and process.usedGpuMemory is not None:
-                    return int(process.usedGpuMemory)
-            return 0
-        except nvml.NVMLError:  # e.g. no permission to see per-process figures inside a container
+            return question(lib, handle)
+        except lib.NVMLError:
             return None
 
 
-def gpu_free_total(index: int = 0) -> tuple[int, int] | None:
-    with _nvml() as nvml:
-        if nvml is None:
-            return None
-        try:
-            info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index))
-            return int(info.free), int(info.total)
-        except nvml.NVMLError:
-            return None
+def gpu_process_bytes(device: CudaDevice | None = None) -> int | None:
+    """Device memory this process holds on `device` (default: the CUDA device it uses), from NVML."""
+
+    def held(lib, handle) -> int:
+        for process in lib.nvmlDeviceGetComputeRunningProcesses(handle):
+            if process.pid == os.getpid() and process.usedGpuMemory is not None:
+                return int(process.usedGpuMemory)
+        return 0
+
+    return _ask_nvml(device, held)
 
 
-def available_bytes(on_gpu: bool, index: int = 0) -> int | None:
-    """What is left where a model allocates: GPU `index`'s free memory, or the host's available memory."""
+def gpu_free_total(device: CudaDevice | None = None) -> tuple[int, int] | None:
+    """(free, total) bytes of `device` (default: the CUDA device this process uses), from NVML."""
+
+    def free_total(lib, handle) -> tuple[int, int]:
+        info = lib.nvmlDeviceGetMemoryInfo(handle)
+        return int(info.free), int(info.total)
+
+    return _ask_nvml(device, free_total)
+
+
+def available_bytes(on_gpu: bool) -> int | None:
+    """What is left where a model allocates: the free memory of the GPU this process uses, or the host's."""
     if on_gpu:
-        free_total = gpu_free_total(index)
+        free_total = gpu_free_total()
         return free_total[0] if free_total else None
     return host_available_bytes()
 
@@ -116,17 +110,16 @@ class Footprint:
 class FootprintMeter:
     """Snapshot before loading a model, `finish` after warming it up: the difference is its footprint."""
 
-    def __init__(self, device_index: int = 0) -> None:
-        self.device_index = device_index
+    def __init__(self) -> None:
         self._host = host_rss_bytes() or 0
-        self._device = gpu_process_bytes(device_index)
+        self._device = gpu_process_bytes()
 
     def finish(self, engine, max_batch_size: int) -> Footprint:
         host_after = host_rss_bytes()
         host = max(0, (host_after or 0) - self._host)
         device, method = None, "none"
         if engine.device.startswith("cuda"):
-            after = gpu_process_bytes(self.device_index)
+            after = gpu_process_bytes()
             if after is not None and self._device is not None:
                 device, method = max(0, after - self._device), "nvml-process"
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from runtime.engine.cuda_device import CudaDevice
 from runtime.engine.manifest import EngineEntry
 from runtime.engine.signature import Signature
 
@@ -60,24 +61,58 @@ def profile_json(signature: Signature) -> dict[str, dict[str, list[int]]]:
     }
 
 
-def plan_compatibility(engine: EngineEntry, device_cc: str | None, tensorrt_version: str | None) -> tuple[bool, str]:
-    """Can the manifest's engine entry run here? Returns (ok, reason), the reason fit for a log line.
+@dataclass(frozen=True)
+class PlanMatch:
+    ok: bool  # the plan can be tried here
+    reason: str  # fit for a log line
+    warning: str | None = None  # tried, but not on exactly the GPU and driver it was built on
 
-    A plan is only guaranteed to deserialize with the exact TensorRT version that built it, on a GPU of
-    the same compute capability (we build neither version- nor hardware-compatible plans).
+
+def plan_compatibility(engine: EngineEntry, device: CudaDevice | None, tensorrt_version: str | None) -> PlanMatch:
+    """Can the manifest's engine entry run here?
+
+    A plan deserializes only with the exact TensorRT version that built it, on a GPU of the same compute
+    capability (we build neither version- nor hardware-compatible plans): anything else is refused. On
+    another GPU model of that capability (L4 and RTX 4090, H100 and H200) or another driver, it usually
+    loads but its kernels were timed elsewhere: tried, with a warning (and `auto` prefers an exact plan).
     """
     if tensorrt_version is None:
-        return False, "tensorrt is not installed"
-    if device_cc is None:
-        return False, "no CUDA device"
-    if engine.compute_capability != device_cc:
-        return (
-            False,
-            f"{engine.file} was built for compute capability {engine.compute_capability}, this GPU is {device_cc}",
+        return PlanMatch(False, "tensorrt is not installed")
+    if device is None:
+        return PlanMatch(False, "no CUDA device")
+    cc = device.compute_capability
+    if engine.compute_capability != cc:
+        return PlanMatch(
+            False, f"{engine.file} was built for compute capability {engine.compute_capability}, this GPU is {cc}"
         )
     if engine.tensorrt_version != tensorrt_version:
-        return (
+        return PlanMatch(
             False,
             f"{engine.file} was built with TensorRT {engine.tensorrt_version}, this machine has {tensorrt_version}",
         )
-    return True, f"{engine.file} matches this GPU (sm{cc_tag(device_cc)}) and TensorRT {tensorrt_version}"
+    here = f"{device.name}, driver {device.driver_version or 'unknown'}"
+    built = f"{engine.gpu_name or 'an unrecorded GPU'}, driver {engine.driver_version or 'unknown'}"
+    if engine.gpu_name == device.name and engine.driver_version == device.driver_version:
+        return PlanMatch(True, f"{engine.file} was built on this GPU model ({here}) and TensorRT {tensorrt_version}")
+    return PlanMatch(
+        True,
+        f"{engine.file} matches this GPU's compute capability ({cc}) and TensorRT {tensorrt_version}",
+        f"{engine.file} was built on {built}, this is {here}: same compute capability and TensorRT version, "
+        "so it should load, with kernels timed on the other card; if it does not, auto falls back to the next "
+        "backend",
+    )
+
+
+MIN_TENSORRT = (10, 1)  # device_memory_size_v2 and the v3 execution API as used here
+
+
+def tensorrt_supported(version: str) -> tuple[bool, str]:
+    """Is this TensorRT version one trtserve runs with? (ok, reason)"""
+    try:
+        parts = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return False, f"cannot read TensorRT's version {version!r}"
+    if parts < MIN_TENSORRT:
+        wanted = ".".join(map(str, MIN_TENSORRT))
+        return False, f"TensorRT {version} is too old: trtserve needs {wanted} or newer (pip install 'trtserve[gpu]')"
+    return True, f"TensorRT {version}"

@@ -147,7 +147,7 @@ def _measure_here(repository: Path, models: list[ModelSpec]) -> ReplicaNeed:
     with contextlib.suppress(ImportError):
         import ray.serve  # noqa: F401
 
-    from runtime.engine.cuda_device import probe
+    from runtime.engine.cuda_device import visible_device
     from runtime.engine.repository import version_dir
     from runtime.serve.model import ServedModel
 
@@ -162,7 +162,7 @@ def _measure_here(repository: Path, models: list[ModelSpec]) -> ReplicaNeed:
         device = gpu_process_bytes()
         if device is None:
             device = sum(f["device_bytes"] or 0 for f in footprints.values())
-    gpu, _ = probe()
+    gpu, _ = visible_device()
     return ReplicaNeed(host_rss_bytes() or 0, device, gpu.total_memory if gpu and device else None, footprints)
 
 

@@ -70,6 +70,21 @@ def model_config(model: ServedModel) -> dict:
     }
 
 
+def engine_choice(model: ServedModel) -> dict:
+    """Which engine serves the model and why: the loader's reason, a warning where the plan was built on
+    another GPU model or driver, and the backends passed over (a TensorRT plan that failed to load, say)."""
+    engine, spec = model.engine, model.engine.spec
+    return {
+        "backend": engine.backend,
+        "precision": engine.precision,
+        "device": engine.device,
+        "file": spec.file,
+        "reason": spec.reason,
+        "warning": spec.warning,
+        "passed_over": list(spec.passed_over),
+    }
+
+
 def statistics(model: ServedModel) -> dict:
     """Triton's model statistics (times in ns), and ours: memory, warm-up time, the batch limit now."""
     b, counts = model.batcher.stats, model.counts
@@ -92,6 +107,7 @@ def statistics(model: ServedModel) -> dict:
         "batch_stats": [
             {"batch_size": size, "compute_infer": {"count": count}} for size, count in sorted(b.batch_sizes.items())
         ],
+        "engine": engine_choice(model),
         "memory": {**model.engine.memory(), "footprint": model.footprint.to_dict() if model.footprint else None},
         "warmup_seconds": model.warmup_s,
         "max_batch_size": {"configured": model.max_batch_size, "now": model.batcher.max_rows},

@@ -53,6 +53,9 @@ def test_server_and_model_endpoints(client, server):
     for name in ("cnn", "minilm"):  # warm-up ran before readiness and is recorded
         stats = client.get_inference_statistics(name)["model_stats"][0]
         assert stats["warmup_seconds"] > 0
+        engine = stats["engine"]  # which engine serves it, and why the others were passed over
+        assert (engine["backend"], engine["device"], engine["warning"]) == ("onnxruntime", "cpu", None)
+        assert engine["reason"] and engine["passed_over"][0].startswith("tensorrt: ")
 
 
 @pytest.mark.parametrize("binary", [False, True])

@@ -37,7 +37,7 @@ def manifest(engines: list[dict]) -> Manifest:
 def machine(monkeypatch):
     def set_machine(cc, trt):
         device = CudaDevice(0, "Fake GPU", cc, 1 << 34) if cc else None
-        monkeypatch.setattr(tensorrt, "probe", lambda: (device, "" if device else "no CUDA device"))
+        monkeypatch.setattr(tensorrt, "visible_device", lambda: (device, "" if device else "no CUDA device"))
         monkeypatch.setattr(tensorrt, "tensorrt_version", lambda: trt)
 
     return set_machine
@@ -47,7 +47,8 @@ def test_matching_gpu_picks_the_fp16_plan(machine, tmp_path):
     machine("8.9", "10.7.0")
     spec, reason = TensorRTEngine.choose(tmp_path, manifest([plan("fp32"), plan("fp16"), ONNX]), None)
     assert spec.file == "engines/fp16-sm89-trt10.7.0.plan" and spec.precision == "fp16"
-    assert "matches this GPU" in reason
+    assert "matches this GPU's compute capability (8.9) and TensorRT 10.7.0" in reason
+    assert "an unrecorded GPU" in spec.warning  # the plans record no GPU model
     spec, _ = TensorRTEngine.choose(tmp_path, manifest([plan("fp32"), plan("fp16")]), "fp32")
     assert spec.precision == "fp32"
 

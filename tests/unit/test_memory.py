@@ -87,57 +87,31 @@ def test_a_served_model_steps_its_batch_limit_down_under_pressure(tmp_path, monk
     off.close()
 
 
-class FakeNvml:
-    """Just enough of pynvml for the memory helpers: one GPU, this process holding `used` bytes."""
-
-    class NVMLError(Exception):
-        pass
-
-    def __init__(self, used, free=30 * 2**30, total=80 * 2**30):
-        self.used, self.free, self.total, self.open = used, free, total, 0
-
-    def nvmlInit(self):
-        self.open += 1
-
-    def nvmlShutdown(self):
-        self.open -= 1
-
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return index
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle):
-        import os
-        from types import SimpleNamespace
-
-        return [SimpleNamespace(pid=1, usedGpuMemory=5), SimpleNamespace(pid=os.getpid(), usedGpuMemory=self.used)]
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(free=self.free, total=self.total)
-
-
-def test_gpu_figures_come_from_nvml_per_process(monkeypatch):
-    import sys
+def test_gpu_figures_come_from_nvml_per_process(monkeypatch, forget_gpu):
+    import os
 
     from runtime.engine.memory import gpu_free_total, gpu_process_bytes
+    from tests.fixtures.gpu_fakes import FakeCudart, FakeNvml, install, node
 
-    nvml = FakeNvml(used=1500 * MiB)
-    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    gpus = node()[1:]  # one H100: 70 GiB of 80 free
+    gpu = gpus[0]
+    gpu.processes.update({1: 5, os.getpid(): 1500 * MiB})
+    install(monkeypatch, cudart=FakeCudart(gpus), nvml=FakeNvml(gpus))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert gpu_process_bytes() == 1500 * MiB
-    assert gpu_free_total() == (30 * 2**30, 80 * 2**30)
-    assert nvml.open == 0  # every init shut down again
+    assert gpu_free_total() == (70 * 2**30, 80 * 2**30)
 
     class CudaEngine:
         device = "cuda:0"
         backend = "tensorrt"
 
     meter = FootprintMeter()
-    nvml.used = 2600 * MiB  # the engine, its context and activations
+    gpu.processes[os.getpid()] = 2600 * MiB  # the engine, its context and activations
     footprint = meter.finish(CudaEngine(), max_batch_size=64)
     assert footprint.device_bytes == 1100 * MiB and footprint.device_method == "nvml-process"
 
 
+@pytest.mark.usefixtures("forget_gpu")
 def test_gpu_footprint_falls_back_to_the_backend_figure_without_nvml(monkeypatch):
     import sys
 

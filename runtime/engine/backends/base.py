@@ -32,6 +32,9 @@ class EngineSpec:
     precision: str
     file: str | None = None  # relative to version_dir; None for a backend that rebuilds the model
     source: Source | None = None  # how the model was built (factory, weights), for such a backend
+    reason: str = ""  # why this engine was chosen, for the log and /stats
+    warning: str | None = None  # chosen although not exactly what it was built for (see Engine.caveat)
+    passed_over: tuple[str, ...] = ()  # the backends `auto` tried before this one, each with why not
 
     @property
     def path(self) -> Path:
@@ -71,6 +74,12 @@ class Engine(ABC):
         return cls.availability()
 
     @classmethod
+    def caveat(cls, entry: EngineEntry) -> str | None:
+        """For a runnable `entry`: why it may not be the best fit here (e.g. a plan built on another GPU model),
+        or None. `choose` prefers entries without one and logs it when it takes one anyway."""
+        return None
+
+    @classmethod
     def preferred_precisions(cls) -> tuple[str, ...]:
         """The precisions `choose` prefers here, best first. On a GPU the lower precision is the faster
         one (parity already proved it within tolerance); on a CPU fp16 is only emulated."""
@@ -80,7 +89,7 @@ class Engine(ABC):
     def choose(cls, version_dir: Path, manifest: Manifest, precision: str | None) -> tuple[EngineSpec | None, str]:
         """The engine of this version this backend would load here, and why; (None, why not) when none.
         By default: the manifest's entries of this backend (of `precision` when given) this machine can
-        run, the most preferred precision first."""
+        run, those without a caveat first, then the most preferred precision."""
         entries = [e for e in manifest.engines if e.backend == cls.backend and precision in (None, e.precision)]
         if not entries:
             of = f" of precision {precision}" if precision else ""
@@ -90,8 +99,18 @@ class Engine(ABC):
         if not usable:
             return None, "; ".join(sorted({why for _, ok, why in checked}))
         order = cls.preferred_precisions()
-        entry, why = min(usable, key=lambda u: order.index(u[0].precision) if u[0].precision in order else len(order))
-        return EngineSpec(version_dir, manifest.signature, entry.precision, entry.file, manifest.source), why
+        caveats = {entry.file: cls.caveat(entry) for entry, _ in usable}
+
+        def rank(u: tuple[EngineEntry, str]) -> tuple[bool, int]:
+            entry = u[0]
+            precision = order.index(entry.precision) if entry.precision in order else len(order)
+            return caveats[entry.file] is not None, precision
+
+        entry, why = min(usable, key=rank)
+        spec = EngineSpec(
+            version_dir, manifest.signature, entry.precision, entry.file, manifest.source, why, caveats[entry.file]
+        )
+        return spec, why
 
     @property
     def signature(self) -> Signature:
