@@ -24,27 +24,33 @@ class Tolerance:
     rtol: float
 
 
+UNRECORDED = Tolerance(1e-4, 1e-3)  # for a version without a parity record of an output: fp32's usual
+
+
 def tolerances(
     stable: Manifest, stable_engine: tuple[str, str], candidate: Manifest, candidate_engine: tuple[str, str]
-):
-    """Per output, the sum of the tolerances each version's engine (backend, precision) passed parity with."""
+) -> dict[str, Tolerance]:
+    """Per output of the candidate, the sum of the tolerances each version's engine (backend, precision)
+    passed parity with (UNRECORDED for a side that has no record of it)."""
     first, second = _recorded(stable, stable_engine), _recorded(candidate, candidate_engine)
-    return {
-        name: Tolerance(first[name].atol + second[name].atol, first[name].rtol + second[name].rtol)
-        for name in first
-        if name in second
-    }
+    limits = {}
+    for output in candidate.outputs:
+        a, b = first.get(output.name, UNRECORDED), second.get(output.name, UNRECORDED)
+        limits[output.name] = Tolerance(a.atol + b.atol, a.rtol + b.rtol)
+    return limits
 
 
-def _recorded(manifest: Manifest, engine: tuple[str, str]):
+def _recorded(manifest: Manifest, engine: tuple[str, str]) -> dict:
     for record in manifest.parity:
         if (record.backend, record.precision) == engine:
             return record.outputs
     # An engine without a record of its own (e.g. torch, the reference itself) is held to the tightest one.
-    records = [r.outputs for r in manifest.parity]
-    if not records:
-        return {}
-    return {name: min((r[name] for r in records if name in r), key=lambda o: o.atol) for name in records[0]}
+    tightest: dict = {}
+    for record in manifest.parity:
+        for name, output in record.outputs.items():
+            if name not in tightest or output.atol < tightest[name].atol:
+                tightest[name] = output
+    return tightest
 
 
 @dataclass

@@ -19,6 +19,7 @@ from runtime.serve.batcher import Overloaded, TimedOut
 from runtime.serve.model import ServedModel
 from runtime.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response, error_body
 from runtime.serve.telemetry import Telemetry
+from runtime.serve.traffic import Traffic
 
 log = logging.getLogger("trtserve.server")
 
@@ -57,19 +58,33 @@ class KServeHandler:
         models: list[ServedModel],
         max_body_bytes: int = 64 << 20,
         telemetry: Telemetry | None = None,
+        traffic: Traffic | None = None,
     ) -> None:
         self.models: dict[str, dict[str, ServedModel]] = {}
         for model in models:
-            self.models.setdefault(model.name, {})[model.version] = model
+            self.add(model)
         self.max_body_bytes = max_body_bytes
         self.telemetry = telemetry or Telemetry()
+        self.traffic = traffic or Traffic()
         self.version = _package_version()
 
-    def _model(self, name: str, version: str | None) -> ServedModel:
+    def add(self, model: ServedModel) -> None:
+        """Serve one more version (a rollout's candidate, loaded and warm) beside those already here."""
+        self.models.setdefault(model.name, {})[model.version] = model
+
+    def _versions(self, name: str) -> dict[str, ServedModel]:
         versions = self.models.get(name)
         if not versions:
             raise LookupError(f"unknown model {name!r}; serving {', '.join(sorted(self.models)) or 'nothing'}")
+        return versions
+
+    def _model(self, name: str, version: str | None) -> ServedModel:
+        """The version a path names, or the one answering for the model now (stable, during a rollout)."""
+        versions = self._versions(name)
         if version is None:
+            routing = self.traffic.routing.get(name)
+            if routing is not None and routing.stable in versions:
+                return versions[routing.stable]
             return versions[max(versions, key=int)]
         if version not in versions:
             raise LookupError(f"model {name!r} has no version {version!r}; serving {', '.join(sorted(versions))}")
@@ -106,15 +121,20 @@ class KServeHandler:
         match = _MODEL.match(path)
         if not match:
             return _error(404, f"no route {method} {path}")
+        rest = match["rest"] or ""
         try:
-            model = self._model(match["name"], match["version"])
+            if rest == "/infer":
+                key = headers.get("x-request-id")
+                model, route = self.traffic.route(match["name"], self._versions(match["name"]), key, match["version"])
+            else:
+                model = self._model(match["name"], match["version"])
         except LookupError as e:
             return _error(404, str(e))
-        rest = match["rest"] or ""
         if rest == "/infer":
             if method != "POST":
                 return _error(405, "infer takes POST")
-            return await self._infer(model, headers, body, request_id)
+            mirror = self.models[model.name].get(route.mirror) if route.mirror else None
+            return await self._infer(model, headers, body, request_id, mirror)
         if method != "GET":
             return _error(405, f"{path} takes GET")
         if rest == "":
@@ -129,7 +149,10 @@ class KServeHandler:
             return _json(200, {"model_stats": [triton.statistics(model)]})
         return _error(404, f"no route {method} {path}")
 
-    async def _infer(self, model: ServedModel, headers, body: bytes, request_id: str) -> HttpResponse:
+    async def _infer(
+        self, model: ServedModel, headers, body: bytes, request_id: str, mirror: ServedModel | None = None
+    ) -> HttpResponse:
+        """Answer from `model`; with `mirror`, the same request also runs there after the answer is sent."""
         started = time.perf_counter()
         queue_s = compute_s = 0.0
         rows = timing_rows = 0
@@ -156,6 +179,8 @@ class KServeHandler:
                 timing_rows = timing.get("batch_rows", rows)
                 payload, extra = encode_response(model.name, model.version, outputs, request)
                 response = HttpResponse(200, payload, extra)
+                if mirror is not None:
+                    self.traffic.mirror(model, mirror, feed, outputs)
         except ProtocolError as e:
             response = _error(e.status, str(e))
         except InputError as e:
@@ -174,6 +199,7 @@ class KServeHandler:
             self.telemetry.in_flight(model, -1)
         seconds = time.perf_counter() - started
         model.counts.record(response.status == 200, seconds, rows)
+        self.traffic.answered(model, response.status, seconds)
         self.telemetry.request(model, response.status, seconds, queue_s, compute_s)
         log.info(
             "%s v%s %d in %.2f ms",

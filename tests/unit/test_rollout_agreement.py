@@ -45,8 +45,11 @@ def parity(atol):
 
 def test_tolerance_is_the_sum_of_both_versions_records():
     def manifest(atol):
-        fields = manifest_fields("cnn", 1, [], [], {"batch": {"min": 1, "opt": 1, "max": 4}})
+        outputs = [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
+        fields = manifest_fields("cnn", 1, [], outputs, {"batch": {"min": 1, "opt": 1, "max": 4}})
         return Manifest.model_validate({**fields, "files": {}, "parity": [parity(atol)]})
 
     limits = tolerances(manifest(0.01), ("onnxruntime", "fp16"), manifest(0.02), ("onnxruntime", "fp16"))
     assert limits["logits"].atol == 0.03 and limits["logits"].rtol == 0.002
+    unrecorded = tolerances(manifest(0.01), ("torch", "fp32"), manifest(0.02), ("tensorrt", "fp16"))
+    assert unrecorded["logits"].atol == 0.03  # no record of its own: the tightest one of its artifact

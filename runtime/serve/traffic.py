@@ -1,0 +1,130 @@
+"""A replica's part in a rollout: which loaded version of a model answers each request (the routing the
+decision-maker set, runtime.rollout.routing), the requests that also run on a second version after the
+answer is sent, what each version answered, and how often the two versions agreed.
+
+Mirrored runs (shadowed requests on the candidate, canaried ones on stable) never delay an answer: they
+start after it, and at most `max_mirrored` run at once per replica; beyond that, or when the other
+version's queue is full, they are dropped and counted, so a candidate that falls behind cannot slow the
+stable path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from runtime.rollout.agreement import AgreementCounter, Tolerance, tolerances
+from runtime.rollout.routing import Route, Routing
+from runtime.rollout.window import VersionCounts
+from runtime.serve.batcher import Overloaded, TimedOut
+from runtime.serve.model import ServedModel
+
+log = logging.getLogger("trtserve.server")
+
+ANSWERED, MIRRORED = "answered", "mirrored"
+
+
+class Traffic:
+    def __init__(self, max_mirrored: int = 64) -> None:
+        self.routing: dict[str, Routing] = {}
+        self.counts: dict[tuple[str, str, str], VersionCounts] = {}  # (model, version, answered|mirrored)
+        self.agreement: dict[tuple[str, str, str], AgreementCounter] = {}  # (model, stable, candidate)
+        self.dropped: dict[str, int] = {}  # model -> mirrored runs dropped
+        self.max_mirrored = max_mirrored
+        self._running: set[asyncio.Task] = set()
+        self._tolerances: dict[tuple[str, str, str], dict[str, Tolerance]] = {}
+
+    def set_routing(self, model: str, routing: Routing) -> None:
+        self.routing[model] = routing
+
+    def route(
+        self, name: str, versions: Mapping[str, ServedModel], key: str | None, pinned: str | None = None
+    ) -> tuple[ServedModel, Route]:
+        """The version that answers and the route it came from. A pinned version must be loaded
+        (LookupError otherwise); a routed one that is not loaded (yet) falls back to stable, then the latest."""
+        if pinned is not None:
+            if pinned not in versions:
+                raise LookupError(f"model {name!r} has no version {pinned!r}; serving {', '.join(sorted(versions))}")
+            return versions[pinned], Route(pinned)
+        routing = self.routing.get(name)
+        if routing is None or routing.stable not in versions:
+            latest = max(versions, key=int)
+            return versions[latest], Route(latest)
+        route = routing.route(key)
+        if route.answer not in versions:
+            route = Route(routing.stable)
+        if route.mirror is not None and route.mirror not in versions:
+            route = Route(route.answer)
+        return versions[route.answer], route
+
+    def answered(self, model: ServedModel, status: int, seconds: float) -> None:
+        self._counts(model, ANSWERED).observe(status, seconds * 1e3)
+
+    def mirror(
+        self,
+        answered: ServedModel,
+        other: ServedModel,
+        feed: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+    ) -> None:
+        """Run `feed` on `other` in the background and compare its outputs with the ones just answered."""
+        if len(self._running) >= self.max_mirrored or not other.ready:
+            self.dropped[answered.name] = self.dropped.get(answered.name, 0) + 1
+            return
+        task = asyncio.get_running_loop().create_task(self._mirror(answered, other, feed, outputs))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _mirror(self, answered: ServedModel, other: ServedModel, feed, outputs) -> None:
+        started = time.perf_counter()
+        try:
+            pending = other.batcher.submit(feed, other.work_of(feed), other.options.timeout_s)
+            theirs, _ = await pending
+        except Overloaded:  # the other version is behind: drop, do not queue more work on it
+            self.dropped[answered.name] = self.dropped.get(answered.name, 0) + 1
+            return
+        except TimedOut:
+            self._counts(other, MIRRORED).observe(504, (time.perf_counter() - started) * 1e3)
+            return
+        except Exception:
+            log.exception("mirrored run on %s failed", other.label)
+            self._counts(other, MIRRORED).observe(500, (time.perf_counter() - started) * 1e3)
+            return
+        self._counts(other, MIRRORED).observe(200, (time.perf_counter() - started) * 1e3)
+        routing = self.routing.get(answered.name)
+        if routing is None or routing.candidate is None:
+            return
+        stable_out, candidate_out = (outputs, theirs) if answered.version == routing.stable else (theirs, outputs)
+        stable, candidate = (answered, other) if answered.version == routing.stable else (other, answered)
+        key = (answered.name, stable.version, candidate.version)
+        limits = self._tolerances.get(key)
+        if limits is None:
+            limits = self._tolerances[key] = tolerances(
+                stable.manifest,
+                (stable.engine.backend, stable.engine.precision),
+                candidate.manifest,
+                (candidate.engine.backend, candidate.engine.precision),
+            )
+        self.agreement.setdefault(key, AgreementCounter()).add(stable_out, candidate_out, limits)
+
+    def _counts(self, model: ServedModel, role: str) -> VersionCounts:
+        return self.counts.setdefault((model.name, model.version, role), VersionCounts())
+
+    async def drain(self) -> None:
+        """Wait for the mirrored runs in flight (tests; a replica shutting down)."""
+        while self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+
+    def report(self, name: str) -> dict:
+        """This replica's cumulative counts for model `name`, for the decision-maker to add up."""
+        routing = self.routing.get(name)
+        return {
+            "routing": None if routing is None else routing.__dict__,
+            "counts": {f"{v}/{role}": c.to_json() for (m, v, role), c in self.counts.items() if m == name},
+            "agreement": {f"{s}/{c}": a.to_dict() for (m, s, c), a in self.agreement.items() if m == name},
+            "dropped": self.dropped.get(name, 0),
+        }

@@ -1,0 +1,99 @@
+"""A replica's part in a rollout, through the HTTP handler without a web server: routing between loaded
+versions, pinned paths, mirrored runs compared after the answer, bounded mirror work."""
+
+import asyncio
+
+import numpy as np
+import orjson
+import pytest
+
+from runtime.rollout.routing import Routing
+from runtime.serve.handler import KServeHandler
+from runtime.serve.model import ServedModel
+from runtime.serve.traffic import Traffic
+from tests.fixtures.artifacts import sequence_model
+
+BODY = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}]})
+
+
+@pytest.fixture
+def versions(tmp_path):
+    """seq v1 and v3 (the same outputs), v2 (doubled is 3x, not 2x: it disagrees)."""
+    models = [ServedModel(sequence_model(tmp_path / "seq" / str(v), scale=3.0 if v == 2 else 2.0)) for v in (1, 2, 3)]
+    for model in models:
+        model.warmup()
+    yield models
+    for model in models:
+        model.close()
+
+
+async def infer(handler, n, path="/v2/models/seq/infer", key="k"):
+    answers = []
+    for i in range(n):
+        response = await handler.handle("POST", path, {"x-request-id": f"{key}{i}"}, BODY)
+        assert response.status == 200, response.body
+        answers.append(orjson.loads(response.body)["model_version"])
+    await handler.traffic.drain()
+    return answers
+
+
+def test_without_routing_the_latest_version_answers(versions):
+    handler = KServeHandler(versions[:2])
+    assert set(asyncio.run(infer(handler, 5))) == {"2"}
+
+
+def test_canary_splits_sticky_and_compares_with_stable(versions):
+    handler = KServeHandler(versions[:2])
+    handler.traffic.set_routing("seq", Routing("1", "2", weight=50))
+    answers = asyncio.run(infer(handler, 200))
+    assert 60 < answers.count("2") < 140 and set(answers) == {"1", "2"}
+    assert asyncio.run(infer(handler, 200)) == answers  # the same keys, the same versions
+    report = handler.traffic.report("seq")
+    agreement = report["agreement"]["1/2"]
+    assert agreement["compared"] == 400 - 2 * answers.count("1") and agreement["agreed"] == 0  # v2 disagrees
+    assert report["counts"]["1/mirrored"]["requests"] == agreement["compared"]  # canaried ran on stable too
+    assert report["counts"]["2/answered"]["requests"] == 2 * answers.count("2")
+
+
+def test_shadow_answers_from_stable_and_an_identical_candidate_agrees(versions):
+    handler = KServeHandler([versions[0], versions[2]])
+    handler.traffic.set_routing("seq", Routing("1", "3", shadow_percent=100))
+    assert set(asyncio.run(infer(handler, 50))) == {"1"}
+    report = handler.traffic.report("seq")
+    assert report["agreement"]["1/3"]["compared"] == 50 and report["agreement"]["1/3"]["agreed"] == 50
+    assert report["counts"]["3/mirrored"]["requests"] == 50 and "3/answered" not in report["counts"]
+
+
+def test_a_pinned_version_is_reached_whatever_the_routing(versions):
+    handler = KServeHandler(versions[:2])
+    handler.traffic.set_routing("seq", Routing("1", "2", weight=100))
+    assert set(asyncio.run(infer(handler, 5, "/v2/models/seq/versions/1/infer"))) == {"1"}
+    meta = orjson.loads(asyncio.run(handler.handle("GET", "/v2/models/seq", {}, b"")).body)
+    assert meta["versions"] == ["1"]  # unpinned metadata follows stable
+    missing = asyncio.run(handler.handle("POST", "/v2/models/seq/versions/9/infer", {}, BODY))
+    assert missing.status == 404
+
+
+def test_a_candidate_not_loaded_yet_leaves_stable_answering(versions):
+    handler = KServeHandler(versions[:1])
+    handler.traffic.set_routing("seq", Routing("1", "2", weight=100, shadow_percent=100))
+    assert set(asyncio.run(infer(handler, 5))) == {"1"}
+    assert handler.traffic.report("seq")["agreement"] == {}
+
+
+def test_mirror_work_beyond_the_bound_is_dropped_and_counted(versions):
+    traffic = Traffic(max_mirrored=0)
+    handler = KServeHandler([versions[0], versions[2]], traffic=traffic)
+    traffic.set_routing("seq", Routing("1", "3", shadow_percent=100))
+    assert set(asyncio.run(infer(handler, 10))) == {"1"}
+    assert traffic.report("seq")["dropped"] == 10 and traffic.report("seq")["agreement"] == {}
+
+
+def test_answers_are_counted_per_version_with_server_errors(versions):
+    handler = KServeHandler(versions[:1])
+    asyncio.run(infer(handler, 3))
+    bad = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0]}]})
+    assert asyncio.run(handler.handle("POST", "/v2/models/seq/infer", {}, bad)).status == 400
+    counts = handler.traffic.report("seq")["counts"]["1/answered"]
+    assert counts["requests"] == 4 and counts["server_errors"] == 0  # a 400 is the client's
+    np.testing.assert_equal(sum(counts["buckets"].values()), 4)
