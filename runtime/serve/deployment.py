@@ -1,6 +1,7 @@
 """The Ray Serve deployment: one HTTP ingress that hosts every model of the application in-process, a
 dynamic batcher each, so a request crosses one hop (ingress -> replica) and no second actor call.
 Replicas load and warm up every model in their constructor, so Ray routes no traffic to a cold replica.
+A rollout's versions come and go through `user_config` (runtime.serve.versions), applied in place.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from runtime.serve.config import ModelSpec
 from runtime.serve.handler import KServeHandler
 from runtime.serve.model import ServedModel
 from runtime.serve.telemetry import RayTelemetry
+from runtime.serve.versions import VersionManager
 
 
 @serve.deployment(name="trtserve", max_ongoing_requests=512)
@@ -32,6 +34,20 @@ class KServeServer:
             self._models.append(model)
         self.handler = KServeHandler(self._models, max_body_bytes=int(max_body_mb * 2**20), telemetry=self._telemetry)
         self._last_batches: dict[str, tuple[int, int]] = {}
+        specs = {
+            spec.name: (spec, directory.parent.parent) for directory, spec in zip(version_dirs, models, strict=True)
+        }
+        self._versions = VersionManager(self.handler, specs, self._load_version)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Ray Serve calls this at start and whenever the deployment's user_config changes (no restart)."""
+        await self._versions.apply(user_config)
+
+    def _load_version(self, directory: Path, spec: ModelSpec) -> ServedModel:
+        model = ServedModel(directory, spec, self._telemetry)
+        model.warmup()
+        self._models.append(model)
+        return model
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """What the memory-aware autoscaling policy reads (runtime.serve.autoscaling), per replica."""
@@ -63,6 +79,7 @@ class KServeServer:
 
     def __del__(self) -> None:  # Ray Serve calls this when it stops the replica
         self._telemetry.close()
+        self._versions.close()
         for model in self._models:
             model.close()
 

@@ -124,8 +124,9 @@ class KServeHandler:
         rest = match["rest"] or ""
         try:
             if rest == "/infer":
-                key = headers.get("x-request-id")
-                model, route = self.traffic.route(match["name"], self._versions(match["name"]), key, match["version"])
+                # Sticky on the request's id: the client's X-Request-ID (Ray Serve passes it on as its own).
+                versions = self._versions(match["name"])
+                model, route = self.traffic.route(match["name"], versions, request_id, match["version"])
             else:
                 model = self._model(match["name"], match["version"])
         except LookupError as e:
@@ -145,8 +146,9 @@ class KServeHandler:
             return _error(503, f"model {model.name!r} is warming up", **{"retry-after": "1"})
         if rest == "/config":
             return _json(200, triton.model_config(model))
-        if rest == "/stats":
-            return _json(200, {"model_stats": [triton.statistics(model)]})
+        if rest == "/stats":  # as Triton: every version of the model unless the path names one
+            versions = [model] if match["version"] else list(self.models[model.name].values())
+            return _json(200, {"model_stats": [triton.statistics(m) for m in versions]})
         return _error(404, f"no route {method} {path}")
 
     async def _infer(
