@@ -38,10 +38,12 @@ class KServeServer:
             spec.name: (spec, directory.parent.parent) for directory, spec in zip(version_dirs, models, strict=True)
         }
         self._versions = VersionManager(self.handler, specs, self._load_version)
+        self._configured = False
 
     async def reconfigure(self, user_config: dict) -> None:
         """Ray Serve calls this at start and whenever the deployment's user_config changes (no restart)."""
-        await self._versions.apply(user_config)
+        await self._versions.apply(user_config, wait=not self._configured)
+        self._configured = True
 
     def _load_version(self, directory: Path, spec: ModelSpec) -> ServedModel:
         model = ServedModel(directory, spec, self._telemetry)

@@ -57,24 +57,52 @@ class VersionManager:
         self._load = load
         self.grace_s = grace_s
         self.closing: list[ServedModel] = []
+        self._loading: dict[tuple[str, str], asyncio.Task] = {}
 
-    async def apply(self, config: dict[str, Any] | None, now: float | None = None) -> None:
+    async def apply(self, config: dict[str, Any] | None, now: float | None = None, wait: bool = True) -> None:
+        """Route as the rollouts say and load the versions they need. wait=False returns at once and loads in
+        the background: Ray Serve takes a replica out of traffic while `reconfigure` runs (ray#54509), and
+        until a version is loaded its traffic stays with stable (runtime.serve.traffic). A replica's first
+        call waits: it takes no traffic before it holds what the rollout needs."""
         user = parse_user_config(config)
         now = time.time() if now is None else now
-        for name, rollout in user.rollouts.items():
+        for name in user.rollouts:
             if name not in self.specs:
                 raise ValueError(f"user_config: rollouts.{name}: this application serves no model {name!r}")
+        loads = []
+        for name, rollout in user.rollouts.items():
             wanted = rollout.loaded(now)
-            held = self.handler.models.get(name, {})
-            for version in sorted(wanted - set(held), key=int):
-                spec, repository = self.specs[name]
-                directory = version_dir(repository, name, version)
-                model = await asyncio.to_thread(self._load, directory, spec)  # the event loop keeps serving
-                self.handler.add(model)
-                log.info("%s: loaded for the rollout", model.label)
             self.handler.traffic.set_routing(name, rollout.routing())
+            held = self.handler.models.get(name, {})
             for version in sorted(set(held) - wanted, key=int):
-                self._retire(self.handler.models[name].pop(version))
+                self._retire(held.pop(version))
+            loads += [self._loading_of(name, v) for v in sorted(wanted - set(held), key=int)]
+        if wait and loads:
+            await asyncio.gather(*loads)
+
+    def _loading_of(self, name: str, version: str) -> asyncio.Task:
+        key = (name, version)
+        if key not in self._loading:
+            task = asyncio.get_running_loop().create_task(self._load_version(name, version))
+            self._loading[key] = task
+            task.add_done_callback(lambda _: self._loading.pop(key, None))
+        return self._loading[key]
+
+    async def _load_version(self, name: str, version: str) -> None:
+        spec, repository = self.specs[name]
+        directory = version_dir(repository, name, version)
+        try:
+            model = await asyncio.to_thread(self._load, directory, spec)  # the event loop keeps serving
+        except Exception:
+            log.exception("%s v%s: loading for the rollout failed; its traffic stays with stable", name, version)
+            raise
+        self.handler.add(model)
+        log.info("%s: loaded for the rollout", model.label)
+
+    async def settle(self) -> None:
+        """Wait for the loads in progress (tests; the first reconfigure)."""
+        while self._loading:
+            await asyncio.gather(*list(self._loading.values()), return_exceptions=True)
 
     def _retire(self, model: ServedModel) -> None:
         """No new requests reach it (it left the handler); closed once the grace period has passed."""

@@ -45,6 +45,9 @@ def test_the_candidate_is_loaded_warm_then_routed_and_retired_after_promotion(re
         await manager.apply(config(rollout), now=1)
         assert set(handler.models["seq"]) == {"1", "2"} and handler.models["seq"]["2"].ready
         assert handler.traffic.routing["seq"].weight == 10
+        back = rollout.rollback(now=1.5)
+        await manager.apply(config(back), now=1.5, wait=False)
+        assert set(handler.models["seq"]) == {"1", "2"}  # the candidate stays for inspection
         promoted = rollout.promote(now=2)
         await manager.apply(config(promoted), now=3)  # the previous version is kept for 60 s
         assert set(handler.models["seq"]) == {"1", "2"} and handler.traffic.routing["seq"].stable == "2"
@@ -55,6 +58,22 @@ def test_the_candidate_is_loaded_warm_then_routed_and_retired_after_promotion(re
 
     asyncio.run(scenario())
     assert [m.version for m in loaded] == ["1", "2"]
+
+
+def test_later_changes_load_in_the_background_while_stable_answers(replica):
+    handler, manager, _ = replica
+    rollout = Rollout.begin(RolloutSpec(model="seq", stable="1", candidate="2", steps=[100]), now=0)
+
+    async def scenario():
+        await manager.apply(config(rollout), now=1, wait=False)  # returns before v2 is loaded
+        assert set(handler.models["seq"]) == {"1"} and handler.traffic.routing["seq"].weight == 100
+        model, _ = handler.traffic.route("seq", handler.models["seq"], "k")
+        assert model.version == "1"  # the candidate is not loaded yet: stable answers
+        await manager.settle()
+        assert set(handler.models["seq"]) == {"1", "2"}
+        assert handler.traffic.route("seq", handler.models["seq"], "k")[0].version == "2"
+
+    asyncio.run(scenario())
 
 
 def test_bad_user_config_is_one_line_naming_the_key():
