@@ -3,11 +3,15 @@
 trtserve serve CONFIG    serve a Ray Serve config on this machine in the foreground; Ctrl-C or
                          SIGTERM stops everything it started, and nothing else
 trtserve demo CONFIG     serve the demo models, query them with tritonclient, print, stop
+trtserve rollout ACTION MODEL ...
+                         start, status, pause, resume, promote, rollback or history of a model's
+                         rollout in a running application (--url, default http://127.0.0.1:8000)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -37,7 +41,102 @@ def _parser() -> argparse.ArgumentParser:
             choices=("haproxy", "proxy"),
             help="Ray's HAProxy (default, or $TRTSERVE_INGRESS) or its Python proxy",
         )
+    _rollout_parser(sub)
     return parser
+
+
+def _steps(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of percents, e.g. 10,50,100"
+        ) from None
+
+
+def _duration(text: str) -> float:
+    from runtime.rollout.client import seconds
+
+    try:
+        return seconds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _rollout_parser(sub) -> None:
+    rollout = sub.add_parser("rollout", help="canary, blue-green and shadow rollouts of a served model")
+    actions = rollout.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    for action, help_text in (
+        ("start", "start a rollout to version --to"),
+        ("status", "where the rollout stands, per interval"),
+        ("pause", "hold the routing as it is; no interval is judged"),
+        ("resume", "go on from where it was paused"),
+        ("promote", "make the candidate stable now"),
+        ("rollback", "all traffic back to stable at once"),
+        ("history", "every transition, with who, when and why"),
+    ):
+        p = actions.add_parser(action, help=help_text)
+        p.add_argument("model")
+        p.add_argument("--url", default="http://127.0.0.1:8000", help="the application (default %(default)s)")
+        if action in ("status", "history"):
+            p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        if action == "rollback":
+            p.add_argument("--reason", help="recorded in the history")
+        if action == "start":
+            p.add_argument("--to", required=True, help="the candidate version (in the repository)")
+            p.add_argument("--strategy", choices=("canary", "bluegreen", "shadow"), default="canary")
+            p.add_argument("--steps", type=_steps, help="canary weights, percent (default 10,50,100)")
+            p.add_argument("--interval", type=_duration, dest="interval_s", help="per analysis interval (30s)")
+            p.add_argument("--failure-limit", type=int, help="failed intervals in a row that roll back (2)")
+            p.add_argument("--min-requests", type=int, help="candidate requests an interval needs (100)")
+            p.add_argument("--max-error-ratio", type=float, help="the candidate's server errors (0.01)")
+            p.add_argument("--max-p99-ratio", type=float, help="the candidate's p99 over stable's (1.5)")
+            p.add_argument("--max-p99-ms", type=float, help="the candidate's p99, absolute (none)")
+            p.add_argument("--min-agreement", type=float, help="outputs within tolerance (0.99)")
+            p.add_argument("--shadow-percent", type=float, help="requests shadowed (shadow, bluegreen: 100)")
+            p.add_argument("--wait", action="store_true", help="until it ends: 0 promoted, 1 rolled back or refused")
+
+
+def _rollout(args) -> int:
+    from runtime.rollout import client
+
+    if args.action in ("status", "history"):
+        result = (
+            client.status(args.url, args.model)
+            if args.action == "status"
+            else client.command(args.url, args.model, "history")
+        )
+        if args.json:
+            print(json.dumps(result))
+        elif args.action == "history":
+            for event in result:
+                print(
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(event['at']))}  {event['state']:<11} "
+                    f"by {event['by']}: {event['reason']}"
+                )
+        else:
+            print(_summary(result))
+        return 0
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "action", "model", "url", "json", "wait")}
+    result = client.command(args.url, args.model, args.action, **options)
+    print(_summary(result))
+    if args.action == "start" and result.get("state") == "refused":
+        return 1
+    if getattr(args, "wait", False):
+        result = client.wait(args.url, args.model)
+        print(_summary(result))
+        return 0 if result["state"] == "promoted" else 1
+    return 0
+
+
+def _summary(status: dict) -> str:
+    if not status.get("state"):
+        return f"{status['model']}: version {status['stable']} serves everything; no rollout"
+    line = (
+        f"{status['model']}: {status['strategy']} {status['stable']} -> {status['candidate']}: {status['state']}, "
+        f"candidate weight {status['weight']:g} %, serving {status['serving']}"
+    )
+    return line + (f" ({status['reason']})" if status.get("reason") else "")
 
 
 def _interrupt(signum, frame) -> None:
@@ -71,6 +170,12 @@ def _demo(server) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "rollout":
+        try:
+            return _rollout(args)
+        except TrtserveError as e:
+            print(f"trtserve rollout {args.action}: error: {e}", file=sys.stderr)
+            return e.exit_code
     if not args.config.is_file():
         print(f"trtserve {args.command}: error: {args.config}: no such file", file=sys.stderr)
         return 2

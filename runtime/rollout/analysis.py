@@ -5,7 +5,10 @@ canary, with output agreement as a signal of its own:
 - errors: the candidate's error ratio (non-2xx answers that are not the client's fault) within an
   absolute bound, and not above `error_ratio_vs_stable` times stable's (ratios under a tenth of the bound
   are noise and not compared);
-- latency: its p99 within `max_p99_ratio` times stable's p99 and, when set, an absolute `max_p99_ms`;
+- latency: its p99 within `max_p99_ratio` times stable's p99 (differences under `p99_slack_ms` are noise
+  and pass: a 1 ms model's p99 doubles with one scheduler hiccup) and, when set, an absolute `max_p99_ms`.
+  Both versions' latencies are of the same thing, the engine call that ran each request, answered or
+  mirrored, so a shadowed candidate is compared with stable like for like;
 - agreement: the share of compared outputs within the artifact's tolerances at least `min_agreement`;
 - volume: with fewer than `min_requests` candidate requests (or no compared outputs) the interval is
   neither a pass nor a failure: it is extended.
@@ -26,6 +29,7 @@ class Thresholds(BaseModel):
     max_error_ratio: float = Field(0.01, ge=0, le=1)
     error_ratio_vs_stable: float = Field(2.0, ge=1)
     max_p99_ratio: float = Field(1.5, gt=0)
+    p99_slack_ms: float = Field(2.0, ge=0)
     max_p99_ms: float | None = Field(None, gt=0)
     min_agreement: float = Field(0.99, ge=0, le=1)
     min_requests: int = Field(100, ge=1)
@@ -82,7 +86,8 @@ def judge(candidate: VersionWindow, stable: VersionWindow, agreement: Agreement,
             f"error ratio {ratio:.2%} above {limits.error_ratio_vs_stable:g}x stable's {stable.error_ratio:.2%}"
         )
     if candidate.p99_ms is not None:
-        if stable.p99_ms is not None and candidate.p99_ms > limits.max_p99_ratio * stable.p99_ms:
+        slower = stable.p99_ms is not None and candidate.p99_ms - stable.p99_ms > limits.p99_slack_ms
+        if slower and candidate.p99_ms > limits.max_p99_ratio * stable.p99_ms:
             failures.append(
                 f"p99 {candidate.p99_ms:.1f} ms above {limits.max_p99_ratio:g}x stable's {stable.p99_ms:.1f} ms"
             )

@@ -16,6 +16,7 @@ from runtime.serve.autoscaling import ray_autoscaling_config
 from runtime.serve.config import AppArgs, parse_args
 from runtime.serve.deployment import KServeServer
 from runtime.serve.placement import actor_options, cluster_free, replica_need
+from runtime.serve.rollouts import RolloutController
 
 log = logging.getLogger("trtserve.server")
 
@@ -48,4 +49,9 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     args = parse_args(args)
-    return KServeServer.options(**deployment_options(args)).bind(args.version_dirs(), args.models, args.max_body_mb)
+    directories = args.version_dirs()
+    rollouts = RolloutController.bind(
+        {spec.name: d.name for spec, d in zip(args.models, directories, strict=True)},
+        {spec.name: str(args.repository_path) for spec in args.models},
+    )
+    return KServeServer.options(**deployment_options(args)).bind(directories, args.models, args.max_body_mb, rollouts)

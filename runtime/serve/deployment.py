@@ -6,6 +6,7 @@ A rollout's versions come and go through `user_config` (runtime.serve.versions),
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -21,10 +22,14 @@ from runtime.serve.model import ServedModel
 from runtime.serve.telemetry import RayTelemetry
 from runtime.serve.versions import VersionManager
 
+log = logging.getLogger("trtserve.server")
+
 
 @serve.deployment(name="trtserve", max_ongoing_requests=512)
 class KServeServer:
-    def __init__(self, version_dirs: list[Path], models: list[ModelSpec], max_body_mb: float = 64) -> None:
+    def __init__(
+        self, version_dirs: list[Path], models: list[ModelSpec], max_body_mb: float = 64, rollouts=None
+    ) -> None:
         _log_like_ray_serve()
         self._telemetry = RayTelemetry()
         self._models = []
@@ -32,13 +37,42 @@ class KServeServer:
             model = ServedModel(directory, spec, self._telemetry)
             model.warmup()
             self._models.append(model)
-        self.handler = KServeHandler(self._models, max_body_bytes=int(max_body_mb * 2**20), telemetry=self._telemetry)
+        self._rollouts = rollouts  # the decision-maker's handle (runtime.serve.rollouts)
+        self.handler = KServeHandler(
+            self._models,
+            max_body_bytes=int(max_body_mb * 2**20),
+            telemetry=self._telemetry,
+            rollout_command=self._rollout_command if rollouts is not None else None,
+        )
         self._last_batches: dict[str, tuple[int, int]] = {}
         specs = {
             spec.name: (spec, directory.parent.parent) for directory, spec in zip(version_dirs, models, strict=True)
         }
         self._versions = VersionManager(self.handler, specs, self._load_version)
         self._configured = False
+        self._applied = 0  # the decision-maker's generation this replica routes by
+        self._reporting: asyncio.Task | None = None
+
+    def _ensure_reporting(self) -> None:
+        if self._rollouts is not None and (self._reporting is None or self._reporting.done()):
+            self._reporting = asyncio.get_running_loop().create_task(self._report_loop())
+
+    async def _report_loop(self) -> None:
+        """Every half second: this replica's counts to the decision-maker, its rollouts back."""
+        replica = serve.get_replica_context().replica_id.unique_id
+        while True:
+            try:
+                reports = {name: self.handler.traffic.report(name) for name in self.handler.models}
+                reply = await self._rollouts.report.remote(replica, self._applied, reports)
+                if reply["generation"] != self._applied:
+                    await self._versions.apply({"rollouts": reply["rollouts"]}, wait=False)
+                    self._applied = reply["generation"]
+            except Exception:
+                log.exception("reporting to the rollout decision-maker failed; trying again")
+            await asyncio.sleep(0.5)
+
+    async def _rollout_command(self, model: str, action: str, args: dict) -> dict:
+        return await self._rollouts.command.remote(model, action, args)
 
     async def reconfigure(self, user_config: dict) -> None:
         """Ray Serve calls this at start and whenever the deployment's user_config changes (no restart)."""
@@ -86,6 +120,7 @@ class KServeServer:
             model.close()
 
     async def __call__(self, request: Request) -> Response:
+        self._ensure_reporting()
         body = await request.body()
         request_id = _ray_request_id()
         result = await self.handler.handle(request.method, request.url.path, request.headers, body, request_id)

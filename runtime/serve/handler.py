@@ -59,6 +59,7 @@ class KServeHandler:
         max_body_bytes: int = 64 << 20,
         telemetry: Telemetry | None = None,
         traffic: Traffic | None = None,
+        rollout_command=None,  # async (model, action, args) -> {"status", "body"}: the decision-maker
     ) -> None:
         self.models: dict[str, dict[str, ServedModel]] = {}
         for model in models:
@@ -66,6 +67,7 @@ class KServeHandler:
         self.max_body_bytes = max_body_bytes
         self.telemetry = telemetry or Telemetry()
         self.traffic = traffic or Traffic()
+        self.rollout_command = rollout_command
         self.version = _package_version()
 
     def add(self, model: ServedModel) -> None:
@@ -122,6 +124,8 @@ class KServeHandler:
         if not match:
             return _error(404, f"no route {method} {path}")
         rest = match["rest"] or ""
+        if rest == "/rollout":
+            return await self._rollout(method, match["name"], body)
         try:
             if rest == "/infer":
                 # Sticky on the request's id: the client's X-Request-ID (Ray Serve passes it on as its own).
@@ -151,6 +155,23 @@ class KServeHandler:
             return _json(200, {"model_stats": [triton.statistics(m) for m in versions]})
         return _error(404, f"no route {method} {path}")
 
+    async def _rollout(self, method: str, name: str, body: bytes) -> HttpResponse:
+        """GET: the rollout's status; POST {"action": start|pause|resume|promote|rollback|history, ...}."""
+        if self.rollout_command is None:
+            return _error(404, "this application has no rollout decision-maker")
+        if method == "GET":
+            action, args = "status", {}
+        elif method == "POST":
+            try:
+                args = orjson.loads(body or b"{}")
+                action = args.pop("action")
+            except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError):
+                return _error(400, 'a rollout command is JSON with an "action"')
+        else:
+            return _error(405, "rollout takes GET or POST")
+        result = await self.rollout_command(name, action, args)
+        return _json(result["status"], result["body"])
+
     async def _infer(
         self, model: ServedModel, headers, body: bytes, request_id: str, mirror: ServedModel | None = None
     ) -> HttpResponse:
@@ -177,6 +198,7 @@ class KServeHandler:
                     pending = model.batcher.submit(feed, model.work_of(feed), model.options.timeout_s)
                 # Awaited outside `arriving()`: once queued, the request no longer counts as on its way.
                 outputs, timing = await pending
+                self.traffic.ran(model, 200, timing.get("compute_s", 0.0))
                 queue_s, compute_s = timing.get("queue_s", 0.0), timing.get("compute_s", 0.0)
                 timing_rows = timing.get("batch_rows", rows)
                 payload, extra = encode_response(model.name, model.version, outputs, request)
@@ -189,14 +211,18 @@ class KServeHandler:
             response = _error(400, str(e))
         except Overloaded as e:
             response = _error(503, f"model {model.name!r} is overloaded: {e}", **{"retry-after": "1"})
+            self.traffic.ran(model, 503, 0.0)
         except TimedOut as e:
             response = _error(504, f"model {model.name!r} timed out: {e}")
+            self.traffic.ran(model, 504, time.perf_counter() - started)
         except TrtserveError as e:
             log.warning("%s: %s", model.name, e, extra={"request_id": request_id})
             response = _error(500, str(e))
+            self.traffic.ran(model, 500, time.perf_counter() - started)
         except Exception as e:  # an engine failure: this request fails, the replica keeps serving
             log.exception("inference failed", extra={"request_id": request_id, "model": model.name})
             response = _error(500, f"inference failed: {type(e).__name__}: {e}")
+            self.traffic.ran(model, 500, time.perf_counter() - started)
         finally:
             self.telemetry.in_flight(model, -1)
         seconds = time.perf_counter() - started

@@ -30,6 +30,7 @@ import psutil
 import yaml
 
 INGRESSES = ("haproxy", "proxy")
+RELOAD_CHECKS = 10  # x 0.5 s after stopping: HAProxy reloads started during shutdown
 STOP_TIMEOUT_S = 30.0
 
 
@@ -157,6 +158,7 @@ class LocalServe:
         if self.process is None:
             return
         ours = self.processes()
+        configs = _haproxy_configs(ours)  # now, while they still run
         self._watching.clear()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # serve run deletes the application and stops Ray
@@ -165,13 +167,12 @@ class LocalServe:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        left = [p for p in ours if p.is_running()]
-        for p in left:
-            _signal(p, signal.SIGTERM)
-        _, alive = psutil.wait_procs(left, timeout=10)
-        for p in alive:
-            _signal(p, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=10)
+        _end([p for p in ours if p.is_running()])
+        # An HAProxy reload started while the application shut down can appear after that: look again, a
+        # few times, for one on our config files.
+        for _ in range(RELOAD_CHECKS if configs else 0):
+            _end(_haproxies_on(configs, {p.pid for p in ours}))
+            time.sleep(0.5)
         if self._out not in (None, subprocess.DEVNULL):
             self._out.close()
         self.process = None
@@ -181,6 +182,38 @@ class LocalServe:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _haproxy_configs(processes: list[psutil.Process]) -> set[str]:
+    """The config files our HAProxies run on (`haproxy -f FILE`): only ours use them."""
+    configs = set()
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            args = p.cmdline()
+            if args and args[0].endswith("haproxy") and "-f" in args[:-1]:
+                configs.add(args[args.index("-f") + 1])
+    return configs
+
+
+def _haproxies_on(configs: set[str], known: set[int]) -> list[psutil.Process]:
+    """HAProxy reloads by starting a new process on the same config file (`-sf <old pid>`): one started
+    while the application shuts down is orphaned before it can be tracked, and found here by its file."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        args = p.info["cmdline"] or []
+        if p.pid not in known and args and args[0].endswith("haproxy") and configs & set(args):
+            found.append(p)
+    return found
+
+
+def _end(processes: list[psutil.Process]) -> None:
+    """SIGTERM, then SIGKILL what is still there after 10 s."""
+    for p in processes:
+        _signal(p, signal.SIGTERM)
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    for p in alive:
+        _signal(p, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=10)
 
 
 def _signal(process: psutil.Process, signum: int) -> None:

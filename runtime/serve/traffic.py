@@ -25,13 +25,13 @@ from runtime.serve.model import ServedModel
 
 log = logging.getLogger("trtserve.server")
 
-ANSWERED, MIRRORED = "answered", "mirrored"
+ANSWERED, RAN = "answered", "ran"  # what the client got; the model's own work, answered or mirrored
 
 
 class Traffic:
     def __init__(self, max_mirrored: int = 64) -> None:
         self.routing: dict[str, Routing] = {}
-        self.counts: dict[tuple[str, str, str], VersionCounts] = {}  # (model, version, answered|mirrored)
+        self.counts: dict[tuple[str, str, str], VersionCounts] = {}  # (model, version, answered|ran)
         self.agreement: dict[tuple[str, str, str], AgreementCounter] = {}  # (model, stable, candidate)
         self.dropped: dict[str, int] = {}  # model -> mirrored runs dropped
         self.max_mirrored = max_mirrored
@@ -62,7 +62,15 @@ class Traffic:
         return versions[route.answer], route
 
     def answered(self, model: ServedModel, status: int, seconds: float) -> None:
+        """A response to a client, as it saw it (the handler's whole time)."""
         self._counts(model, ANSWERED).observe(status, seconds * 1e3)
+
+    def ran(self, model: ServedModel, status: int, seconds: float) -> None:
+        """One run of the model: the engine call that computed it (the elapsed time for a failure). What a
+        rollout compares, measured alike for answered and mirrored runs: a mirrored run waits behind the
+        next requests, an answered one does not, so time in queues would say more about the mirroring
+        than about the version."""
+        self._counts(model, RAN).observe(status, seconds * 1e3)
 
     def mirror(
         self,
@@ -83,18 +91,18 @@ class Traffic:
         started = time.perf_counter()
         try:
             pending = other.batcher.submit(feed, other.work_of(feed), other.options.timeout_s)
-            theirs, _ = await pending
+            theirs, timing = await pending
         except Overloaded:  # the other version is behind: drop, do not queue more work on it
             self.dropped[answered.name] = self.dropped.get(answered.name, 0) + 1
             return
         except TimedOut:
-            self._counts(other, MIRRORED).observe(504, (time.perf_counter() - started) * 1e3)
+            self.ran(other, 504, time.perf_counter() - started)
             return
         except Exception:
             log.exception("mirrored run on %s failed", other.label)
-            self._counts(other, MIRRORED).observe(500, (time.perf_counter() - started) * 1e3)
+            self.ran(other, 500, time.perf_counter() - started)
             return
-        self._counts(other, MIRRORED).observe(200, (time.perf_counter() - started) * 1e3)
+        self.ran(other, 200, timing.get("compute_s", 0.0))
         routing = self.routing.get(answered.name)
         if routing is None or routing.candidate is None:
             return

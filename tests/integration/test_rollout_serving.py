@@ -32,7 +32,8 @@ def test_a_canary_from_user_config_answers_from_both_versions(tmp_path):
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     x = np.array([[1.0, 2.0, 3.0]], np.float32)
-    with LocalServe(config, log_path=tmp_path / "serve.log"):
+    # Ray's Python proxy: HAProxy binds fixed stats ports (8404, 9101) that another server may hold.
+    with LocalServe(config, ingress="proxy", log_path=tmp_path / "serve.log"):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         tensor = httpclient.InferInput("x", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)

@@ -46,6 +46,12 @@ def test_p99_relative_to_stable_and_absolute():
     assert verdict.outcome == "fail" and "above 25 ms" in verdict.reasons[0]
 
 
+def test_p99_differences_within_the_slack_are_noise():
+    fast = VersionWindow(1000, 0, 1.1)
+    assert judge(VersionWindow(200, 0, 1.9), fast, AGREE, LIMITS).outcome == "pass"  # 1.7x, but 0.8 ms
+    assert judge(VersionWindow(200, 0, 3.5), fast, AGREE, LIMITS).outcome == "fail"  # 3.2x and 2.4 ms
+
+
 def test_disagreeing_outputs_fail():
     verdict = judge(VersionWindow(200, 0, 20.0), STABLE, Agreement(500, 480), LIMITS)
     assert verdict.outcome == "fail" and "agree on 96.00% of 500 compared, below 99.00%" in verdict.reasons[0]

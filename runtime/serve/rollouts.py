@@ -1,0 +1,226 @@
+"""The rollouts' one decision-maker: a deployment of its own (no CPU reserved, so it fits beside replicas
+that take every core) that holds each model's rollout, judges its intervals from what every replica
+reports, and carries out the commands of `trtserve rollout`.
+
+Replicas report their cumulative traffic counts every half second and get the rollouts back with a
+generation number; a replica applies a generation it has not applied yet (runtime.serve.versions) and
+says so in its next report, so a command can wait until every live replica routes as it says. The
+rollouts are checkpointed in Ray's GCS key-value store after every change, so a restarted
+decision-maker resumes them; replicas started later get them from their first report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from runtime.engine.errors import TrtserveError
+from runtime.engine.manifest import read_manifest
+from runtime.engine.repository import version_dir
+from runtime.rollout.analysis import Thresholds
+from runtime.rollout.intervals import interval_figures
+from runtime.rollout.steps import Rollout, RolloutError, RolloutSpec
+
+log = logging.getLogger("trtserve.rollouts")
+
+LIVE_S = 5.0  # a replica that reported within this long is live
+TICK_S = 0.5
+NAMESPACE = "trtserve"
+
+
+def _kv():
+    try:
+        from ray.experimental import internal_kv
+
+        return internal_kv if internal_kv._internal_kv_initialized() else None
+    except ImportError:
+        return None
+
+
+@serve.deployment(name="trtserve-rollouts", num_replicas=1, ray_actor_options={"num_cpus": 0})
+class RolloutController:
+    def __init__(self, stable: dict[str, str], repositories: dict[str, str]) -> None:
+        self._key = f"rollouts/{serve.get_replica_context().app_name}".encode()
+        self._configured = dict(stable)  # model -> the version the app's args serve
+        self._repositories = {name: Path(path) for name, path in repositories.items()}
+        self.rollouts: dict[str, Rollout] = {}
+        self.generation = 0
+        self._latest: dict[str, tuple[float, int, dict[str, dict]]] = {}  # replica -> (when, generation, reports)
+        self._at_start: dict[str, dict[str, dict]] = {}  # model -> replica -> report at the interval's start
+        self._restore()
+        self._loop: asyncio.Task | None = None
+
+    # --- replicas ---------------------------------------------------------------------------------------
+
+    async def report(self, replica: str, applied: int, reports: dict[str, dict]) -> dict[str, Any]:
+        self._ensure_loop()
+        self._latest[replica] = (time.monotonic(), applied, reports)
+        return {
+            "generation": self.generation,
+            "rollouts": {m: r.model_dump(mode="json") for m, r in self.rollouts.items()},
+        }
+
+    # --- commands ---------------------------------------------------------------------------------------
+
+    async def command(self, model: str, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Carry out a `trtserve rollout` command: (HTTP status, body)."""
+        self._ensure_loop()
+        try:
+            if model not in self._configured:
+                raise RolloutError(f"this application serves no model {model!r}")
+            now = time.time()
+            if action == "status":
+                return {"status": 200, "body": self.status(model)}
+            if action == "history":
+                rollout = self._rollout(model)
+                return {"status": 200, "body": [e.model_dump(mode="json") for e in rollout.history]}
+            if action == "start":
+                rollout = self._start(model, args, now)
+            else:
+                current = self._rollout(model)
+                if action == "pause":
+                    rollout = current.pause(now)
+                elif action == "resume":
+                    rollout = current.resume(now)
+                elif action == "promote":
+                    rollout = current.promote(now)
+                elif action == "rollback":
+                    rollout = current.rollback(now, args.get("reason") or "rolled back by hand")
+                else:
+                    raise RolloutError(f"unknown action {action!r}")
+            self._set(model, rollout)
+            applied = await self._wait_applied(timeout_s=float(args.get("timeout_s", 10.0)))
+            return {"status": 200, "body": {**self.status(model), "applied_everywhere": applied}}
+        except (RolloutError, TrtserveError, ValueError) as e:
+            return {"status": 409 if isinstance(e, RolloutError) else 400, "body": {"error": str(e)}}
+
+    def status(self, model: str) -> dict[str, Any]:
+        rollout = self.rollouts.get(model)
+        if rollout is None:
+            return {
+                "model": model,
+                "stable": self._stable(model),
+                "candidate": None,
+                "strategy": None,
+                "state": None,
+                "weight": 0.0,
+                "reason": "",
+                "intervals": [],
+            }
+        return {
+            "model": model,
+            "stable": rollout.spec.stable,
+            "candidate": rollout.spec.candidate,
+            "strategy": rollout.spec.strategy,
+            "state": rollout.state,
+            "step": rollout.step,
+            "steps": rollout.spec.steps,
+            "weight": rollout.weight,
+            "serving": rollout.routing().stable,
+            "failures": rollout.failures,
+            "reason": rollout.reason,
+            "intervals": rollout.intervals,
+        }
+
+    def _start(self, model: str, args: dict[str, Any], now: float) -> Rollout:
+        current = self.rollouts.get(model)
+        if current is not None and not current.ended:
+            raise RolloutError(f"a rollout of {model} to version {current.spec.candidate} is {current.state}")
+        stable = self._stable(model)
+        candidate = str(args["to"])
+        directory = version_dir(self._repositories[model], model, candidate)  # ArtifactError: not there
+        thresholds = Thresholds(**{k: args[k] for k in Thresholds.model_fields if args.get(k) is not None})
+        options = {
+            k: args[k]
+            for k in ("strategy", "steps", "interval_s", "failure_limit", "shadow_percent")
+            if args.get(k) is not None
+        }
+        spec = RolloutSpec(model=model, stable=stable, candidate=candidate, thresholds=thresholds, **options)
+        failed = [f"{p.backend} {p.precision}" for p in read_manifest(directory).parity if not p.passed]
+        if failed:
+            return Rollout.refuse(spec, now, f"gate: version {candidate}'s parity failed for {', '.join(failed)}")
+        return Rollout.begin(spec, now)
+
+    def _rollout(self, model: str) -> Rollout:
+        if model not in self.rollouts:
+            raise RolloutError(f"{model}: no rollout has been started")
+        return self.rollouts[model]
+
+    def _stable(self, model: str) -> str:
+        rollout = self.rollouts.get(model)
+        return rollout.routing().stable if rollout is not None else self._configured[model]
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def _ensure_loop(self) -> None:
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.tick(time.time())
+            except Exception:
+                log.exception("rollout analysis failed; trying again")
+            await asyncio.sleep(TICK_S)
+
+    def tick(self, now: float) -> None:
+        for model, rollout in list(self.rollouts.items()):
+            if not rollout.due(now):
+                continue
+            spec = rollout.spec
+            latest = {replica: reports.get(model, {}) for replica, (_, _, reports) in self._latest.items()}
+            candidate, stable, agreement, _ = interval_figures(
+                latest, self._at_start.get(model, {}), spec.stable, spec.candidate
+            )
+            self._set(model, rollout.judge(candidate, stable, agreement, now))  # a new interval: counted from now
+
+    # --- state --------------------------------------------------------------------------------------
+
+    def _set(self, model: str, rollout: Rollout) -> None:
+        before = self.rollouts.get(model)
+        self.rollouts[model] = rollout
+        if before is None or before.routing() != rollout.routing() or before.state != rollout.state:
+            self.generation += 1
+            if before is None or before.state != rollout.state:
+                log.info("%s: rollout %s (%s)", model, rollout.state, rollout.reason)
+        if before is None or rollout.interval_started != before.interval_started:
+            self._at_start[model] = {r: reports.get(model, {}) for r, (_, _, reports) in self._latest.items()}
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        kv = _kv()
+        if kv is None:
+            return
+        doc = {
+            "generation": self.generation,
+            "rollouts": {m: r.model_dump(mode="json") for m, r in self.rollouts.items()},
+        }
+        kv._internal_kv_put(self._key, json.dumps(doc).encode(), overwrite=True, namespace=NAMESPACE)
+
+    def _restore(self) -> None:
+        kv = _kv()
+        raw = kv._internal_kv_get(self._key, namespace=NAMESPACE) if kv is not None else None
+        if not raw:
+            return
+        doc = json.loads(raw)
+        self.rollouts = {m: Rollout.model_validate(r) for m, r in doc["rollouts"].items()}
+        self.generation = int(doc["generation"]) + 1  # replicas apply it again: harmless
+        log.info("resumed rollouts of %s", ", ".join(self.rollouts) or "nothing")
+
+    async def _wait_applied(self, timeout_s: float) -> bool:
+        """Until every replica that reported within LIVE_S has applied this generation."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            live = [applied for (when, applied, _) in self._latest.values() if now - when < LIVE_S]
+            if live and all(applied >= self.generation for applied in live):
+                return True
+            await asyncio.sleep(0.1)
+        return False
