@@ -66,17 +66,6 @@ class Event(_Record):
     figures: dict = Field(default_factory=dict)
 
 
-class Window(_Record):
-    """VersionWindow as stored: stable's reference figures for intervals in which it answers nothing."""
-
-    requests: int
-    server_errors: int
-    p99_ms: float | None
-
-    def window(self) -> VersionWindow:
-        return VersionWindow(self.requests, self.server_errors, self.p99_ms)
-
-
 class Rollout(_Record):
     spec: RolloutSpec
     state: State = "progressing"
@@ -86,7 +75,7 @@ class Rollout(_Record):
     interval_started: float
     previous: str | None = None  # after promotion: the old stable, kept warm until previous_until
     previous_until: float | None = None
-    reference: Window | None = None
+    reference: VersionWindow | None = None  # stable's figures from the last interval it answered itself
     intervals: list[dict] = Field(default_factory=list)  # each judged interval's outcome and figures
     history: list[Event] = Field(default_factory=list)
 
@@ -141,13 +130,11 @@ class Rollout(_Record):
         if self.state != "progressing":
             raise RolloutError(f"{self.spec.model}: the rollout is {self.state}; only a progressing one is judged")
         stable_answers = self.weight < 100
-        reference = stable if stable_answers or self.reference is None else self.reference.window()
+        reference = stable if stable_answers or self.reference is None else self.reference
         verdict = judge(candidate, reference, agreement, self.spec.thresholds)
         update: dict = {"intervals": [*self.intervals, _interval(self, verdict, now)]}
         if stable_answers and stable.requests:
-            update["reference"] = Window(
-                requests=stable.requests, server_errors=stable.server_errors, p99_ms=stable.p99_ms
-            )
+            update["reference"] = stable
         if verdict.outcome == "extend":
             return self.model_copy(update=update)  # the same interval goes on: more traffic, then judged again
         update["interval_started"] = now

@@ -84,10 +84,7 @@ class KServeHandler:
         """The version a path names, or the one answering for the model now (stable, during a rollout)."""
         versions = self._versions(name)
         if version is None:
-            routing = self.traffic.routing.get(name)
-            if routing is not None and routing.stable in versions:
-                return versions[routing.stable]
-            return versions[max(versions, key=int)]
+            return self.traffic.serving(name, versions)
         if version not in versions:
             raise LookupError(f"model {name!r} has no version {version!r}; serving {', '.join(sorted(versions))}")
         return versions[version]

@@ -59,12 +59,13 @@ class RolloutController:
     # --- replicas ---------------------------------------------------------------------------------------
 
     async def report(self, replica: str, applied: int, reports: dict[str, dict]) -> dict[str, Any]:
+        """Store a replica's counts; the rollouts back only when it has not applied this generation yet."""
         self._ensure_loop()
         self._latest[replica] = (time.monotonic(), applied, reports)
-        return {
-            "generation": self.generation,
-            "rollouts": {m: r.model_dump(mode="json") for m, r in self.rollouts.items()},
-        }
+        if applied == self.generation:
+            return {"generation": self.generation}
+        rollouts = {m: r.model_dump(mode="json") for m, r in self.rollouts.items()}
+        return {"generation": self.generation, "rollouts": rollouts}
 
     # --- commands ---------------------------------------------------------------------------------------
 

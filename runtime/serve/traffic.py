@@ -52,14 +52,21 @@ class Traffic:
             return versions[pinned], Route(pinned)
         routing = self.routing.get(name)
         if routing is None or routing.stable not in versions:
-            latest = max(versions, key=int)
-            return versions[latest], Route(latest)
+            serving = self.serving(name, versions)
+            return serving, Route(serving.version)
         route = routing.route(key)
         if route.answer not in versions:
             route = Route(routing.stable)
         if route.mirror is not None and route.mirror not in versions:
             route = Route(route.answer)
         return versions[route.answer], route
+
+    def serving(self, name: str, versions: Mapping[str, ServedModel]) -> ServedModel:
+        """The version answering for the model as a whole: stable while it is loaded, else the latest."""
+        routing = self.routing.get(name)
+        if routing is not None and routing.stable in versions:
+            return versions[routing.stable]
+        return versions[max(versions, key=int)]
 
     def answered(self, model: ServedModel, status: int, seconds: float) -> None:
         """A response to a client, as it saw it (the handler's whole time)."""
