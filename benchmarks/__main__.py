@@ -20,6 +20,7 @@ COMMANDS = {
     "validate": "validate",
     "compare": "compare",
     "autoscale": "autoscale",
+    "rollout": "rollout",
     "pack": "packing",
     "load": "load",
     "gpu-check": "gpu_check",

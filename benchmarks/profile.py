@@ -90,6 +90,7 @@ def _time_point(engine, feed: dict, sizes: dict[str, int], warmup: int, repeats:
         "median_ms": round(float(np.median(ms)), 4),
         "p10_ms": round(float(np.percentile(ms, 10)), 4),
         "p90_ms": round(float(np.percentile(ms, 90)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),  # what a rollout's latency budget gate reads
         "rows_per_s": round(sizes["batch"] / float(np.median(ms)) * 1e3, 1),
     }
 

@@ -5,6 +5,7 @@ measured is written once, in the README's Benchmarks section."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ def render(results: Path, output: Path) -> str:
         ("serving.json", _serving),
         ("compare.json", _compare),
         ("autoscale.json", _autoscale),
+        ("rollout.json", _rollout),
     )
     for name, section in sections[:3]:
         if (results / name).exists():
@@ -331,6 +333,62 @@ def _autoscale(data: dict) -> list[str]:
         f"{data['machine']['cores']} cores shared by every replica, the ingress and the load generator.",
         "",
     ]
+
+
+def _rollout(data: dict) -> list[str]:
+    shadow, bad, moves = data["shadow"], data["bad_candidate"], data["transitions"]
+    limit = data["failure_limit"] + targets.ROLLBACK_EXTRA_INTERVALS
+    cost = targets.SHADOW_COST
+    steps = ", ".join(f"{s['step']} ({s['state']})" for s in moves["steps"])
+    canary = ", ".join(f"{i['weight']:g} % {i['outcome']}" for i in moves["canary_intervals"])
+    return [
+        "## Model updates: shadow cost, automatic rollback, transitions",
+        "",
+        _machine(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks rollout`. cnn v1 stable, one replica; open loop, Poisson, at "
+        f"{shadow['rate_rps']:.0f} req/s (half of the {data['stable_capacity_rps']:.0f} req/s the stable path "
+        f"sustains alone, closed loop at c=16). Shadow: {shadow['pairs']} pairs of {shadow['window_s']:g} s windows "
+        "without and with shadow 100 % to an identical v2, alternating which runs first; the medians of the "
+        f"pairs' on/off ratios. Rollback: canary to a bad v3 (classifier rows permuted) judged every "
+        f"{data['interval_s']:g} s, failure_limit {data['failure_limit']}, min_requests {data['min_requests']}.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        _row(
+            f"shadow 100 % costs stable's p50 at most {cost:.0%}",
+            f"x{shadow['p50_ratio_median']:.3f} (median of {shadow['pairs']} pairs)",
+            shadow["p50_ratio_median"] <= 1 + cost,
+        ),
+        _row(
+            f"... and its throughput at most {cost:.0%}",
+            f"x{shadow['throughput_ratio_median']:.3f}; {shadow['mirrored_share_median']:.0%} of requests mirrored",
+            shadow["throughput_ratio_median"] >= 1 - cost,
+        ),
+        _row(
+            f"a bad candidate rolled back within failure_limit + {targets.ROLLBACK_EXTRA_INTERVALS} = {limit} "
+            "intervals",
+            f"{bad['state']} after {bad['intervals_to_rollback']} intervals ({bad['seconds_to_rollback']:.1f} s): "
+            f"{bad['reason']}",
+            bad["state"] == "rolled_back" and bad["intervals_to_rollback"] <= limit,
+        ),
+        _row(
+            "0 non-200 responses through every transition",
+            f"{data['non_200']} of {sum(data['statuses'].values())} (statuses {data['statuses']})",
+            data["non_200"] == 0,
+        ),
+        "",
+        f"Stable's p50 in the shadow-off windows {_median_p50(shadow, False):.2f} ms, shadow-on "
+        f"{_median_p50(shadow, True):.2f} ms: at 100 % every request also runs the model a second time on the "
+        f"same {data['machine']['cores']} cores, which the replica, the ingress and the load generator share.",
+        "",
+        f"Transitions under load: {steps}. The canary to the identical v2 was judged: {canary}.",
+        "",
+    ]
+
+
+def _median_p50(shadow: dict, on: bool) -> float:
+    return statistics.median(w["p50_ms"] for w in shadow["windows"] if w["shadow"] is on)
 
 
 def _alone(directory: Path, model: str, batch: int) -> str:

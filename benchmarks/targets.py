@@ -27,3 +27,7 @@ AUTOSCALE_REACH_S = 30.0  # the memory-permitted replica count within this many 
 # The GPU path (`gpu-check`, on a machine with an NVIDIA GPU and TensorRT).
 GPU_TRT_FP16_VS_EAGER = 3.0  # TensorRT fp16 at least this many times torch eager's calls/s at batch 32
 GPU_RUNTIME_OVERHEAD = 0.05  # Engine.infer at most this much slower than the engine alone (TensorRTEngine.replay)
+
+# Model updates under steady load on cnn (`rollout`).
+SHADOW_COST = 0.10  # shadow at 100 % costs the stable path at most this much of its p50 and throughput
+ROLLBACK_EXTRA_INTERVALS = 1  # a bad candidate is rolled back within failure_limit + this many intervals

@@ -12,6 +12,7 @@ import numpy as np
 from convert import precision as precision_variants
 from convert.config import PRECISIONS, ModelConfig, load_config, resolve_callable
 from convert.errors import BackendUnavailable, ConfigError, ExportError, ParityFailed
+from convert.evaluate import evaluate_build
 from convert.export import export_model
 from convert.package import git_commit, next_version, publish, staging_dir, toolchain, utc_now, write_json
 from convert.parity import ParityResult, compare, format_table
@@ -111,6 +112,7 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
 
         _save_samples(staging / PARITY_SAMPLES, feeds, references)
         preprocessing = _package_preprocessing(staging, preprocessors)
+        evaluation = evaluate_build(config, staging, signature, engines)
         parity = [r.record() for r in results]
         write_json(
             staging / PARITY,
@@ -151,6 +153,7 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
                     "max_queue_delay_ms": config.serving.max_queue_delay_ms,
                     "pad": config.serving.pad,
                 },
+                "evaluation": evaluation,
             },
         )
         final = publish(staging, model_dir, version)

@@ -18,6 +18,7 @@ from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, model
 
 from convert.errors import ConfigError
 from runtime.engine import dtypes
+from runtime.engine.evaluation import METRICS
 from runtime.engine.schema import (
     CallableRef,
     Name,
@@ -122,6 +123,18 @@ class Preprocessing(Schema):
     tokenizer: CallableRef | None = None  # callable() -> tokenizer files to package
 
 
+class Evaluation(Schema):
+    """A labelled eval set, packaged with every build and scored by it: a rollout's eval gate refuses a
+    candidate scoring below its stable version's score minus `margin`."""
+
+    # callable() -> {"inputs": {name: array}, "labels": array}, or an .npz (one array per input, plus
+    # `labels`) relative to the config's directory
+    data: str
+    metric: Annotated[str, one_of(tuple(METRICS), "metric")] = "accuracy"
+    output: Name | None = None  # default: the first output
+    margin: NonNegative = 0.0
+
+
 class Serving(Schema):
     max_batch_size: PositiveInt | None = None  # default: dims.batch.max
     max_queue_delay_ms: NonNegative = 5.0
@@ -146,6 +159,7 @@ class ModelConfig(Schema):
     ]
     tolerance: Tolerances
     serving: Serving = Serving()
+    evaluation: Evaluation | None = None
     _path: Path = PrivateAttr(default=Path("?"))
 
     @model_validator(mode="after")
@@ -189,6 +203,8 @@ class ModelConfig(Schema):
                 f"{self.serving.max_batch_size} exceeds dims.batch.max ({batch_max}), which engines are built for",
                 "serving.max_batch_size",
             )
+        if self.evaluation is not None and self.evaluation.output is not None and self.evaluation.output not in outputs:
+            raise invalid(f"unknown output; expected one of {', '.join(outputs)}", "evaluation.output")
         for dim, values in self.serving.pad.items():
             key = f"serving.pad.{dim}"
             if dim not in self.dims or dim == BATCH:

@@ -175,6 +175,12 @@ def render(info: dict) -> str:
         )
     if m.get("preprocessing"):
         lines.append("  preprocessing: " + ", ".join(m["preprocessing"]))
+    if m.get("evaluation"):
+        ev = m["evaluation"]
+        lines.append(
+            f"  evaluation: {ev['metric']} of {ev['output']} {ev['value']:.4f} on {ev['rows']} labelled rows "
+            f"({ev['backend']} {ev['precision']}); rollout gate margin {ev['margin']:g}"
+        )
     lines.append(
         f"  serving: max_batch_size {m['serving']['max_batch_size']}, "
         f"max_queue_delay_ms {m['serving']['max_queue_delay_ms']}"

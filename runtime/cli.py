@@ -20,6 +20,10 @@ from pathlib import Path
 from runtime.engine.errors import TrtserveError
 
 
+class UsageError(TrtserveError):
+    exit_code = 2
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors exit 2 with one line, as argparse does
         self.print_usage(sys.stderr)
@@ -94,6 +98,12 @@ def _rollout_parser(sub) -> None:
             p.add_argument("--max-p99-ms", type=float, help="the candidate's p99, absolute (none)")
             p.add_argument("--min-agreement", type=float, help="outputs within tolerance (0.99)")
             p.add_argument("--shadow-percent", type=float, help="requests shadowed (shadow, bluegreen: 100)")
+            p.add_argument(
+                "--latency-budget-ms",
+                type=float,
+                help="gate: the candidate engine's p99 at the serving batch limit, from --profile (none)",
+            )
+            p.add_argument("--profile", type=Path, help="`python -m benchmarks profile` output for the candidate")
             p.add_argument("--wait", action="store_true", help="until it ends: 0 promoted, 1 rolled back or refused")
 
 
@@ -118,6 +128,8 @@ def _rollout(args) -> int:
             print(_summary(result))
         return 0
     options = {k: v for k, v in vars(args).items() if k not in ("command", "action", "model", "url", "json", "wait")}
+    if args.action == "start":
+        options["profile"] = _profile(args.profile, args.latency_budget_ms)
     result = client.command(args.url, args.model, args.action, **options)
     print(_summary(result))
     if args.action == "start" and result.get("state") == "refused":
@@ -127,6 +139,18 @@ def _rollout(args) -> int:
         print(_summary(result))
         return 0 if result["state"] == "promoted" else 1
     return 0
+
+
+def _profile(path: Path | None, budget_ms: float | None) -> dict | None:
+    """The profile report a latency budget is judged on; a usage error when one is missing or unreadable."""
+    if budget_ms is None:
+        return None
+    if path is None:
+        raise UsageError("--latency-budget-ms needs --profile, a `python -m benchmarks profile` report")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--profile {path}: {e}") from None
 
 
 def _summary(status: dict) -> str:

@@ -107,6 +107,20 @@ class Packaged(_Record):
     files: list[str]
 
 
+class Evaluation(_Record):
+    """The version's score on the labelled eval set packaged with it (runtime.engine.evaluation)."""
+
+    metric: str  # accuracy | cosine
+    output: str  # the output the metric is taken on
+    value: float
+    rows: int
+    margin: float  # a rollout's eval gate passes a candidate scoring at least stable's value minus this
+    file: str  # the eval set, in `files`
+    data_sha256: str
+    backend: str  # the engine that scored it
+    precision: str
+
+
 class Serving(_Record):
     max_batch_size: int
     max_queue_delay_ms: float
@@ -130,6 +144,7 @@ class Manifest(_Record):
     parity: list[ParityRecord]
     preprocessing: dict[str, Packaged] | None  # e.g. {"tokenizer": {"files": [...]}}
     serving: Serving
+    evaluation: Evaluation | None = None  # when the model config declares an eval set
 
     @property
     def signature(self) -> Signature:

@@ -8,14 +8,15 @@ output of shape [batch, classes]) top-1 agreement is counted as well.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 
 from runtime.engine.manifest import Manifest
-from runtime.engine.parity import OutputStats
 from runtime.rollout.analysis import Agreement
+
+_TINY = float(np.finfo(np.float32).tiny)  # as runtime.engine.parity divides by |reference|
 
 
 @dataclass(frozen=True)
@@ -71,23 +72,60 @@ class AgreementCounter:
         limits: Mapping[str, Tolerance],
     ) -> bool:
         """Count one request's two answers; True when they agree."""
-        agreed = True
+        return bool(self.add_many([(stable, candidate)], limits)[0])
+
+    def add_many(
+        self,
+        pairs: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]],
+        limits: Mapping[str, Tolerance],
+    ) -> np.ndarray:
+        """Count many requests' (stable, candidate) answers at once, each request judged on its own as
+        OutputStats judges one (an element fails when beyond both atol and rtol; NaN or Inf fails; a shape
+        that differs fails): one pass of numpy per output and shape, not one per request. Which agreed."""
+        agreed = np.ones(len(pairs), dtype=bool)
         for name, tolerance in limits.items():
-            if name not in stable or name not in candidate:
-                continue
-            ours, theirs = np.asarray(candidate[name]), np.asarray(stable[name])
-            stats = OutputStats(tolerance.atol, tolerance.rtol)
-            stats.add(ours, theirs)
-            agreed = agreed and stats.passed
-            self.max_abs = max(self.max_abs, stats.max_abs)
-            self.min_cosine = min(self.min_cosine, stats.min_cosine)
-            if ours.shape == theirs.shape and ours.ndim == 2 and ours.shape[1] > 1 and ours.dtype.kind == "f":
-                rows = ours.shape[0]
-                self.top1_compared += rows
-                self.top1_agreed += int((ours.argmax(axis=1) == theirs.argmax(axis=1)).sum())
-        self.compared += 1
-        self.agreed += int(agreed)
+            groups: dict[tuple, list[int]] = {}
+            for i, (stable, candidate) in enumerate(pairs):
+                if name not in stable or name not in candidate:
+                    continue
+                ours, theirs = np.asarray(candidate[name]), np.asarray(stable[name])
+                if ours.shape != theirs.shape or ours.ndim == 0:
+                    agreed[i] = False
+                    continue
+                groups.setdefault((ours.shape[1:], ours.dtype.kind), []).append(i)
+            for (shape, kind), members in groups.items():
+                agreed[members] &= self._compare(name, pairs, members, shape, kind, tolerance)
+        self.compared += len(pairs)
+        self.agreed += int(agreed.sum())
         return agreed
+
+    def _compare(self, name, pairs, members, shape, kind, tolerance: Tolerance) -> np.ndarray:
+        """Whether each member request's output `name` agrees (all of one trailing shape)."""
+        rows = np.array([len(pairs[i][1][name]) for i in members])
+        ours = np.concatenate([np.asarray(pairs[i][1][name]) for i in members]).reshape(rows.sum(), -1)
+        theirs = np.concatenate([np.asarray(pairs[i][0][name]) for i in members]).reshape(rows.sum(), -1)
+        ours64, theirs64 = ours.astype(np.float64), theirs.astype(np.float64)
+        finite = np.isfinite(ours64) & np.isfinite(theirs64)
+        ours64, theirs64 = np.where(finite, ours64, 0.0), np.where(finite, theirs64, 0.0)
+        diff = np.abs(ours64 - theirs64)
+        rel = diff / np.maximum(np.abs(theirs64), _TINY)
+        bad_rows = (((diff > tolerance.atol) & (rel > tolerance.rtol)) | ~finite).any(axis=1)
+        starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
+        has_rows = rows > 0
+        bad = np.zeros(len(members), dtype=bool)
+        if has_rows.any():
+            bad[has_rows] = np.add.reduceat(bad_rows, starts[has_rows]) > 0
+            self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+            dot, n1, n2 = (np.add.reduceat(v, starts[has_rows]) for v in _row_products(ours64, theirs64))
+            norms = np.sqrt(n1 * n2)
+            cosine = np.where(
+                norms > 0, dot / np.where(norms > 0, norms, 1.0), np.where((n1 == 0) & (n2 == 0), 1.0, 0.0)
+            )
+            self.min_cosine = min(self.min_cosine, float(cosine.min()))
+        if len(shape) == 1 and shape[0] > 1 and kind == "f":  # a classifier's [batch, classes]
+            self.top1_compared += int(rows.sum())
+            self.top1_agreed += int((ours.argmax(axis=1) == theirs.argmax(axis=1)).sum())
+        return ~bad
 
     def since(self, earlier: AgreementCounter) -> AgreementCounter:
         """What was counted after `earlier` (a copy taken then); extremes are those of the whole span."""
@@ -109,3 +147,8 @@ class AgreementCounter:
             "max_abs": self.max_abs,
             "min_cosine": self.min_cosine,
         }
+
+
+def _row_products(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: a.b, a.a, b.b (summed per request, they give each request's cosine similarity)."""
+    return np.einsum("ij,ij->i", a, b), np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b)

@@ -80,13 +80,17 @@ class Rollout(_Record):
     history: list[Event] = Field(default_factory=list)
 
     @classmethod
-    def begin(cls, spec: RolloutSpec, now: float, by: str = "cli") -> Rollout:
-        event = Event(at=now, state="progressing", by=by, reason=f"{spec.strategy} to version {spec.candidate}")
+    def begin(cls, spec: RolloutSpec, now: float, by: str = "cli", figures: dict | None = None) -> Rollout:
+        """Started, with the gates' figures (the candidate passed them) in its first event."""
+        reason = f"{spec.strategy} to version {spec.candidate}"
+        event = Event(at=now, state="progressing", by=by, reason=reason, figures=figures or {})
         return cls(spec=spec, interval_started=now, history=[event])
 
     @classmethod
-    def refuse(cls, spec: RolloutSpec, now: float, reason: str, by: str = "gate") -> Rollout:
-        event = Event(at=now, state="refused", by=by, reason=reason)
+    def refuse(
+        cls, spec: RolloutSpec, now: float, reason: str, by: str = "gate", figures: dict | None = None
+    ) -> Rollout:
+        event = Event(at=now, state="refused", by=by, reason=reason, figures=figures or {})
         return cls(spec=spec, state="refused", reason=reason, interval_started=now, history=[event])
 
     @property
@@ -132,7 +136,11 @@ class Rollout(_Record):
         stable_answers = self.weight < 100
         reference = stable if stable_answers or self.reference is None else self.reference
         verdict = judge(candidate, reference, agreement, self.spec.thresholds)
-        update: dict = {"intervals": [*self.intervals, _interval(self, verdict, now)]}
+        intervals = list(self.intervals)
+        last = intervals[-1] if intervals else None
+        if last is not None and last["outcome"] == "extend" and last["started"] == self.interval_started:
+            intervals.pop()  # the same interval judged again: one record per interval, whatever its length
+        update: dict = {"intervals": [*intervals, _interval(self, verdict, now)]}
         if stable_answers and stable.requests:
             update["reference"] = stable
         if verdict.outcome == "extend":

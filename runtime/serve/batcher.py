@@ -5,6 +5,9 @@ arriving and queueing while a batch runs; when the engine frees up, everything q
 batch limit) goes in the next call. It waits up to max_queue_delay only while more requests are
 already on their way in (decoding, tokenizing), never when nothing else is coming: batching adds no
 latency at concurrency 1.
+
+Background work (a rollout's mirrored runs, whose answers nobody waits for; `enqueue_background`) never
+runs on the event loop, however small, and has no deadline: it is bounded by whoever queues it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class _Item:
     future: asyncio.Future
     enqueued: float
     timing: dict = field(default_factory=dict)
+    background: bool = False  # a mirrored run (runtime.serve.traffic): nobody waits for its answer
 
 
 @dataclass
@@ -120,20 +124,28 @@ class DynamicBatcher:
         """Context manager a handler holds while decoding a request, so the batcher knows one is coming."""
         return _Arriving(self)
 
+    def enqueue_background(self, feed: Mapping[str, np.ndarray], work: batching.Work) -> asyncio.Future:
+        """Queue a run nobody waits for; its future gives (outputs, timing). Overloaded when the queue is full."""
+        return self._enqueue(feed, work, background=True).future
+
     async def submit(self, feed: Mapping[str, np.ndarray], work: batching.Work, timeout_s: float | None):
-        if self._queued_rows + work.rows > self.max_queued_rows:
-            raise Overloaded(f"{self._queued_rows} rows are queued (limit {self.max_queued_rows}); retry later")
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop())
-        item = _Item(feed, work, asyncio.get_running_loop().create_future(), time.perf_counter())
-        self._queue.append(item)
-        self._queued_rows += work.rows
-        self._wake.set()
+        item = self._enqueue(feed, work)
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
         except asyncio.TimeoutError:
             item.future.cancel()  # the loop skips it if it has not started; a running batch just drops it
             raise TimedOut(f"no result within {timeout_s:.3g} s") from None
+
+    def _enqueue(self, feed: Mapping[str, np.ndarray], work: batching.Work, background: bool = False) -> _Item:
+        if self._queued_rows + work.rows > self.max_queued_rows:
+            raise Overloaded(f"{self._queued_rows} rows are queued (limit {self.max_queued_rows}); retry later")
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        item = _Item(feed, work, asyncio.get_running_loop().create_future(), time.perf_counter(), background=background)
+        self._queue.append(item)
+        self._queued_rows += work.rows
+        self._wake.set()
+        return item
 
     async def _loop(self) -> None:
         while True:
@@ -185,7 +197,8 @@ class DynamicBatcher:
             try:
                 feed = batching.stack([m.feed for m in members], self._signature, group.sizes, self._pad_values)
                 stacked = time.perf_counter()
-                if self._s_per_row * group.rows < self.INLINE_MAX_S:
+                inline = self._s_per_row * group.rows < self.INLINE_MAX_S
+                if inline and not all(m.background for m in members):
                     outputs, engine_s = self._timed_run(feed)
                 else:
                     outputs, engine_s = await loop.run_in_executor(self._executor, self._timed_run, feed)
@@ -255,4 +268,6 @@ class DynamicBatcher:
     def close(self) -> None:
         if self._task:
             self._task.cancel()
+        for item in self._queue:  # nothing will run them now
+            item.future.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -94,8 +94,11 @@ class Placement(Schema):
 
     headroom: NonNegative = 0.2  # reserve the measured need x (1 + headroom)
     measure: bool = True
-    host_mb: Positive | None = None  # the need, given instead of measured
+    host_mb: Positive | None = None  # the whole need (rollouts included), given instead of measured
     device_mb: Positive | None = None
+    # Room for this many versions of each model at once: 2 holds a rollout's stable and candidate, both
+    # warm (each extra version counted as the measured footprint of the served one); 1 plans no rollouts.
+    versions_per_model: Annotated[int, Field(ge=1, le=4)] = 2
 
 
 class AppArgs(Schema):

@@ -4,11 +4,12 @@ both drive it through `handle`."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -125,7 +126,8 @@ class KServeHandler:
             return await self._rollout(method, match["name"], body)
         try:
             if rest == "/infer":
-                # Sticky on the request's id: the client's X-Request-ID (Ray Serve passes it on as its own).
+                # Sticky on the request's key: its X-Request-ID (Ray Serve passes it on as its own) until the
+                # body is read, then the body's "id" where it has one (_infer routes again on it).
                 versions = self._versions(match["name"])
                 model, route = self.traffic.route(match["name"], versions, request_id, match["version"])
             else:
@@ -136,7 +138,8 @@ class KServeHandler:
             if method != "POST":
                 return _error(405, "infer takes POST")
             mirror = self.models[model.name].get(route.mirror) if route.mirror else None
-            return await self._infer(model, headers, body, request_id, mirror)
+            reroute = None if match["version"] else functools.partial(self._reroute, model.name, versions)
+            return await self._infer(model, headers, body, request_id, mirror, reroute)
         if method != "GET":
             return _error(405, f"{path} takes GET")
         if rest == "":
@@ -169,14 +172,26 @@ class KServeHandler:
         result = await self.rollout_command(name, action, args)
         return _json(result["status"], result["body"])
 
+    def _reroute(self, name: str, versions, key: str) -> tuple[ServedModel, ServedModel | None]:
+        model, route = self.traffic.route(name, versions, key)
+        return model, (versions.get(route.mirror) if route.mirror else None)
+
     async def _infer(
-        self, model: ServedModel, headers, body: bytes, request_id: str, mirror: ServedModel | None = None
+        self,
+        model: ServedModel,
+        headers,
+        body: bytes,
+        request_id: str,
+        mirror: ServedModel | None = None,
+        reroute: Callable[[str], tuple[ServedModel, ServedModel | None]] | None = None,
     ) -> HttpResponse:
-        """Answer from `model`; with `mirror`, the same request also runs there after the answer is sent."""
+        """Answer from `model`; with `mirror`, the same request also runs there after the answer is sent.
+        With `reroute`, a body whose "id" differs from the request id is routed again on that id."""
         started = time.perf_counter()
         queue_s = compute_s = 0.0
         rows = timing_rows = 0
-        self.telemetry.in_flight(model, +1)
+        arrived = model  # counted in flight where it arrived, whichever version answers
+        self.telemetry.in_flight(arrived, +1)
         try:
             if len(body) > self.max_body_bytes:
                 response = _error(413, f"request body of {len(body)} bytes exceeds the limit of {self.max_body_bytes}")
@@ -190,6 +205,8 @@ class KServeHandler:
                     except ValueError:
                         raise ProtocolError(f"Inference-Header-Content-Length {length!r} is not an integer") from None
                     request = decode_request(body, header_length)
+                    if reroute is not None and request.id is not None and request.id != request_id:
+                        model, mirror = reroute(request.id)
                     feed = model.feed_from(request)
                     rows = next(iter(feed.values())).shape[0]
                     pending = model.batcher.submit(feed, model.work_of(feed), model.options.timeout_s)
@@ -221,7 +238,7 @@ class KServeHandler:
             response = _error(500, f"inference failed: {type(e).__name__}: {e}")
             self.traffic.ran(model, 500, time.perf_counter() - started)
         finally:
-            self.telemetry.in_flight(model, -1)
+            self.telemetry.in_flight(arrived, -1)
         seconds = time.perf_counter() - started
         model.counts.record(response.status == 200, seconds, rows)
         self.traffic.answered(model, response.status, seconds)

@@ -5,7 +5,9 @@ imported, each model loaded and warmed up at its largest batch), and reports tha
 host RSS and, on a GPU, device memory. `actor_options` turns the figure into Ray actor options:
 `memory` (host bytes Ray reserves for the replica) and, on a GPU, a `num_gpus` fraction = device need /
 the GPU's memory, both with headroom; options the config sets are kept as they are. A replica that
-cannot fit anywhere is refused at deploy time with what it needs and what is free.
+cannot fit anywhere is refused at deploy time with what it needs and what is free. A replica is sized
+for `placement.versions_per_model` versions of each model at once (default 2: a rollout's stable and
+candidate, both loaded and warm).
 
     python -m runtime.serve.placement REPOSITORY '[{"name": "cnn", "max_batch_size": 64}]'   # prints the JSON
 """
@@ -124,7 +126,21 @@ def replica_need(args: AppArgs) -> ReplicaNeed | None:
         )
     if not placement.measure or ("memory" in configured and "num_gpus" in configured):
         return None
-    return measure_replica(args.repository_path, args.models)
+    return with_versions(measure_replica(args.repository_path, args.models), placement.versions_per_model)
+
+
+def with_versions(need: ReplicaNeed, versions: int) -> ReplicaNeed:
+    """A replica's need with room for `versions` versions of each model (a rollout holds two warm): the
+    process as measured plus, per extra version, each model's own footprint again (a candidate is sized
+    like the version it replaces)."""
+    extra = versions - 1
+    if extra <= 0:
+        return need
+    host = need.host_bytes + extra * sum(m.get("host_bytes") or 0 for m in need.models.values())
+    device = need.device_bytes
+    if device is not None:
+        device += extra * sum(m.get("device_bytes") or 0 for m in need.models.values())
+    return ReplicaNeed(host, device, need.device_total_bytes, need.models)
 
 
 def measure_replica(repository: Path, models: list[ModelSpec], timeout_s: float = 600) -> ReplicaNeed:

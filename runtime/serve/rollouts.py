@@ -21,9 +21,11 @@ from typing import Any
 from ray import serve
 
 from runtime.engine.errors import TrtserveError
+from runtime.engine.evaluation import score_version
 from runtime.engine.manifest import read_manifest
 from runtime.engine.repository import version_dir
 from runtime.rollout.analysis import Thresholds
+from runtime.rollout.gates import judge_gates, stable_score_on_file
 from runtime.rollout.intervals import interval_figures
 from runtime.rollout.steps import Rollout, RolloutError, RolloutSpec
 
@@ -53,6 +55,8 @@ class RolloutController:
         self.generation = 0
         self._latest: dict[str, tuple[float, int, dict[str, dict]]] = {}  # replica -> (when, generation, reports)
         self._at_start: dict[str, dict[str, dict]] = {}  # model -> replica -> report at the interval's start
+        self._unanchored: set[str] = set()  # restored mid-interval: counted afresh once replicas report
+        self._restored_at = time.monotonic()
         self._restore()
         self._loop: asyncio.Task | None = None
 
@@ -82,7 +86,7 @@ class RolloutController:
                 rollout = self._rollout(model)
                 return {"status": 200, "body": [e.model_dump(mode="json") for e in rollout.history]}
             if action == "start":
-                rollout = self._start(model, args, now)
+                rollout = await self._start(model, args, now)
             else:
                 current = self._rollout(model)
                 if action == "pause":
@@ -98,7 +102,7 @@ class RolloutController:
             self._set(model, rollout)
             applied = await self._wait_applied(timeout_s=float(args.get("timeout_s", 10.0)))
             return {"status": 200, "body": {**self.status(model), "applied_everywhere": applied}}
-        except (RolloutError, TrtserveError, ValueError) as e:
+        except (RolloutError, TrtserveError, ValueError) as e:  # GateInputError is a ValueError
             return {"status": 409 if isinstance(e, RolloutError) else 400, "body": {"error": str(e)}}
 
     def status(self, model: str) -> dict[str, Any]:
@@ -129,7 +133,7 @@ class RolloutController:
             "intervals": rollout.intervals,
         }
 
-    def _start(self, model: str, args: dict[str, Any], now: float) -> Rollout:
+    async def _start(self, model: str, args: dict[str, Any], now: float) -> Rollout:
         current = self.rollouts.get(model)
         if current is not None and not current.ended:
             raise RolloutError(f"a rollout of {model} to version {current.spec.candidate} is {current.state}")
@@ -143,10 +147,25 @@ class RolloutController:
             if args.get(k) is not None
         }
         spec = RolloutSpec(model=model, stable=stable, candidate=candidate, thresholds=thresholds, **options)
-        failed = [f"{p.backend} {p.precision}" for p in read_manifest(directory).parity if not p.passed]
-        if failed:
-            return Rollout.refuse(spec, now, f"gate: version {candidate}'s parity failed for {', '.join(failed)}")
-        return Rollout.begin(spec, now)
+        manifest = read_manifest(directory)
+        stable_dir = version_dir(self._repositories[model], model, stable)
+        stable_score = None
+        if manifest.evaluation is not None:
+            stable_score = stable_score_on_file(manifest.evaluation, read_manifest(stable_dir))
+            if stable_score is None:  # stable was scored on another eval set, or none: score it offline now
+                ev = manifest.evaluation
+                try:
+                    stable_score = await asyncio.to_thread(score_version, stable_dir, directory, ev.output, ev.metric)
+                except TrtserveError:
+                    raise
+                except Exception as e:  # an engine failure: the gate cannot be judged, nothing starts
+                    raise ValueError(f"eval gate: scoring version {stable} failed: {type(e).__name__}: {e}") from e
+        budget = args.get("latency_budget_ms")
+        gates = judge_gates(manifest, stable_score, args.get("profile"), float(budget) if budget else None)
+        if not gates.passed:
+            reason = f"gate: version {candidate}: " + "; ".join(gates.reasons)
+            return Rollout.refuse(spec, now, reason, figures={"gates": gates.figures})
+        return Rollout.begin(spec, now, figures={"gates": gates.figures})
 
     def _rollout(self, model: str) -> Rollout:
         if model not in self.rollouts:
@@ -173,6 +192,14 @@ class RolloutController:
 
     def tick(self, now: float) -> None:
         for model, rollout in list(self.rollouts.items()):
+            if model in self._unanchored:
+                # The counts of the interval cut short by the restart are gone with the old decision-maker:
+                # the interval starts again from the replicas' first reports (two report periods).
+                if self._latest and time.monotonic() - self._restored_at >= 4 * TICK_S:
+                    self._unanchored.discard(model)
+                    if rollout.state == "progressing":
+                        self._set(model, rollout.model_copy(update={"interval_started": now}))
+                continue
             if not rollout.due(now):
                 continue
             spec = rollout.spec
@@ -213,6 +240,7 @@ class RolloutController:
         doc = json.loads(raw)
         self.rollouts = {m: Rollout.model_validate(r) for m, r in doc["rollouts"].items()}
         self.generation = int(doc["generation"]) + 1  # replicas apply it again: harmless
+        self._unanchored = {m for m, r in self.rollouts.items() if not r.ended}
         log.info("resumed rollouts of %s", ", ".join(self.rollouts) or "nothing")
 
     async def _wait_applied(self, timeout_s: float) -> bool:

@@ -3,7 +3,8 @@ decision-maker set, runtime.rollout.routing), the requests that also run on a se
 answer is sent, what each version answered, and how often the two versions agreed.
 
 Mirrored runs (shadowed requests on the candidate, canaried ones on stable) never delay an answer: they
-start after it, and at most `max_mirrored` run at once per replica; beyond that, or when the other
+start after it, gathered for a few milliseconds so they share engine calls, off the event loop, and at
+most `max_mirrored` are gathered or running at once per replica; beyond that, or when the other
 version's queue is full, they are dropped and counted, so a candidate that falls behind cannot slow the
 stable path.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from runtime.rollout.agreement import AgreementCounter, Tolerance, tolerances
 from runtime.rollout.routing import Route, Routing
 from runtime.rollout.window import VersionCounts
-from runtime.serve.batcher import Overloaded, TimedOut
+from runtime.serve.batcher import Overloaded
 from runtime.serve.model import ServedModel
 
 log = logging.getLogger("trtserve.server")
@@ -29,12 +29,15 @@ ANSWERED, RAN = "answered", "ran"  # what the client got; the model's own work, 
 
 
 class Traffic:
-    def __init__(self, max_mirrored: int = 64) -> None:
+    def __init__(self, max_mirrored: int = 64, mirror_delay_s: float = 0.02) -> None:
         self.routing: dict[str, Routing] = {}
         self.counts: dict[tuple[str, str, str], VersionCounts] = {}  # (model, version, answered|ran)
         self.agreement: dict[tuple[str, str, str], AgreementCounter] = {}  # (model, stable, candidate)
         self.dropped: dict[str, int] = {}  # model -> mirrored runs dropped
-        self.max_mirrored = max_mirrored
+        self.max_mirrored = max_mirrored  # mirrored requests gathered or running at once, per replica
+        self.mirror_delay_s = mirror_delay_s
+        self._mirroring = 0
+        self._pending: dict[tuple[str, str, str], list] = {}  # (model, answered, other) -> (feed, outputs)
         self._running: set[asyncio.Task] = set()
         self._tolerances: dict[tuple[str, str, str], dict[str, Tolerance]] = {}
 
@@ -86,35 +89,65 @@ class Traffic:
         feed: dict[str, np.ndarray],
         outputs: dict[str, np.ndarray],
     ) -> None:
-        """Run `feed` on `other` in the background and compare its outputs with the ones just answered."""
-        if len(self._running) >= self.max_mirrored or not other.ready:
+        """Run `feed` on `other` in the background and compare its outputs with the ones just answered.
+        Mirrored requests are gathered for `mirror_delay_s` and queued together (nobody waits for them),
+        so they share engine calls and cost the event loop one task per gathering, not one per request."""
+        if self._mirroring >= self.max_mirrored or not other.ready:
             self.dropped[answered.name] = self.dropped.get(answered.name, 0) + 1
             return
-        task = asyncio.get_running_loop().create_task(self._mirror(answered, other, feed, outputs))
+        key = (answered.name, answered.version, other.version)
+        pending = self._pending.setdefault(key, [])
+        pending.append((feed, outputs))
+        self._mirroring += 1
+        if len(pending) >= other.max_batch_size:  # a full engine call's worth: no reason to wait
+            self._start(self._run(self._pending.pop(key), answered, other))
+        elif len(pending) == 1:
+            self._start(self._run_later(key, answered, other))
+
+    def _start(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _mirror(self, answered: ServedModel, other: ServedModel, feed, outputs) -> None:
-        started = time.perf_counter()
+    async def _run_later(self, key: tuple[str, str, str], answered: ServedModel, other: ServedModel) -> None:
+        await asyncio.sleep(self.mirror_delay_s)
+        batch = self._pending.pop(key, None)
+        if batch:
+            await self._run(batch, answered, other)
+
+    async def _run(self, batch: list, answered: ServedModel, other: ServedModel) -> None:
         try:
-            pending = other.batcher.submit(feed, other.work_of(feed), other.options.timeout_s)
-            theirs, timing = await pending
-        except Overloaded:  # the other version is behind: drop, do not queue more work on it
-            self.dropped[answered.name] = self.dropped.get(answered.name, 0) + 1
-            return
-        except TimedOut:
-            self.ran(other, 504, time.perf_counter() - started)
-            return
-        except Exception:
-            log.exception("mirrored run on %s failed", other.label)
-            self.ran(other, 500, time.perf_counter() - started)
-            return
-        self.ran(other, 200, timing.get("compute_s", 0.0))
+            futures = []
+            for feed, _ in batch:
+                try:
+                    futures.append(other.batcher.enqueue_background(feed, other.work_of(feed)))
+                except Overloaded:  # the other version is behind: drop, do not queue more work on it
+                    futures.append(None)
+            results = iter(await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True))
+            compared = []
+            for (_, outputs), future in zip(batch, futures, strict=True):
+                result = None if future is None else next(results)
+                if result is None or isinstance(result, asyncio.CancelledError):  # queue full, or closing
+                    self.dropped[answered.name] = self.dropped.get(answered.name, 0) + 1
+                elif isinstance(result, BaseException):
+                    log.error("mirrored run on %s failed: %s: %s", other.label, type(result).__name__, result)
+                    self.ran(other, 500, 0.0)
+                else:
+                    theirs, timing = result
+                    self.ran(other, 200, timing.get("compute_s", 0.0))
+                    compared.append((outputs, theirs))
+            self._compare(answered, other, compared)
+        finally:
+            self._mirroring -= len(batch)
+
+    def _compare(self, answered: ServedModel, other: ServedModel, compared: list) -> None:
+        """Count the agreement of (answered outputs, other's outputs) pairs, stable's first."""
         routing = self.routing.get(answered.name)
-        if routing is None or routing.candidate is None:
+        if not compared or routing is None or routing.candidate is None:
             return
-        stable_out, candidate_out = (outputs, theirs) if answered.version == routing.stable else (theirs, outputs)
-        stable, candidate = (answered, other) if answered.version == routing.stable else (other, answered)
+        answered_is_stable = answered.version == routing.stable
+        stable, candidate = (answered, other) if answered_is_stable else (other, answered)
+        pairs = compared if answered_is_stable else [(theirs, ours) for ours, theirs in compared]
         key = (answered.name, stable.version, candidate.version)
         limits = self._tolerances.get(key)
         if limits is None:
@@ -124,7 +157,7 @@ class Traffic:
                 candidate.manifest,
                 (candidate.engine.backend, candidate.engine.precision),
             )
-        self.agreement.setdefault(key, AgreementCounter()).add(stable_out, candidate_out, limits)
+        self.agreement.setdefault(key, AgreementCounter()).add_many(pairs, limits)
 
     def _counts(self, model: ServedModel, role: str) -> VersionCounts:
         return self.counts.setdefault((model.name, model.version, role), VersionCounts())

@@ -44,6 +44,13 @@ def test_manifest_is_complete(built_repository, name):
     }
     assert all(p["passed"] and p["samples"] == 16 for p in manifest["parity"])
     assert not list((built_repository / name).glob(".staging-*"))
+    if name == "cnn":  # its config declares an eval set: packaged, checksummed, scored by the fp32 engine
+        evaluation = manifest["evaluation"]
+        assert evaluation["file"] in manifest["files"] and evaluation["rows"] == 512
+        assert evaluation["metric"] == "accuracy" and evaluation["value"] >= 0.99  # labels: its own reference
+        assert (evaluation["backend"], evaluation["precision"]) == ("onnxruntime", "fp32")
+    else:
+        assert manifest["evaluation"] is None
 
 
 @pytest.mark.parametrize("name", ["cnn", "minilm"])

@@ -1,6 +1,8 @@
 """Rollouts judged by the decision-maker on real Ray Serve, under steady load: a candidate whose outputs
 disagree is rolled back under shadow, an identical one is promoted under canary with answers from both
-versions meanwhile, a rollback after promotion is instant, and every response is 200."""
+versions meanwhile, a rollback after promotion is instant, a much slower one is rolled back on p99, one
+scoring below stable on its eval set is refused before any traffic, pause and resume hold the routing, a
+killed decision-maker comes back with the rollout, and every response is 200."""
 
 from __future__ import annotations
 
@@ -72,6 +74,8 @@ def serving(tmp_path_factory):
     sequence_model(repository / "seq" / "1")
     sequence_model(repository / "seq" / "2", scale=3.0)  # disagrees with v1
     sequence_model(repository / "seq" / "3")  # the same as v1
+    sequence_model(repository / "seq" / "4", slow_matmuls=64)  # the same answers, much slower
+    sequence_model(repository / "seq" / "5", scale=-1.0, evaluated=True)  # scores 0 on its eval set, v1 1
     port = free_port()
     app = {
         "name": "rollouts",
@@ -82,10 +86,10 @@ def serving(tmp_path_factory):
     doc = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": port}, "applications": [app]}
     (root / "serve.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     # Ray's Python proxy: HAProxy binds fixed stats ports (8404, 9101) that another server may hold.
-    with LocalServe(root / "serve.yaml", ingress="proxy", log_path=root / "serve.log"):
+    with LocalServe(root / "serve.yaml", ingress="proxy", log_path=root / "serve.log") as server:
         load = Load(port)
         load.start()
-        yield port, load
+        yield port, load, server
         load.stop()
     assert set(load.statuses) == {200}, f"non-200 answers: {sorted(set(load.statuses))}"
 
@@ -94,7 +98,7 @@ FAST = {"interval_s": 2, "min_requests": 20, "failure_limit": 2}
 
 
 def test_a_disagreeing_candidate_under_shadow_is_rolled_back(serving):
-    port, _ = serving
+    port, _, _ = serving
     status, body = call(
         port, "POST", "/v2/models/seq/rollout", {"action": "start", "to": 2, "strategy": "shadow", **FAST}
     )
@@ -107,7 +111,7 @@ def test_a_disagreeing_candidate_under_shadow_is_rolled_back(serving):
 
 
 def test_an_identical_candidate_under_canary_is_promoted_and_rollback_is_instant(serving):
-    port, load = serving
+    port, load, _ = serving
     seen_before = len(load.versions)
     status, body = call(
         port, "POST", "/v2/models/seq/rollout", {"action": "start", "to": 3, "steps": [50, 100], **FAST}
@@ -128,11 +132,76 @@ def test_an_identical_candidate_under_canary_is_promoted_and_rollback_is_instant
 
 
 def test_commands_that_do_not_fit_are_refused_with_a_reason(serving):
-    port, _ = serving
+    port, _, _ = serving
     status, body = call(port, "POST", "/v2/models/seq/rollout", {"action": "start", "to": 9})
     assert status == 400 and "no version 9" in body["error"]
     status, body = call(port, "POST", "/v2/models/nope/rollout", {"action": "status"})
     assert status == 409 and "serves no model 'nope'" in body["error"]
+
+
+def test_a_much_slower_candidate_is_rolled_back_on_p99(serving):
+    port, _, _ = serving
+    status, body = call(
+        port, "POST", "/v2/models/seq/rollout", {"action": "start", "to": 4, "steps": [50, 100], **FAST}
+    )
+    assert status == 200, body
+    ended = wait_until_ended(port)
+    assert ended["state"] == "rolled_back" and "p99" in ended["reason"], ended
+    failed = [i for i in ended["intervals"] if i["outcome"] == "fail"]
+    assert len(failed) == 2 and all(i["candidate"]["p99_ms"] > 1.5 * i["stable"]["p99_ms"] for i in failed)
+    assert all(i["agreement"] == 1.0 for i in failed)  # same answers: it is the latency that failed
+
+
+def test_a_candidate_scoring_below_stable_is_refused_before_any_traffic(serving):
+    port, load, _ = serving
+    mark = len(load.versions)
+    status, body = call(port, "POST", "/v2/models/seq/rollout", {"action": "start", "to": 5})
+    assert status == 200 and body["state"] == "refused", body
+    assert "eval accuracy 0.0000 below stable's 1.0000" in body["reason"]  # v1 scored offline on v5's set
+    time.sleep(1)
+    assert set(load.versions[mark:]) == {"1"}
+
+
+def test_pause_and_resume_hold_the_routing_under_load(serving):
+    port, load, _ = serving
+    status, body = call(
+        port, "POST", "/v2/models/seq/rollout", {"action": "start", "to": 3, "steps": [50, 100], "interval_s": 600}
+    )
+    assert status == 200 and body["applied_everywhere"], body
+    status, body = call(port, "POST", "/v2/models/seq/rollout", {"action": "pause"})
+    assert status == 200 and body["state"] == "paused" and body["weight"] == 50 and body["applied_everywhere"]
+    mark = len(load.versions)
+    time.sleep(2)
+    assert set(load.versions[mark:]) == {"1", "3"}  # paused where it was: both versions answer
+    status, body = call(port, "POST", "/v2/models/seq/rollout", {"action": "resume"})
+    assert status == 200 and body["state"] == "progressing" and body["applied_everywhere"], body
+
+
+def test_a_killed_decision_maker_comes_back_with_the_rollout(serving):
+    """Its replica's process SIGKILLed (ours: found among the processes this server started)."""
+    port, _, server = serving
+    _, before = call(port, "GET", "/v2/models/seq/rollout")
+    assert before["state"] == "progressing" and before["candidate"] == "3"  # from the test above
+    controllers = [p for p in server.processes() if "trtserve-rollouts" in " ".join(p.cmdline())]
+    assert len(controllers) == 1, [p.cmdline() for p in server.processes()]
+    controllers[0].kill()
+    controllers[0].wait(10)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status, after = call(port, "GET", "/v2/models/seq/rollout")
+        if status == 200:
+            break
+        time.sleep(1)
+    assert status == 200, after
+    assert {k: after[k] for k in ("state", "candidate", "weight")} == {
+        "state": "progressing",
+        "candidate": "3",
+        "weight": 50,
+    }
+    status, body = call(port, "POST", "/v2/models/seq/rollout", {"action": "rollback", "reason": "after restart"})
+    assert status == 200 and body["state"] == "rolled_back" and body["applied_everywhere"], body
+    status, history = call(port, "POST", "/v2/models/seq/rollout", {"action": "history"})
+    assert [e["state"] for e in history] == ["progressing", "paused", "progressing", "rolled_back"]
 
 
 def trtserve(*args):
@@ -145,7 +214,7 @@ def trtserve(*args):
 
 
 def test_the_trtserve_rollout_cli(serving):
-    port, _ = serving
+    port, _, _ = serving
     url = f"http://127.0.0.1:{port}"
     proc = trtserve(
         "start",

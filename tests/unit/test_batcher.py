@@ -163,3 +163,31 @@ def test_engine_time_is_timed_in_its_thread_apart_from_the_wait_for_the_loop(eng
     assert 20e6 <= stats.infer_ns / 3 < 80e6  # a sleep never ends early; the loop's block is not in it
     assert stats.output_ns / 3 > 40e6
     assert stats.input_ns + stats.infer_ns + stats.output_ns == pytest.approx(stats.compute_ns, abs=3)
+
+
+def test_background_work_is_never_run_on_the_event_loop(engine):
+    """A mirrored run is never inline, however small, and its requests share engine calls."""
+    import threading
+
+    seen = []
+
+    def run(feed):
+        seen.append((threading.current_thread().name, len(feed["x"])))
+        return engine.infer(feed)
+
+    async def main():
+        batcher = DynamicBatcher(run, engine.signature, max_rows=16, max_delay_s=0.0, max_queued_rows=100)
+        batcher._s_per_row = 1e-6  # a tiny model: answered calls run inline on the event loop
+        await batcher.submit(feed(1, 8, 0), Work(1, {"seq": 8}), 5)
+        futures = [batcher.enqueue_background(feed(1, 8, i), Work(1, {"seq": 8})) for i in range(5)]
+        results = await asyncio.gather(*futures)
+        with pytest.raises(Overloaded):
+            for i in range(200):
+                batcher.enqueue_background(feed(1, 8, i), Work(1, {"seq": 8}))
+        batcher.close()
+        return results, futures
+
+    results, _ = asyncio.run(main())
+    assert seen[0] == ("MainThread", 1)
+    assert [name.startswith("engine") for name, _ in seen[1:]] == [True] and seen[1][1] == 5  # one call, off-loop
+    assert all(outputs["doubled"].shape == (1, 8) for outputs, _ in results)

@@ -88,6 +88,10 @@ def test_defaults_and_overrides(tmp_path):
         ({"inputs__0__range": [5, 1]}, "inputs[0].range: needs low < high"),
         ({"serving": {"max_batch_size": 9}}, "serving.max_batch_size: 9 exceeds dims.batch.max"),
         ({"outputs": []}, "outputs: expected a non-empty list"),
+        ({"evaluation": {"data": "m:f", "metric": "f1"}}, "evaluation.metric: unknown metric 'f1'"),
+        ({"evaluation": {"data": "m:f", "output": "z"}}, "evaluation.output: unknown output"),
+        ({"evaluation": {"data": "m:f", "margin": -1}}, "evaluation.margin"),
+        ({"evaluation": {"metric": "accuracy"}}, "evaluation.data: required key is missing"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, changes, expected):

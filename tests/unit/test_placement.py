@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime.serve.placement import Free, PlacementError, ReplicaNeed, actor_options
+from runtime.serve.placement import Free, PlacementError, ReplicaNeed, actor_options, with_versions
 
 MiB = 2**20
 GiB = 2**30
@@ -44,6 +44,16 @@ def test_gpu_need_without_the_gpu_size_is_refused():
         actor_options(ReplicaNeed(100 * MiB, 1 * GiB, None, {}), None, 0.1, None)
 
 
+def test_a_replica_is_sized_for_a_rollouts_two_versions_of_each_model():
+    models = {"cnn": {"host_bytes": 40 * MiB, "device_bytes": 1 * GiB}, "minilm": {"host_bytes": 100 * MiB}}
+    need = ReplicaNeed(300 * MiB, 2 * GiB, 80 * GiB, models)
+    two = with_versions(need, 2)
+    assert two.host_bytes == 440 * MiB and two.device_bytes == 3 * GiB  # the process + each model once more
+    assert with_versions(need, 1) == need  # no rollouts planned
+    assert with_versions(cpu_need(200), 2).device_bytes is None
+    assert actor_options(two, None, 0.25, Free(8 * GiB))["memory"] == 550 * MiB
+
+
 def test_app_config_surface(built_like_repository):
     from runtime.serve.autoscaling import ray_autoscaling_config
     from runtime.serve.config import parse_args
@@ -69,6 +79,9 @@ def test_app_config_surface(built_like_repository):
         parse_args({**base, "models": [{"name": "seq", "version": 3}]})
     assert parse_args({**base, "models": ["seq"]}).models[0].version == "latest"
     assert replica_need(parse_args({**base, "placement": {"measure": False}})) is None
+    assert parse_args(base).placement.versions_per_model == 2
+    with pytest.raises(ValueError, match=r"placement\.versions_per_model"):
+        parse_args({**base, "placement": {"versions_per_model": 0}})
 
 
 @pytest.fixture

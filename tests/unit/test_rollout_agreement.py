@@ -29,6 +29,35 @@ def test_top1_agreement_for_classifiers():
     assert counter.to_dict()["top1_agreement"] == 0.5
 
 
+def test_many_requests_at_once_are_judged_each_as_parity_judges_one():
+    from runtime.engine.parity import OutputStats
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(40):
+        rows = int(rng.integers(1, 4))
+        stable = rng.standard_normal((rows, 5)).astype(np.float32)
+        candidate = stable + rng.choice([0.0, 1e-4, 0.01], p=[0.5, 0.3, 0.2]) * rng.standard_normal(stable.shape)
+        if i == 7:
+            candidate[0, 2] = np.nan
+        pairs.append((logits(stable), logits(candidate.astype(np.float32))))
+    pairs.append((logits([[1.0, 2.0]]), logits([[1.0, 2.0, 3.0]])))  # another shape: disagrees
+    many = AgreementCounter()
+    agreed = many.add_many(pairs, LIMITS)
+    for (stable, candidate), verdict in zip(pairs, agreed, strict=True):
+        stats = OutputStats(1e-3, 1e-3)
+        stats.add(candidate["logits"], stable["logits"])
+        assert verdict == stats.passed
+    one_by_one = AgreementCounter()
+    for stable, candidate in pairs:
+        one_by_one.add(stable, candidate, LIMITS)
+    assert (many.compared, many.agreed, many.top1_compared, many.top1_agreed) == (
+        one_by_one.compared, one_by_one.agreed, one_by_one.top1_compared, one_by_one.top1_agreed
+    )  # fmt: skip
+    assert many.max_abs == one_by_one.max_abs and abs(many.min_cosine - one_by_one.min_cosine) < 1e-12
+    assert 0 < many.agreed < many.compared == 41 and not agreed[7] and not agreed[-1]
+
+
 def test_counts_since_a_snapshot():
     counter = AgreementCounter()
     counter.add(logits([[1.0, 2.0]]), logits([[1.0, 2.0]]), LIMITS)

@@ -46,6 +46,12 @@ def test_an_interval_with_too_few_requests_is_extended():
     extended = rollout.judge(VersionWindow(5, 0, 20.0), STABLE, AGREE, now=30)
     assert (extended.step, extended.interval_started, extended.failures) == (0, 0.0, 0)
     assert extended.intervals[-1]["outcome"] == "extend" and extended.due(now=31)
+    # judged again every tick until it has enough: one record for the interval, not one per tick
+    for now in (30.5, 31.0, 31.5):
+        extended = extended.judge(VersionWindow(6, 0, 20.0), STABLE, AGREE, now=now)
+    assert len(extended.intervals) == 1 and extended.intervals[0]["judged"] == 31.5
+    passed = extended.judge(GOOD, STABLE, AGREE, now=32)
+    assert [i["outcome"] for i in passed.intervals] == ["pass"] and passed.step == 1
 
 
 def test_at_100_percent_stable_is_judged_by_its_last_figures():

@@ -45,9 +45,13 @@ def test_without_routing_the_latest_version_answers(versions):
 def test_canary_splits_sticky_and_compares_with_stable(versions):
     handler = KServeHandler(versions[:2])
     handler.traffic.set_routing("seq", Routing("1", "2", weight=50))
-    answers = asyncio.run(infer(handler, 200))
+
+    async def twice():
+        return await infer(handler, 200), await infer(handler, 200)
+
+    answers, again = asyncio.run(twice())
     assert 60 < answers.count("2") < 140 and set(answers) == {"1", "2"}
-    assert asyncio.run(infer(handler, 200)) == answers  # the same keys, the same versions
+    assert again == answers  # the same keys, the same versions
     report = handler.traffic.report("seq")
     agreement = report["agreement"]["1/2"]
     assert agreement["compared"] == 400 - 2 * answers.count("1") and agreement["agreed"] == 0  # v2 disagrees
@@ -97,3 +101,24 @@ def test_answers_are_counted_per_version_with_server_errors(versions):
     counts = handler.traffic.report("seq")["counts"]["1/answered"]
     assert counts["requests"] == 4 and counts["server_errors"] == 0  # a 400 is the client's
     np.testing.assert_equal(sum(counts["buckets"].values()), 4)
+
+
+def test_canary_is_sticky_on_the_body_id_whatever_the_request_id(versions):
+    """A client retrying one request under new X-Request-IDs, with the same body "id", reaches one version."""
+    handler = KServeHandler(versions[:2])
+    handler.traffic.set_routing("seq", Routing("1", "2", weight=50))
+    doc = orjson.loads(BODY)
+
+    async def answers_for(body_id: str) -> set[str]:
+        body = orjson.dumps({**doc, "id": body_id})
+        seen = set()
+        for attempt in range(8):
+            response = await handler.handle("POST", "/v2/models/seq/infer", {"x-request-id": f"retry{attempt}"}, body)
+            assert response.status == 200, response.body
+            seen.add(orjson.loads(response.body)["model_version"])
+        await handler.traffic.drain()
+        return seen
+
+    per_id = [asyncio.run(answers_for(f"req-{i}")) for i in range(30)]
+    assert all(len(seen) == 1 for seen in per_id)
+    assert {v for seen in per_id for v in seen} == {"1", "2"}  # and the ids still split between the versions
