@@ -56,6 +56,7 @@ class RolloutController:
         self._latest: dict[str, tuple[float, int, dict[str, dict]]] = {}  # replica -> (when, generation, reports)
         self._at_start: dict[str, dict[str, dict]] = {}  # model -> replica -> report at the interval's start
         self._unanchored: set[str] = set()  # restored mid-interval: counted afresh once replicas report
+        self._judging: set[str] = set()  # models whose start is judging its gates now
         self._restored_at = time.monotonic()
         self._restore()
         self._loop: asyncio.Task | None = None
@@ -137,6 +138,15 @@ class RolloutController:
         current = self.rollouts.get(model)
         if current is not None and not current.ended:
             raise RolloutError(f"a rollout of {model} to version {current.spec.candidate} is {current.state}")
+        if model in self._judging:  # its gates take a while (an offline eval): one start at a time
+            raise RolloutError(f"a rollout of {model} is being started; its gates are being judged")
+        self._judging.add(model)
+        try:
+            return await self._judge_start(model, args, now)
+        finally:
+            self._judging.discard(model)
+
+    async def _judge_start(self, model: str, args: dict[str, Any], now: float) -> Rollout:
         stable = self._stable(model)
         candidate = str(args["to"])
         directory = version_dir(self._repositories[model], model, candidate)  # ArtifactError: not there

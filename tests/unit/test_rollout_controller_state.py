@@ -79,3 +79,18 @@ def test_a_restarted_decision_maker_resumes_the_rollout(controller):
     second.tick(time.time())
     assert second.rollouts["seq"].interval_started > started  # the interval cut short is counted afresh
     assert "seq" not in second._unanchored
+
+
+def test_a_second_start_while_the_first_judges_its_gates_is_refused(controller):
+    make, _ = controller
+    c = make()
+
+    async def both():
+        first = asyncio.create_task(c.command("seq", "start", {"to": "3", "timeout_s": 0.1}))
+        await asyncio.sleep(0)  # the first is scoring stable offline, in a thread
+        second = await c.command("seq", "start", {"to": "2", "timeout_s": 0.1})
+        return await first, second
+
+    first, second = asyncio.run(both())
+    assert first["body"]["state"] == "refused"  # its eval gate
+    assert second["status"] == 409 and "being started" in second["body"]["error"]
