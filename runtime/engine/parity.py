@@ -43,13 +43,8 @@ class OutputStats:
         if out.shape != ref.shape:
             self.shape_errors.append(f"shape {list(out.shape)} != reference {list(ref.shape)}")
             return
-        out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
-        # A NaN/Inf on either side fails; it is counted apart and kept out of the statistics.
-        finite = np.isfinite(out64) & np.isfinite(ref64)
+        out64, ref64, finite, diff, rel = differences(out, ref)
         self.nonfinite += int((~finite).sum())
-        out64, ref64 = np.where(finite, out64, 0.0), np.where(finite, ref64, 0.0)
-        diff = np.abs(out64 - ref64)
-        rel = diff / np.maximum(np.abs(ref64), _TINY)
         bad = (diff > self.atol) & (rel > self.rtol)
         self.elements += out.size
         self.mismatched += int(bad.sum())
@@ -82,6 +77,17 @@ class OutputStats:
             f"atol >= {_ceil(self.atol_needed)} (at rtol {self.rtol:g}) or "
             f"rtol >= {_ceil(self.rtol_needed)} (at atol {self.atol:g})"
         )
+
+
+def differences(out: np.ndarray, ref: np.ndarray):
+    """Element-wise, in float64: out and ref with NaN/Inf zeroed, where both are finite, |out - ref|, and
+    that over |ref|. A NaN/Inf on either side fails; it is counted apart and kept out of the statistics.
+    An element fails when beyond both atol (on the difference) and rtol (on the relative one)."""
+    out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
+    finite = np.isfinite(out64) & np.isfinite(ref64)
+    out64, ref64 = np.where(finite, out64, 0.0), np.where(finite, ref64, 0.0)
+    diff = np.abs(out64 - ref64)
+    return out64, ref64, finite, diff, diff / np.maximum(np.abs(ref64), _TINY)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

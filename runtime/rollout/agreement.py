@@ -14,9 +14,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from runtime.engine.manifest import Manifest
+from runtime.engine.parity import differences
 from runtime.rollout.analysis import Agreement
-
-_TINY = float(np.finfo(np.float32).tiny)  # as runtime.engine.parity divides by |reference|
 
 
 @dataclass(frozen=True)
@@ -104,11 +103,7 @@ class AgreementCounter:
         rows = np.array([len(pairs[i][1][name]) for i in members])
         ours = np.concatenate([np.asarray(pairs[i][1][name]) for i in members]).reshape(rows.sum(), -1)
         theirs = np.concatenate([np.asarray(pairs[i][0][name]) for i in members]).reshape(rows.sum(), -1)
-        ours64, theirs64 = ours.astype(np.float64), theirs.astype(np.float64)
-        finite = np.isfinite(ours64) & np.isfinite(theirs64)
-        ours64, theirs64 = np.where(finite, ours64, 0.0), np.where(finite, theirs64, 0.0)
-        diff = np.abs(ours64 - theirs64)
-        rel = diff / np.maximum(np.abs(theirs64), _TINY)
+        ours64, theirs64, finite, diff, rel = differences(ours, theirs)  # as parity measures
         bad_rows = (((diff > tolerance.atol) & (rel > tolerance.rtol)) | ~finite).any(axis=1)
         starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
         has_rows = rows > 0
