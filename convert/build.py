@@ -18,6 +18,7 @@ from convert.package import git_commit, next_version, publish, staging_dir, tool
 from convert.parity import ParityResult, compare, format_table
 from convert.progress import Counter, step
 from convert.reference import TorchReference
+from convert.reference_stats import reference_build
 from convert.sampling import FeedMaker, parity_points
 from convert.tensorrt_build import TensorRTOptions, build_engine, tensorrt_target
 from runtime.engine.backends import EngineSpec, engine_class
@@ -113,6 +114,7 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
         _save_samples(staging / PARITY_SAMPLES, feeds, references)
         preprocessing = _package_preprocessing(staging, preprocessors)
         evaluation = evaluate_build(config, staging, signature, engines)
+        reference_stats = reference_build(config, staging, signature, engines)
         parity = [r.record() for r in results]
         write_json(
             staging / PARITY,
@@ -154,6 +156,7 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
                     "pad": config.serving.pad,
                 },
                 "evaluation": evaluation,
+                "reference": reference_stats,
             },
         )
         final = publish(staging, model_dir, version)

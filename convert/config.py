@@ -33,6 +33,7 @@ from runtime.engine.schema import (
     one_of,
 )
 from runtime.engine.signature import DimRange, Signature, TensorSpec
+from runtime.monitor.features import KINDS
 
 PRECISIONS = ("fp32", "fp16")
 BATCH = "batch"
@@ -101,6 +102,9 @@ class InputConfig(Schema):
 class OutputConfig(Schema):
     name: Name
     tolerance: Tolerances = Tolerances()  # overrides of the model's, per precision
+    # What the output is, for drift monitoring: classifier scores add class, confidence and entropy;
+    # an embedding is judged as vectors (runtime.monitor.features).
+    kind: Annotated[str, one_of(KINDS, "kind")] | None = None
 
 
 class Dim(Schema):
@@ -160,6 +164,9 @@ class ModelConfig(Schema):
     tolerance: Tolerances
     serving: Serving = Serving()
     evaluation: Evaluation | None = None
+    # Real-looking inputs, the yardstick of drift monitoring: callable() -> {input name: array}, or a .npz
+    # (one array per input) or .parquet (one column per input) relative to the config's directory.
+    reference: str | None = None
     _path: Path = PrivateAttr(default=Path("?"))
 
     @model_validator(mode="after")

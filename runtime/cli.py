@@ -6,6 +6,9 @@ trtserve demo CONFIG     serve the demo models, query them with tritonclient, pr
 trtserve rollout ACTION MODEL ...
                          start, status, pause, resume, promote, rollback or history of a model's
                          rollout in a running application (--url, default http://127.0.0.1:8000)
+trtserve monitor report MODEL --capture DIR
+                         captures joined with feedback labels: the metric per version and hour, label
+                         coverage, drift of what was captured against the reference, plots
 """
 
 from __future__ import annotations
@@ -46,7 +49,75 @@ def _parser() -> argparse.ArgumentParser:
             help="Ray's HAProxy (default, or $TRTSERVE_INGRESS) or its Python proxy",
         )
     _rollout_parser(sub)
+    _monitor_parser(sub)
     return parser
+
+
+def _monitor_parser(sub) -> None:
+    monitor = sub.add_parser("monitor", help="model quality from captures and feedback")
+    actions = monitor.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = actions.add_parser("report", help="accuracy per version and hour, label coverage, drift, plots")
+    p.add_argument("model")
+    p.add_argument("--capture", type=Path, required=True, help="the capture destination (capture.destination)")
+    p.add_argument("--since", help="only requests from then on: an ISO 8601 time, or a duration back (2h, 30m)")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="where the versions' manifests and references are, for the metric and drift (default %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--plots", type=Path, help="write metric.png and drift.png here")
+
+
+def _since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from datetime import datetime
+
+    from runtime.rollout.client import seconds
+
+    try:
+        return time.time() - seconds(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {text!r}: expected an ISO 8601 time or a duration like 2h") from None
+    return moment.timestamp() if moment.tzinfo else moment.astimezone().timestamp()
+
+
+def _monitor(args) -> int:
+    from runtime.monitor.report import ReportError, build_report, plot_report
+
+    try:
+        report = build_report(args.capture, args.model, _since(args.since), args.repository)
+    except ReportError as e:
+        raise UsageError(str(e)) from None
+    if args.plots is not None:
+        report["plots"] = [str(p) for p in plot_report(report, args.plots)]
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['model']}: captures in {report['capture']}")
+    for version, entry in sorted(report["versions"].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
+        value = entry[entry["metric"]]
+        shown = "no labels" if value is None else f"{entry['metric']} {value:.4f}"
+        print(
+            f"  v{version}: {entry['requests']} requests, {entry['labelled']} labelled "
+            f"({entry['label_coverage']:.1%}), {shown}"
+        )
+        for hour, h in sorted(entry["hours"].items()):
+            drifted = [t["name"] for t in h.get("drift", []) if t["drifted"]]
+            metric = h[entry["metric"]]
+            print(
+                f"    {hour}:00  {h['requests']} requests, {h['labelled']} labelled, "
+                f"{'-' if metric is None else f'{metric:.4f}'}; drift: {', '.join(drifted) or 'none'}"
+            )
+    for path in report.get("plots", []):
+        print(f"  plot: {path}")
+    return 0
 
 
 def _steps(text: str) -> list[float]:
@@ -194,11 +265,11 @@ def _demo(server) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "rollout":
+    if args.command in ("rollout", "monitor"):
         try:
-            return _rollout(args)
+            return _rollout(args) if args.command == "rollout" else _monitor(args)
         except TrtserveError as e:
-            print(f"trtserve rollout {args.action}: error: {e}", file=sys.stderr)
+            print(f"trtserve {args.command} {args.action}: error: {e}", file=sys.stderr)
             return e.exit_code
     if not args.config.is_file():
         print(f"trtserve {args.command}: error: {args.config}: no such file", file=sys.stderr)

@@ -47,3 +47,11 @@ def eval_set(rows: int = 512) -> dict:
     with torch.inference_mode():
         labels = build()(torch.from_numpy(images)).argmax(dim=1).numpy()
     return {"inputs": {"image": images}, "labels": labels.astype(np.int64)}
+
+
+def reference(rows: int = 1000) -> dict:
+    """Drift monitoring's yardstick: standard-normal images, the distribution of its parity inputs (a
+    seed of its own, so the reference is not the eval set)."""
+    import numpy as np
+
+    return {"image": np.random.default_rng(SEED + 1).standard_normal((rows, 3, 32, 32), dtype=np.float32)}

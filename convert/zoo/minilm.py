@@ -96,3 +96,23 @@ def sample(batch: int, dims: dict) -> dict[str, np.ndarray]:
     per_row = max(1, length // 12)  # about 12 tokens a sentence
     texts = [" ".join(rng.choice(CORPUS, size=int(rng.integers(1, per_row + 1))).tolist()) for _ in range(batch)]
     return tokenize(texts, length)
+
+
+REFERENCE_TEXTS = Path(__file__).with_name("data") / "minilm_reference.txt"
+
+
+def reference_texts() -> list[str]:
+    """300 varied English sentences (events, questions, facts, opinions, instructions) shipped with trtserve."""
+    return [line for line in REFERENCE_TEXTS.read_text().splitlines() if line.strip()]
+
+
+def reference() -> dict[str, np.ndarray]:
+    """Drift monitoring's yardstick: the reference sentences, tokenized as the server tokenizes them
+    (padding, which the server's drift features leave out, to the longest)."""
+    from tokenizers import Tokenizer
+
+    from runtime.engine.preprocessing import encode
+
+    texts = reference_texts()
+    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    return encode(tokenizer, texts, 256, ["input_ids", "attention_mask"])

@@ -121,6 +121,14 @@ class Evaluation(_Record):
     precision: str
 
 
+class ReferenceStats(_Record):
+    """Where the version's reference statistics are (runtime.monitor.reference) and what they came from."""
+
+    file: str  # in `files`
+    rows: int
+    source: str  # the model config's `reference`
+
+
 class Serving(_Record):
     max_batch_size: int
     max_queue_delay_ms: float
@@ -145,6 +153,7 @@ class Manifest(_Record):
     preprocessing: dict[str, Packaged] | None  # e.g. {"tokenizer": {"files": [...]}}
     serving: Serving
     evaluation: Evaluation | None = None  # when the model config declares an eval set
+    reference: ReferenceStats | None = None  # when the model config declares reference data
 
     @property
     def signature(self) -> Signature:

@@ -53,11 +53,63 @@ def _version(value: Any) -> Any:
     return value
 
 
+class Monitor(Schema):
+    """Online drift of the model against its artifact's reference (runtime.monitor.window)."""
+
+    enabled: bool = True  # off: no drift accounting (and no confidence/entropy histograms)
+    window_s: Positive = 60.0  # a window closes every window_s of wall-clock time
+    min_rows: PositiveInt = 500  # a window with fewer rows is merged into the next
+
+
+class Redact(Schema):
+    drop: list[str] = Field(default_factory=list)  # inputs never written
+    hash: list[str] = Field(default_factory=list)  # inputs replaced by a keyed hash (HMAC-SHA256)
+    key_env: str = "TRTSERVE_CAPTURE_KEY"  # the environment variable holding the hash key
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> Redact:
+        both = sorted(set(self.drop) & set(self.hash))
+        if both:
+            raise invalid(f"{both} are both dropped and hashed; pick one", "hash")
+        return self
+
+
+class Rotate(Schema):
+    max_rows: PositiveInt = 100_000
+    max_bytes: PositiveInt = 64 << 20
+    max_age_s: Positive = 300.0
+
+
+class Capture(Schema):
+    """Payload capture to Parquet (runtime.monitor.capture_writer); off unless sampling_percent > 0.
+    Feedback (POST .../feedback) goes to the same destination."""
+
+    sampling_percent: Annotated[float, Field(ge=0, le=100)] = 0.0
+    mode: Literal["request", "response", "all"] = "all"
+    destination: str | None = None  # a directory; relative paths resolve where the app is built
+    redact: Redact = Field(default_factory=Redact)
+    rotate: Rotate = Field(default_factory=Rotate)
+    queue_max_rows: PositiveInt = 10_000  # 10 s at 1,000 requests/s; beyond it records are dropped, counted
+
+    @model_validator(mode="after")
+    def _where(self) -> Capture:
+        if self.sampling_percent > 0 and self.destination is None:
+            raise invalid("capturing needs a destination directory", "destination")
+        return self
+
+    @property
+    def destination_path(self) -> Path | None:
+        return None if self.destination is None else Path(self.destination).expanduser().resolve()
+
+
 class ModelSpec(ModelOptions):
     """One entry of `models`: which version of which model, and how to serve it."""
 
     name: str
     version: Annotated[int | Literal["latest"], BeforeValidator(_version)] = "latest"
+    monitor: Monitor = Field(default_factory=Monitor)
+    capture: dict[str, Any] | None = None  # keys of the application's `capture` this model overrides
+    capture_settings: Capture | None = None  # the effective capture (set by AppArgs from both)
 
 
 # Ray Serve's autoscaling keys, passed on as they are; trtserve's policy reads the rest.
@@ -116,6 +168,7 @@ class AppArgs(Schema):
     max_ongoing_requests: PositiveInt = 512
     max_queued_requests: int = 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    capture: Capture = Field(default_factory=Capture)  # every model's, unless its entry overrides keys
 
     @model_validator(mode="after")
     def _consistent(self) -> AppArgs:
@@ -125,6 +178,16 @@ class AppArgs(Schema):
                 "`num_replicas`, not both",
                 "autoscaling",
             )
+        for i, spec in enumerate(self.models):
+            merged = _merge(self.capture.model_dump(), spec.capture or {})
+            try:
+                settings = Capture.model_validate(merged)
+            except ValidationError as e:
+                raise invalid(one_line(e, Capture), f"models[{i}].capture") from None
+            if settings.destination is not None:
+                merged["destination"] = str(settings.destination_path)
+                settings = Capture.model_validate(merged)
+            object.__setattr__(spec, "capture_settings", settings)
         repository = self.repository_path
         for i, spec in enumerate(self.models):
             try:  # fails now, with the reason, if it does not exist
@@ -139,6 +202,13 @@ class AppArgs(Schema):
 
     def version_dirs(self) -> list[Path]:
         return [version_dir(self.repository_path, spec.name, spec.version) for spec in self.models]
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def parse_args(args: dict[str, Any] | AppArgs) -> AppArgs:

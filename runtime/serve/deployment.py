@@ -16,9 +16,11 @@ from starlette.responses import Response
 
 from runtime.engine.memory import gpu_free_total, host_available_bytes, host_rss_bytes
 from runtime.serve import autoscaling
+from runtime.serve.capture import CaptureSink
 from runtime.serve.config import ModelSpec
 from runtime.serve.handler import KServeHandler
 from runtime.serve.model import ServedModel
+from runtime.serve.monitoring import DriftMonitor
 from runtime.serve.telemetry import RayTelemetry
 from runtime.serve.versions import VersionManager
 
@@ -32,10 +34,18 @@ class KServeServer:
     ) -> None:
         _log_like_ray_serve()
         self._telemetry = RayTelemetry()
+        self._monitor = DriftMonitor(self._telemetry)
+        self._captures = {}
+        for spec in models:
+            settings = spec.capture_settings
+            if settings is not None and settings.destination is not None:
+                self._captures[spec.name] = CaptureSink(spec.name, settings)
+                self._telemetry.watch_capture(spec.name, self._captures[spec.name])
         self._models = []
         for directory, spec in zip(version_dirs, models, strict=True):
             model = ServedModel(directory, spec, self._telemetry)
             model.warmup()
+            self._monitor.register(model)
             self._models.append(model)
         self._rollouts = rollouts  # the decision-maker's handle (runtime.serve.rollouts)
         self.handler = KServeHandler(
@@ -43,6 +53,8 @@ class KServeServer:
             max_body_bytes=int(max_body_mb * 2**20),
             telemetry=self._telemetry,
             rollout_command=self._rollout_command if rollouts is not None else None,
+            monitor=self._monitor,
+            captures=self._captures,
         )
         self._last_batches: dict[str, tuple[int, int]] = {}
         specs = {
@@ -82,6 +94,7 @@ class KServeServer:
     def _load_version(self, directory: Path, spec: ModelSpec) -> ServedModel:
         model = ServedModel(directory, spec, self._telemetry)
         model.warmup()
+        self._monitor.register(model)
         self._models.append(model)
         return model
 
@@ -115,6 +128,9 @@ class KServeServer:
 
     def __del__(self) -> None:  # Ray Serve calls this when it stops the replica
         self._telemetry.close()
+        self._monitor.close()
+        for sink in self._captures.values():
+            sink.close()
         self._versions.close()
         for model in self._models:
             model.close()

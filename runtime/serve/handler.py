@@ -17,7 +17,9 @@ import orjson
 from runtime.engine.errors import InputError, TrtserveError
 from runtime.serve import triton
 from runtime.serve.batcher import Overloaded, TimedOut
+from runtime.serve.capture import CaptureSink, FeedbackError
 from runtime.serve.model import ServedModel
+from runtime.serve.monitoring import DriftMonitor
 from runtime.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response, error_body
 from runtime.serve.telemetry import Telemetry
 from runtime.serve.traffic import Traffic
@@ -61,6 +63,8 @@ class KServeHandler:
         telemetry: Telemetry | None = None,
         traffic: Traffic | None = None,
         rollout_command=None,  # async (model, action, args) -> {"status", "body"}: the decision-maker
+        monitor: DriftMonitor | None = None,
+        captures: dict[str, CaptureSink] | None = None,  # model -> its payload capture and feedback
     ) -> None:
         self.models: dict[str, dict[str, ServedModel]] = {}
         for model in models:
@@ -69,6 +73,8 @@ class KServeHandler:
         self.telemetry = telemetry or Telemetry()
         self.traffic = traffic or Traffic()
         self.rollout_command = rollout_command
+        self.monitor = monitor
+        self.captures = captures or {}
         self.version = _package_version()
 
     def add(self, model: ServedModel) -> None:
@@ -124,6 +130,8 @@ class KServeHandler:
         rest = match["rest"] or ""
         if rest == "/rollout":
             return await self._rollout(method, match["name"], body)
+        if rest == "/feedback" and match["version"] is None:
+            return self._feedback(method, match["name"], body)
         try:
             if rest == "/infer":
                 # Sticky on the request's key: its X-Request-ID (Ray Serve passes it on as its own) until the
@@ -150,6 +158,10 @@ class KServeHandler:
             return _error(503, f"model {model.name!r} is warming up", **{"retry-after": "1"})
         if rest == "/config":
             return _json(200, triton.model_config(model))
+        if rest == "/monitor":  # the last completed drift window of this version, in this replica
+            if self.monitor is None:
+                return _json(200, {"model": model.name, "version": model.version, "window": None, "tensors": []})
+            return _json(200, self.monitor.result(model))
         if rest == "/stats":  # as Triton: every version of the model unless the path names one
             versions = [model] if match["version"] else list(self.models[model.name].values())
             return _json(200, {"model_stats": [triton.statistics(m) for m in versions]})
@@ -172,6 +184,26 @@ class KServeHandler:
         result = await self.rollout_command(name, action, args)
         return _json(result["status"], result["body"])
 
+    def _feedback(self, method: str, name: str, body: bytes) -> HttpResponse:
+        """POST {"id", "label", "time"?} or a list of them: labels to join with the captures by id."""
+        if method != "POST":
+            return _error(405, "feedback takes POST")
+        try:
+            self._versions(name)
+            sink = self.captures.get(name)
+            if sink is None:
+                raise LookupError(f"model {name!r} has no capture destination for feedback; set capture.destination")
+            accepted = sink.add_feedback(orjson.loads(body))
+        except LookupError as e:
+            return _error(404, str(e))
+        except orjson.JSONDecodeError as e:
+            return _error(400, f"malformed JSON: {e}")
+        except FeedbackError as e:
+            return _error(400, str(e))
+        except OverflowError as e:
+            return _error(503, str(e), **{"retry-after": "1"})
+        return _json(200, {"accepted": accepted})
+
     def _reroute(self, name: str, versions, key: str) -> tuple[ServedModel, ServedModel | None]:
         model, route = self.traffic.route(name, versions, key)
         return model, (versions.get(route.mirror) if route.mirror else None)
@@ -190,6 +222,7 @@ class KServeHandler:
         started = time.perf_counter()
         queue_s = compute_s = 0.0
         rows = timing_rows = 0
+        request = outputs = None
         arrived = model  # counted in flight where it arrived, whichever version answers
         self.telemetry.in_flight(arrived, +1)
         try:
@@ -219,6 +252,8 @@ class KServeHandler:
                 response = HttpResponse(200, payload, extra)
                 if mirror is not None:
                     self.traffic.mirror(model, mirror, feed, outputs)
+                if self.monitor is not None:
+                    self.monitor.observe(model, feed, outputs)
         except ProtocolError as e:
             response = _error(e.status, str(e))
         except InputError as e:
@@ -240,6 +275,22 @@ class KServeHandler:
         finally:
             self.telemetry.in_flight(arrived, -1)
         seconds = time.perf_counter() - started
+        sink = self.captures.get(model.name)
+        if sink is not None and request is not None:
+            inference_id = request.id or request_id
+            if sink.wants(inference_id):
+                returned = outputs
+                if outputs is not None and request.outputs is not None:
+                    returned = {o.name: outputs[o.name] for o in request.outputs}
+                sink.record(
+                    inference_id,
+                    model.version,
+                    self.traffic.role(model),
+                    response.status,
+                    seconds,
+                    request.inputs,
+                    returned,
+                )
         model.counts.record(response.status == 200, seconds, rows)
         self.traffic.answered(model, response.status, seconds)
         self.telemetry.request(model, response.status, seconds, queue_s, compute_s)

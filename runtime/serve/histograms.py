@@ -63,6 +63,22 @@ class CumulativeHistogram:
             series[0][bisect_left(self.boundaries, value)] += 1  # le semantics: value <= bound
             series[1] += value
 
+    def observe_many(self, values, tags: Mapping[str, str]) -> None:
+        """Observe every value of an array at once."""
+        import numpy as np
+
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not values.size:
+            return
+        counts = np.bincount(np.searchsorted(self.boundaries, values, side="left"), minlength=len(self.boundaries) + 1)
+        key = tuple(sorted(tags.items()))
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = [[0] * (len(self.boundaries) + 1), 0.0]
+            series[0] = [a + int(b) for a, b in zip(series[0], counts, strict=True)]
+            series[1] += float(values.sum())
+
     def snapshot(self) -> dict[tuple[tuple[str, str], ...], tuple[list[int], float]]:
         """Cumulative bucket counts (one per bound, +Inf last) and the sum, per tag set."""
         with self._lock:

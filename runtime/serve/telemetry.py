@@ -9,10 +9,14 @@ from typing import TYPE_CHECKING
 from runtime.serve.histograms import CumulativeHistogram, Publisher
 
 if TYPE_CHECKING:
+    from runtime.monitor.window import WindowResult
+    from runtime.serve.capture import CaptureSink
     from runtime.serve.model import ServedModel
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+ENTROPY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 
 
 class Telemetry:
@@ -27,6 +31,15 @@ class Telemetry:
 
     def warmed_up(self, model: ServedModel) -> None:
         """The model is warm: its warm-up time and memory footprint are known."""
+
+    def predictions(self, model: ServedModel, confidence, entropy) -> None:
+        """A classifier's top-1 confidence and entropy of the rows it answered (arrays)."""
+
+    def drift(self, model: str, version: str, result: WindowResult) -> None:
+        """A drift window of the model version closed (runtime.monitor.window)."""
+
+    def watch_capture(self, model: str, sink: CaptureSink) -> None:
+        """Publish what the model's capture wrote, dropped and lost, from now on."""
 
     def close(self) -> None:
         """The server is stopping."""
@@ -59,10 +72,40 @@ class RayTelemetry(Telemetry):
             "(kind: host or device).",
             tag_keys=(*tags, "kind"),
         )
+        self.confidence = histogram(
+            "trtserve_prediction_confidence", "Top-1 probability of a classifier's answered rows.", CONFIDENCE_BUCKETS
+        )
+        self.entropy = histogram(
+            "trtserve_prediction_entropy", "Entropy (nats) of a classifier's answered rows.", ENTROPY_BUCKETS
+        )
+        drift_tags = (*tags, "tensor")
+        self.drift_score = Gauge(
+            "trtserve_drift_score",
+            "Drift test result of one feature in the last window (a p-value for ks, chisquare and mmd; a "
+            "distance for wasserstein and jensenshannon; psi beside).",
+            tag_keys=(*drift_tags, "feature", "test"),
+        )
+        self.drift_detected = Gauge(
+            "trtserve_drift_detected",
+            "1 when at least half of a tensor's features drifted in the last window.",
+            tag_keys=drift_tags,
+        )
+        self.drift_rows = Gauge("trtserve_drift_window_rows", "Rows in the last closed drift window.", tag_keys=tags)
+        self.drift_windows = Counter("trtserve_drift_windows", "Drift windows closed.", tag_keys=tags)
+        self.capture = Counter(
+            "trtserve_capture_records",
+            "Capture and feedback records (outcome: written, dropped when the queue was full, failed).",
+            tag_keys=("model", "stream", "outcome"),
+        )
         self._inflight: dict[tuple[str, str], int] = {}
         self._warm: list[ServedModel] = []
+        self._drift: dict[tuple[str, str], WindowResult] = {}
+        self._captures: dict[str, CaptureSink] = {}
+        self._captured: dict[tuple[str, str, str], int] = {}
         self.publisher = Publisher(
-            [self.latency, self.queue, self.compute, self.batch], publish_interval_s, refresh=[self._refresh]
+            [self.latency, self.queue, self.compute, self.batch, self.confidence, self.entropy],
+            publish_interval_s,
+            refresh=[self._refresh],
         ).start()
 
     @staticmethod
@@ -92,12 +135,51 @@ class RayTelemetry(Telemetry):
         self._warm.append(model)
         self._set_model_gauges(model)
 
+    def predictions(self, model, confidence, entropy) -> None:
+        tags = self._tags(model)
+        self.confidence.observe_many(confidence, tags)
+        self.entropy.observe_many(entropy, tags)
+
+    def drift(self, model, version, result) -> None:
+        self._drift[(model, version)] = result
+        self.drift_windows.inc(1, {"model": model, "version": version})
+        self._set_drift_gauges(model, version, result)
+
+    def watch_capture(self, model, sink) -> None:
+        self._captures[model] = sink
+
     def close(self) -> None:
         self.publisher.stop()
 
     def _refresh(self) -> None:
         for model in list(self._warm):
             self._set_model_gauges(model)
+        for (model, version), result in list(self._drift.items()):
+            self._set_drift_gauges(model, version, result)
+        for model, sink in list(self._captures.items()):
+            for stream, writer in (("capture", sink.records), ("feedback", sink.feedback)):
+                if writer is None:
+                    continue
+                for outcome in ("written", "dropped", "failed"):
+                    key = (model, stream, outcome)
+                    now = getattr(writer.stats, outcome)
+                    if now > self._captured.get(key, 0):
+                        self.capture.inc(
+                            now - self._captured.get(key, 0),
+                            dict(zip(("model", "stream", "outcome"), key, strict=True)),
+                        )
+                        self._captured[key] = now
+
+    def _set_drift_gauges(self, model: str, version: str, result) -> None:
+        tags = {"model": model, "version": version}
+        self.drift_rows.set(result.rows, tags)
+        for tensor in result.tensors:
+            tensor_tags = {**tags, "tensor": tensor.name}
+            self.drift_detected.set(1.0 if tensor.drifted else 0.0, tensor_tags)
+            for f in tensor.features:
+                self.drift_score.set(f.score, {**tensor_tags, "feature": f.feature, "test": f.test})
+                if f.psi is not None:
+                    self.drift_score.set(f.psi, {**tensor_tags, "feature": f.feature, "test": "psi"})
 
     def _set_model_gauges(self, model: ServedModel) -> None:
         tags = self._tags(model)

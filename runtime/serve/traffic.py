@@ -71,6 +71,11 @@ class Traffic:
             return versions[routing.stable]
         return versions[max(versions, key=int)]
 
+    def role(self, model: ServedModel) -> str:
+        """canary for a rollout's candidate answering, else stable."""
+        routing = self.routing.get(model.name)
+        return "canary" if routing is not None and routing.candidate == model.version else "stable"
+
     def answered(self, model: ServedModel, status: int, seconds: float) -> None:
         """A response to a client, as it saw it (the handler's whole time)."""
         self._counts(model, ANSWERED).observe(status, seconds * 1e3)
