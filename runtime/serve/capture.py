@@ -25,6 +25,7 @@ from runtime.monitor.capture_writer import (
     feedback_partition,
     feedback_table,
 )
+from runtime.monitor.labels import RecentPredictions
 from runtime.monitor.redaction import Redactor
 from runtime.monitor.sampling import sampled
 from runtime.serve.config import Capture
@@ -77,6 +78,9 @@ class CaptureSink:
             if destination is not None
             else None
         )
+        # Classifier answers remembered to judge feedback online; (version, outcome) -> labels judged.
+        self.recent = RecentPredictions() if self.feedback is not None else None
+        self.judged: dict[tuple[str, str], int] = {}
 
     def wants(self, inference_id: str) -> bool:
         return self.records is not None and sampled(inference_id, self.settings.sampling_percent)
@@ -131,7 +135,15 @@ class CaptureSink:
             raise OverflowError("the feedback queue is full; retry later")
         for record in records:
             self.feedback.submit(record)
+            version, outcome = self.recent.judge(record["inference_id"], record["label"])
+            key = (version or "", outcome)
+            self.judged[key] = self.judged.get(key, 0) + 1
         return len(records)
+
+    def remember(self, inference_id: str, version: str, output: np.ndarray) -> None:
+        """A classifier's answer to a request, judged when its label comes (runtime.monitor.labels)."""
+        if self.recent is not None:
+            self.recent.remember(inference_id, version, output)
 
     def _feedback_record(self, entry: object, index: int | None, now: float) -> dict:
         where = "" if index is None else f"[{index}]"

@@ -278,6 +278,9 @@ class KServeHandler:
         sink = self.captures.get(model.name)
         if sink is not None and request is not None:
             inference_id = request.id or request_id
+            scored = model.manifest.evaluation
+            if outputs is not None and scored is not None and scored.metric == "accuracy":
+                sink.remember(inference_id, model.version, outputs[scored.output])
             if sink.wants(inference_id):
                 returned = outputs
                 if outputs is not None and request.outputs is not None:

@@ -97,6 +97,13 @@ class RayTelemetry(Telemetry):
             "Capture and feedback records (outcome: written, dropped when the queue was full, failed).",
             tag_keys=("model", "stream", "outcome"),
         )
+        self.feedback_labels = Counter(
+            "trtserve_feedback_labels",
+            "Feedback labels judged against the class this replica answered (outcome: correct, wrong; "
+            "unmatched when it did not answer that request or no longer remembers it).",
+            tag_keys=(*tags, "outcome"),
+        )
+        self._judged: dict[tuple[str, str, str], int] = {}
         self._inflight: dict[tuple[str, str], int] = {}
         self._warm: list[ServedModel] = []
         self._drift: dict[tuple[str, str], WindowResult] = {}
@@ -169,6 +176,12 @@ class RayTelemetry(Telemetry):
                             dict(zip(("model", "stream", "outcome"), key, strict=True)),
                         )
                         self._captured[key] = now
+            for (version, outcome), now in list(sink.judged.items()):
+                key = (model, version, outcome)
+                if now > self._judged.get(key, 0):
+                    tags = {"model": model, "version": version, "outcome": outcome}
+                    self.feedback_labels.inc(now - self._judged.get(key, 0), tags)
+                    self._judged[key] = now
 
     def _set_drift_gauges(self, model: str, version: str, result) -> None:
         tags = {"model": model, "version": version}

@@ -23,6 +23,7 @@ from convert.zoo.minilm import reference_texts
 from runtime.monitor.redaction import Redactor
 from runtime.serve.launcher import LocalServe
 from tests.integration.test_launcher import free_port, wait_for
+from tests.unit.test_alerts import ALERTS, alert_expressions, dashboard_expressions, metric_names
 
 WINDOW_S = 3
 MIN_ROWS = 48
@@ -268,20 +269,35 @@ def _post(server, path: str, doc) -> tuple[int, bytes]:
 @pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="requires Debian's prometheus package (.ci/run installs it)"
 )
-def test_prometheus_scrapes_the_drift_gauge(monitored, tmp_path):
+def test_prometheus_scrapes_the_drift_gauge_and_the_dashboard_and_alerts_name_only_exported_metrics(
+    monitored, tmp_path
+):
     discovery = monitored.session_dir / "prom_metrics_service_discovery.json"
     wait_for(discovery.exists, 30, "Ray's service discovery file")
     port = free_port()
     config = tmp_path / "prometheus.yml"
+    shutil.copy(ALERTS, tmp_path / "alerts.yml")
     config.write_text(
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": ["alerts.yml"],
                 "scrape_configs": [{"job_name": "ray", "file_sd_configs": [{"files": [str(discovery)]}]}],
             }
         )
     )
     rng = np.random.default_rng(5)
+    ids = [f"prom-{i}" for i in range(4)]
+    answers = {}
+    for inference_id in ids:  # answered, then labelled: one right, one wrong, for trtserve_feedback_labels
+        x = rng.standard_normal((1, 3, 32, 32), dtype=np.float32)
+        tensor = httpclient.InferInput("image", [1, 3, 32, 32], "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        answers[inference_id] = int(
+            np.argmax(monitored.client.infer("cnn", [tensor], request_id=inference_id).as_numpy("logits"))
+        )
+    labels = [{"id": ids[0], "label": answers[ids[0]]}, {"id": ids[1], "label": (answers[ids[1]] + 1) % 10}]
+    assert _post(monitored, "/v2/models/cnn/feedback", labels)[0] == 200
     _window_after(monitored, "cnn", time.time(), lambda: [_cnn_send(monitored.client, rng) for _ in range(4)])
     with open(tmp_path / "prometheus.log", "w") as log:
         process = subprocess.Popen(
@@ -290,19 +306,41 @@ def test_prometheus_scrapes_the_drift_gauge(monitored, tmp_path):
             stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     try:
-        query = urllib.parse.quote('ray_trtserve_drift_detected{model="cnn",tensor="image"}')
+
+        def api(path: str, **params) -> list | dict | None:
+            url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    return json.loads(r.read())["data"]
+            except OSError:
+                return None
+
         found: list = []
 
         def scraped() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={query}", timeout=5) as r:
-                    found[:] = json.loads(r.read())["data"]["result"]
-            except OSError:
-                return False
+            found[:] = (api("query", query='ray_trtserve_drift_detected{model="cnn",tensor="image"}') or {}).get(
+                "result", []
+            )
             return bool(found)
 
         wait_for(scraped, 60, "Prometheus to scrape the drift gauge")
         assert found[0]["metric"]["version"] == "1" and float(found[0]["value"][1]) in (0.0, 1.0)
+
+        def judged() -> dict:
+            query = 'sum by (outcome) (ray_trtserve_feedback_labels_total{model="cnn",version="1"})'
+            return {
+                r["metric"]["outcome"]: float(r["value"][1])
+                for r in (api("query", query=query) or {}).get("result", [])
+            }
+
+        wait_for(lambda: judged().get("wrong", 0) >= 1, 30, "the feedback counter")
+        assert judged().get("correct", 0) >= 1
+
+        exported = set(api("label/__name__/values") or [])
+        named = metric_names(dashboard_expressions()) | metric_names(alert_expressions())
+        assert named - exported == set(), f"named but not exported: {sorted(named - exported)}"
+        rules = [r for g in api("rules")["groups"] for r in g["rules"]]
+        assert len(rules) == 5 and all(r["health"] == "ok" for r in rules), rules
     finally:
         process.terminate()
         process.wait(10)

@@ -284,3 +284,15 @@ def test_a_model_entry_overrides_the_apps_capture_keys(tmp_path, cnn_repository)
 def test_capturing_without_a_destination_is_named(cnn_repository):
     with pytest.raises(ValueError, match=r"models\[0\]\.capture.*destination"):
         parse_args({"repository": str(cnn_repository), "models": [{"name": "cnn", "capture": {"sampling_percent": 5}}]})
+
+
+def test_feedback_is_judged_against_the_answers_this_replica_remembers(tmp_path, monkeypatch):
+    sink = _sink(tmp_path, monkeypatch)
+    sink.recent.max_ids = 2
+    sink.remember("a", "1", np.array([[0.1, 0.9, 0.0]]))
+    sink.remember("b", "2", np.array([[0.8, 0.1, 0.1], [0.0, 0.0, 1.0]]))
+    sink.remember("c", "2", np.array([[0.0, 1.0]]))  # "a" is forgotten: the oldest goes first
+    sink.add_feedback([{"id": "a", "label": 1}, {"id": "b", "label": [0, 2]}, {"id": "c", "label": 0}])
+    sink.add_feedback({"id": "b", "label": [0, 1]})  # one row of two wrong: the request is wrong
+    sink.close()
+    assert sink.judged == {("", "unmatched"): 1, ("2", "correct"): 1, ("2", "wrong"): 2}
