@@ -21,6 +21,7 @@ COMMANDS = {
     "compare": "compare",
     "autoscale": "autoscale",
     "rollout": "rollout",
+    "monitor": "monitor",
     "pack": "packing",
     "load": "load",
     "gpu-check": "gpu_check",

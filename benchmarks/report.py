@@ -33,6 +33,7 @@ def render(results: Path, output: Path) -> str:
         ("compare.json", _compare),
         ("autoscale.json", _autoscale),
         ("rollout.json", _rollout),
+        ("monitor.json", _monitor),
     )
     for name, section in sections[:3]:
         if (results / name).exists():
@@ -333,6 +334,46 @@ def _autoscale(data: dict) -> list[str]:
         f"{data['machine']['cores']} cores shared by every replica, the ingress and the load generator.",
         "",
     ]
+
+
+def _monitor(data: dict) -> list[str]:
+    costs, alarms = data["costs"], data["false_alarms"]
+    limits = {"capture10": targets.CAPTURE_10_COST, "capture100": targets.CAPTURE_100_COST, "drift": targets.DRIFT_COST}
+    names = {"capture10": "capture at 10 %", "capture100": "capture at 100 %", "drift": "drift accounting"}
+    first = next(iter(costs.values()))
+    lines = [
+        "## Model monitoring: the cost of capture and drift accounting, false drift alarms",
+        "",
+        _machine(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks monitor`. Four identical copies of cnn in one application, one replica "
+        f"each: without monitoring, with capture at 10 % and at 100 % (mode all, Parquet), with drift accounting. "
+        f"Closed loop at c={data['concurrency']}, JSON; each cost is {first['pairs']} pairs of {first['window_s']:g} s "
+        "windows against the copy without monitoring, alternating which runs first; the medians of the pairs' "
+        f"on/off ratios. Baseline: {data['baseline']['rps']:.0f} req/s, p99 {data['baseline']['p99_ms']:.1f} ms. "
+        f"False alarms: unshifted standard-normal images for {alarms['windows']} windows of {alarms['window_s']:g} s.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for arm, limit in limits.items():
+        c = costs[arm]
+        lines.append(
+            _row(
+                f"{names[arm]} costs at most {limit:.0%} of throughput and p99",
+                f"throughput x{c['throughput_ratio_median']:.3f}, p99 x{c['p99_ratio_median']:.3f}",
+                c["throughput_ratio_median"] >= 1 - limit and c["p99_ratio_median"] <= 1 + limit,
+            )
+        )
+    lines += [
+        _row(
+            f"false drift alarms on unshifted traffic: at most {targets.FALSE_ALARMS:.0%} of windows",
+            f"{alarms['alarms']} of {alarms['windows']} windows",
+            alarms["windows"] >= 20 and alarms["alarms"] <= targets.FALSE_ALARMS * alarms["windows"],
+        ),
+        "",
+    ]
+    return lines
 
 
 def _rollout(data: dict) -> list[str]:

@@ -31,3 +31,9 @@ GPU_RUNTIME_OVERHEAD = 0.05  # Engine.infer at most this much slower than the en
 # Model updates under steady load on cnn (`rollout`).
 SHADOW_COST = 0.10  # shadow at 100 % costs the stable path at most this much of its p50 and throughput
 ROLLBACK_EXTRA_INTERVALS = 1  # a bad candidate is rolled back within failure_limit + this many intervals
+
+# Model monitoring on cnn, c=32, JSON (`monitor`): each a median of alternating on/off window ratios.
+CAPTURE_10_COST = 0.05  # capture at 10 % costs at most this much of throughput and p99
+CAPTURE_100_COST = 0.15  # capture at 100 %
+DRIFT_COST = 0.03  # drift accounting always on
+FALSE_ALARMS = 1 / 20  # drifted windows on unshifted traffic, at most this share (window_s 5)

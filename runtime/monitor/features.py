@@ -58,17 +58,18 @@ class TensorFeatures:
         flat = np.asarray(array).reshape(rows, -1)
         if self.kind == "embedding":
             return {"embedding": flat.astype(np.float32, copy=False)}
-        values = flat.astype(np.float64, copy=False)
         out: dict[str, np.ndarray] = {}
         if self.per_element is not None:
-            if values.shape[1] != self.per_element:
-                raise ValueError(f"{self.name}: expected {self.per_element} elements a row, got {values.shape[1]}")
+            if flat.shape[1] != self.per_element:
+                raise ValueError(f"{self.name}: expected {self.per_element} elements a row, got {flat.shape[1]}")
+            values = flat.astype(np.float64, copy=False)
             out.update({str(i): values[:, i] for i in range(self.per_element)})
         else:
-            out.update(summaries(values, None if self.pad is None else values != self.pad))
+            out.update(summaries(flat, None if self.pad is None else flat != self.pad))
             if self.pad is None:
                 out.pop("length")
         if self.kind in ("logits", "probabilities"):
+            values = flat.astype(np.float64, copy=False)
             probs = softmax(values, axis=1) if self.kind == "logits" else values
             out["class"] = np.argmax(probs, axis=1).astype(np.int64)
             out["confidence"] = np.max(probs, axis=1)
@@ -77,9 +78,16 @@ class TensorFeatures:
 
 
 def summaries(values: np.ndarray, valid: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Mean, std, L2 norm and count of each row's valid elements (all where `valid` is None)."""
+    """Mean, std, L2 norm and count of each row's valid elements (all where `valid` is None), in float64
+    whatever the tensor's type (sums accumulated in float64, no float64 copy of an unpadded tensor)."""
     if valid is None:
-        valid = np.ones(values.shape, dtype=bool)
+        count = np.full(values.shape[0], values.shape[1], np.float64)
+        total = values.sum(axis=1, dtype=np.float64)
+        squares = np.einsum("ij,ij->i", values, values, dtype=np.float64)
+        mean = total / np.maximum(count, 1)
+        var = np.maximum(squares / np.maximum(count, 1) - mean**2, 0.0)
+        return {"mean": mean, "std": np.sqrt(var), "norm": np.sqrt(squares), "length": count}
+    values = values.astype(np.float64, copy=False)
     count = valid.sum(axis=1)
     kept = np.where(valid, values, 0.0)
     mean = kept.sum(axis=1) / np.maximum(count, 1)

@@ -23,6 +23,8 @@ from runtime.monitor.reference import read_reference
 from runtime.monitor.tensors import NUMPY
 from runtime.monitor.window import TensorWindow
 
+FLUSH_ROWS = 4096  # captured rows of one tensor counted in one pass
+
 
 class ReportError(ValueError):
     """Nothing to report on, or captures that cannot be read; the message says which."""
@@ -90,7 +92,7 @@ def build_report(
     tallies: dict[tuple[str, str], list] = defaultdict(
         lambda: [0, 0, 0.0]
     )  # (version, hour) -> requests, labelled, sum
-    windows: dict[tuple[str, str], dict[str, TensorWindow]] = {}
+    windows: dict[tuple[str, str], dict[str, _Batched]] = {}
     references: dict[str, object] = {}
     manifests: dict[str, object] = {}
     tokenizers: dict[str, object] = {}
@@ -130,7 +132,7 @@ def build_report(
                     if tensor is None or array is None:
                         continue
                     if name not in per_tensor:
-                        per_tensor[name] = TensorWindow(tensor, rng)
+                        per_tensor[name] = _Batched(TensorWindow(tensor, rng))
                     per_tensor[name].add(array)
     if not tallies:
         raise ReportError(f"{capture_dir}: no captures of model {model!r}" + (" since then" if since else ""))
@@ -147,7 +149,9 @@ def build_report(
         tensors = windows.get((version, hour), {})
         if tensors:
             reference = references[version]
-            judged = [w.judge(reference.rows, rng) for w in tensors.values() if w.sample.filled]
+            for pending in tensors.values():
+                pending.flush()
+            judged = [p.window.judge(reference.rows, rng) for p in tensors.values() if p.window.sample.filled]
             entry["hours"][hour]["drift"] = [t.to_json() for t in judged]
     for entry in versions.values():
         total = entry.pop("_total")
@@ -155,6 +159,28 @@ def build_report(
         entry[entry["metric"]] = total / entry["labelled"] if entry["labelled"] else None
         entry.setdefault("accuracy", entry.get("accuracy"))
     return {"model": model, "capture": str(capture_dir), "since": since, "versions": versions}
+
+
+class _Batched:
+    """A TensorWindow fed the captures' tensors as they are read, counted FLUSH_ROWS rows at a time (one
+    numpy pass per batch of alike rows, not one per request)."""
+
+    def __init__(self, window: TensorWindow) -> None:
+        self.window = window
+        self.pending: dict[tuple, list[np.ndarray]] = defaultdict(list)
+        self.rows = 0
+
+    def add(self, array: np.ndarray) -> None:
+        self.pending[(array.shape[1:], array.dtype.str)].append(array)
+        self.rows += array.shape[0]
+        if self.rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        for arrays in self.pending.values():
+            self.window.add(self.window.spec.extract(np.concatenate(arrays)))
+        self.pending.clear()
+        self.rows = 0
 
 
 def _version_files(repository, model: str, version: str):

@@ -91,8 +91,8 @@ class TensorWindow:
         self.categories = {f.feature: Counter() for f in reference.features if f.type == CATEGORICAL}
         self.extra: dict[str, np.ndarray] = {}  # the last batch's features, for histograms
 
-    def add(self, array: np.ndarray) -> dict[str, np.ndarray]:
-        features = self.spec.extract(array)
+    def add(self, features: dict[str, np.ndarray]) -> None:
+        """Count the rows of one batch, given their features (TensorFeatures.extract)."""
         for f in self.reference.features:
             values = features[f.feature]
             if f.type == CATEGORICAL:
@@ -101,7 +101,6 @@ class TensorWindow:
             elif f.type != VECTORS:
                 self.bins[f.feature] += f.bin_counts(values)
         self.sample.add({k: features[k] for k in self.kinds})
-        return features
 
     def judge(self, reference_rows: int, rng: np.random.Generator) -> TensorDrift:
         results = []
@@ -142,15 +141,15 @@ class DriftWindow:
         self.rows = 0
         self.tensors = {t.name: TensorWindow(t, self.rng) for t in self.reference.tensors}
 
-    def add(self, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-        """One request's tensors by name (those the reference does not know are ignored); their features."""
-        rows = None
-        features = {}
-        for name, window in self.tensors.items():
-            if name in arrays:
-                features[name] = window.add(arrays[name])
-                rows = arrays[name].shape[0]
-        self.rows += rows or 0
+    def add(self, arrays: dict[str, np.ndarray], count_rows: bool = True) -> dict[str, dict[str, np.ndarray]]:
+        """A batch of tensors by name (those the reference does not know are ignored); their features. Counted
+        whole or not at all: a tensor whose features cannot be extracted raises before anything is counted.
+        `count_rows` False: more tensors of rows already counted (an output added request by request)."""
+        features = {name: w.spec.extract(arrays[name]) for name, w in self.tensors.items() if name in arrays}
+        for name, values in features.items():
+            self.tensors[name].add(values)
+        if count_rows:
+            self.rows += next((arrays[name].shape[0] for name in features), 0)
         return features
 
     def close_if_due(self, now: float) -> WindowResult | None:

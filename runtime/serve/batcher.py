@@ -105,6 +105,10 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task | None = None
         self._on_batch = on_batch
+        # Called with each successful engine run's (feed, outputs, per-request results), on the event loop:
+        # it must only hand them over (drift accounting, runtime.serve.monitoring). The feed and outputs are
+        # as the engine saw them, padded where requests of several lengths were batched.
+        self.on_results: Callable[[dict, dict, list[dict]], None] | None = None
         self._s_per_row = float("inf")  # running estimate of engine seconds per row; inf until measured
         self.stats = BatchStats()
 
@@ -213,6 +217,7 @@ class DynamicBatcher:
                 continue
             finished = time.perf_counter()
             self._account(members, group.rows, started, finished, stacked - started, engine_s)
+            self._hand_over(feed, outputs, results)
             for member, result in zip(members, results, strict=True):
                 self._resolve(
                     member,
@@ -237,6 +242,7 @@ class DynamicBatcher:
             return
         finished = time.perf_counter()
         self._account([item], item.work.rows, started, finished, 0.0, engine_s)
+        self._hand_over(dict(item.feed), outputs, [outputs])
         self._resolve(item, result=outputs, queue_s=started - item.enqueued, compute_s=finished - started)
 
     def _account(self, members, rows: int, started: float, finished: float, input_s: float, engine_s: float) -> None:
@@ -254,6 +260,14 @@ class DynamicBatcher:
         self.stats.batch_sizes[rows] = self.stats.batch_sizes.get(rows, 0) + 1
         if self._on_batch:
             self._on_batch(rows, finished - started, len(members))
+
+    def _hand_over(self, feed: dict, outputs: dict, results: list[dict]) -> None:
+        if self.on_results is None:
+            return
+        try:
+            self.on_results(feed, outputs, results)
+        except Exception:  # what watches the results must never fail the requests
+            log.exception("handing a batch's results over failed")
 
     @staticmethod
     def _resolve(item: _Item, result=None, error: Exception | None = None, **timing) -> None:

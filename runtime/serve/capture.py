@@ -16,6 +16,7 @@ import numpy as np
 
 from runtime.engine.errors import TrtserveError
 from runtime.monitor.capture_writer import (
+    CAPTURE_PARQUET,
     CAPTURE_SCHEMA,
     FEEDBACK_SCHEMA,
     PartitionedWriter,
@@ -61,6 +62,7 @@ class CaptureSink:
                 rotate,
                 settings.queue_max_rows,
                 name=f"capture-{model}",
+                parquet_options=CAPTURE_PARQUET,
             )
             if settings.sampling_percent > 0
             else None

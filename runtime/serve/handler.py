@@ -252,8 +252,6 @@ class KServeHandler:
                 response = HttpResponse(200, payload, extra)
                 if mirror is not None:
                     self.traffic.mirror(model, mirror, feed, outputs)
-                if self.monitor is not None:
-                    self.monitor.observe(model, feed, outputs)
         except ProtocolError as e:
             response = _error(e.status, str(e))
         except InputError as e:

@@ -191,3 +191,30 @@ def test_background_work_is_never_run_on_the_event_loop(engine):
     assert seen[0] == ("MainThread", 1)
     assert [name.startswith("engine") for name, _ in seen[1:]] == [True] and seen[1][1] == 5  # one call, off-loop
     assert all(outputs["doubled"].shape == (1, 8) for outputs, _ in results)
+
+
+def test_every_run_is_handed_over_once_and_a_failing_watcher_fails_nothing(engine):
+    handed: list[tuple[dict, dict, list[dict]]] = []
+
+    def watch(feed_, outputs, results):
+        handed.append((feed_, outputs, results))
+        raise RuntimeError("a watcher's bug")
+
+    async def main():
+        batcher = DynamicBatcher(
+            engine.infer, engine.signature, max_rows=16, max_delay_s=0.002, max_queued_rows=1000, pad_values=PAD
+        )
+        batcher.on_results = watch
+        feeds = [feed(1, 1 + i % 5, i) for i in range(30)]
+        answers = await asyncio.gather(*(batcher.submit(f, Work(1, {"seq": f["x"].shape[1]}), 5) for f in feeds))
+        batcher.close()
+        return feeds, answers
+
+    feeds, answers = asyncio.run(main())
+    for f, (outputs, _) in zip(feeds, answers, strict=True):
+        expected = engine.infer(f)  # the watcher's failure cost no request its answer
+        np.testing.assert_allclose(outputs["doubled"], expected["doubled"], rtol=1e-6)
+    assert sum(f["x"].shape[0] for f, _, _ in handed) == 30  # every row once
+    for batch_feed, outputs, results in handed:
+        assert sum(r["doubled"].shape[0] for r in results) == batch_feed["x"].shape[0]
+        assert outputs["doubled"].shape == batch_feed["x"].shape  # as the engine saw it, padded
