@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 DEMO_MODELS := cnn minilm
 # GPU extras (TensorRT, onnxruntime-gpu, cuda-python) only where nvidia-smi sees a GPU.
 HAS_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo yes)
-EXTRAS := $(if $(HAS_GPU),gpu,cpu),serve,convert,dev
+EXTRAS := $(if $(HAS_GPU),gpu,cpu),serve,batch,convert,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 

@@ -14,7 +14,7 @@ from convert.config import PRECISIONS, ModelConfig, load_config, resolve_callabl
 from convert.errors import BackendUnavailable, ConfigError, ExportError, ParityFailed
 from convert.evaluate import evaluate_build
 from convert.export import export_model
-from convert.package import git_commit, next_version, publish, staging_dir, toolchain, utc_now, write_json
+from convert.package import destination, git_commit, toolchain, utc_now, write_json
 from convert.parity import ParityResult, compare, format_table
 from convert.progress import Counter, step
 from convert.reference import TorchReference
@@ -28,11 +28,9 @@ from runtime.engine.manifest import (
     PARITY_SAMPLES,
     EngineEntry,
     Manifest,
-    read_manifest,
     sha256_file,
     write_manifest,
 )
-from runtime.engine.repository import list_versions
 from runtime.engine.signature import Signature, TensorSpec
 from runtime.engine.tensorrt_plan import profile_json
 from runtime.engine.torch_model import weights_sha256
@@ -45,7 +43,7 @@ ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
 
 @dataclass
 class BuildOptions:
-    repository: Path = Path("model_repository")
+    repository: str | Path = Path("model_repository")  # a path, file://, s3:// or gs:// URI
     version: int | None = None
     backend: str = "all"
     precisions: tuple[str, ...] | None = None  # default: the config's
@@ -58,7 +56,7 @@ class BuildOptions:
 
 @dataclass
 class BuildResult:
-    version_dir: Path
+    version_dir: str  # the published version: a local path, or its URI in an object store
     manifest: Manifest
     parity: list[ParityResult]
     skipped: list[str]  # what was not built here, and why
@@ -77,20 +75,20 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
     sampler = resolve_callable(config, config.sample, "sample") if config.sample else None
     preprocessors = {k: resolve_callable(config, ref, f"preprocessing.{k}") for k, ref in config.preprocessors.items()}
 
-    model_dir = Path(options.repository) / config.name
-    version = next_version(model_dir, options.version)
+    target = destination(options.repository, config.name)
+    version = target.next_version(options.version)
     with step(f"load {config.factory}"):
         model = _instantiate(config, factory)
         weights = weights_sha256(model)
     config_sha = sha256_file(config.path)
     if options.if_changed and options.version is None:
-        current = _current_version(model_dir, config_sha, weights)
+        current = _current_version(target, config_sha, weights)
         if current is not None:
-            log.info("%s is up to date (same config and weights); nothing to build", current)
-            return BuildResult(current, read_manifest(current), [], skipped, up_to_date=True)
+            log.info("%s is up to date (same config and weights); nothing to build", current[0])
+            return BuildResult(current[0], current[1], [], skipped, up_to_date=True)
 
     make_feed = FeedMaker(config, sampler, options.seed)
-    with staging_dir(model_dir, version) as staging:
+    with target.staging(version) as staging:
         with step("export to ONNX"):
             exported = export_model(model, config, make_feed, staging / ONNX_FILES["fp32"], options.verbose)
         signature = Signature(
@@ -159,7 +157,7 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
                 "reference": reference_stats,
             },
         )
-        final = publish(staging, model_dir, version)
+        final = target.publish(staging, version)
     log.info("published %s", final)
     return BuildResult(final, manifest, results, skipped)
 
@@ -210,15 +208,14 @@ def _instantiate(config: ModelConfig, factory):
     return model.eval()
 
 
-def _current_version(model_dir: Path, config_sha: str, weights: str) -> Path | None:
-    versions = list_versions(model_dir)
-    if not versions:
-        return None
-    latest = model_dir / str(versions[-1])
+def _current_version(target, config_sha: str, weights: str) -> tuple[str, Manifest] | None:
     try:
-        source = read_manifest(latest).source
+        latest = target.latest()
     except Exception:  # an unreadable latest version is simply not current
         return None
+    if latest is None:
+        return None
+    source = latest[1].source
     if source.config_sha256 == config_sha and source.weights_sha256 == weights:
         return latest
     return None

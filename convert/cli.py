@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", parents=[common], help="export, build engines, check parity, publish a version")
     b.add_argument("config", type=Path, help="model config, e.g. configs/models/minilm.yaml")
-    b.add_argument("--repository", type=Path, default=Path("model_repository"), help="default: ./model_repository")
+    b.add_argument(
+        "--repository",
+        default="model_repository",
+        help="a directory, or s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (default: ./model_repository)",
+    )
     b.add_argument("--version", type=int, help="version number (default: the next integer); never overwritten")
     b.add_argument(
         "--backend",
@@ -55,10 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     trt.add_argument("--timing-cache", type=Path, help="default: ~/.cache/trtserve/timing-<gpu>-sm<cc>-trt<ver>.cache")
 
     c = sub.add_parser("check", parents=[common], help="verify checksums and paths, re-run parity here")
-    c.add_argument("version_dir", type=Path)
+    c.add_argument("version_dir", help="a version directory, or its URI: s3://BUCKET/PREFIX/MODEL/VERSION")
 
     i = sub.add_parser("inspect", parents=[common], help="summarise an ONNX file, engine or version dir")
-    i.add_argument("path", type=Path)
+    i.add_argument("path", help="a file or version directory, or a version's s3:// or gs:// URI")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -113,8 +117,9 @@ def _build(args) -> int:
 def _check(args) -> int:
     from convert.check import check
     from convert.parity import format_table
+    from runtime.engine.repository import local_version
 
-    result = check(args.version_dir)
+    result = check(local_version(args.version_dir))
     if result.results:
         print(format_table(result.results))
     for line in result.skipped:
@@ -132,7 +137,8 @@ def _check(args) -> int:
 
 def _inspect(args) -> int:
     from convert.inspect import describe, render
+    from runtime.engine.repository import local_version
 
-    info = describe(args.path)
+    info = describe(local_version(args.path))
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0

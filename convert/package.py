@@ -1,4 +1,5 @@
-"""Writing a version directory: staged in a hidden temp dir, published by one rename, never overwritten.
+"""Writing a version directory: staged in a hidden temp dir, published by one rename, never overwritten
+(in an object store: staged locally, uploaded with the manifest last).
 (Its manifest is written by runtime.engine.manifest.write_manifest, the one writer of that contract.)"""
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from convert.errors import TrtserveError
 from runtime.engine.cuda_device import tensorrt_version, visible_device
+from runtime.engine.errors import VersionExists
+from runtime.engine.manifest import Manifest, read_manifest
+from runtime.engine.remote import RemoteRepository, is_remote, local_path
 from runtime.engine.repository import list_versions
-
-
-class VersionExists(TrtserveError):
-    exit_code = 2
 
 
 def next_version(model_dir: Path, requested: int | None) -> int:
@@ -56,6 +55,66 @@ def publish(staging: Path, model_dir: Path, version: int) -> Path:
     _readable(staging)
     os.rename(staging, final)
     return final
+
+
+class LocalDestination:
+    """A model's folder in a local repository: staged beside the final directory, published by a rename."""
+
+    def __init__(self, repository: str | os.PathLike, name: str) -> None:
+        self.model_dir = local_path(repository) / name
+
+    def next_version(self, requested: int | None) -> int:
+        return next_version(self.model_dir, requested)
+
+    def latest(self) -> tuple[str, Manifest] | None:
+        versions = list_versions(self.model_dir)
+        if not versions:
+            return None
+        latest = self.model_dir / str(versions[-1])
+        return str(latest), read_manifest(latest)
+
+    def staging(self, version: int):
+        return staging_dir(self.model_dir, version)
+
+    def publish(self, staging: Path, version: int) -> str:
+        return str(publish(staging, self.model_dir, version))
+
+
+class RemoteDestination:
+    """A model's folder in an object store: staged in a local temporary directory, then uploaded with
+    the manifest last (runtime.engine.remote.RemoteRepository.publish)."""
+
+    def __init__(self, repository: str, name: str) -> None:
+        self.repository, self.name = RemoteRepository(repository), name
+
+    def next_version(self, requested: int | None) -> int:
+        return self.repository.next_version(self.name, requested)
+
+    def latest(self) -> tuple[str, Manifest] | None:
+        versions = self.repository.versions(self.name)
+        if not versions:
+            return None
+        manifest = self.repository.manifest(self.name, versions[-1])
+        return self.repository.version_uri(self.name, versions[-1]), manifest
+
+    @contextlib.contextmanager
+    def staging(self, version: int) -> Iterator[Path]:
+        root = Path(tempfile.mkdtemp(prefix=f"trtserve-build-{self.name}-{version}-"))
+        try:
+            yield root
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def publish(self, staging: Path, version: int) -> str:
+        _readable(staging)
+        return self.repository.publish(staging, self.name, version)
+
+
+def destination(repository: str | os.PathLike, name: str) -> LocalDestination | RemoteDestination:
+    """Where `convert build` publishes `name`; an unsupported URI scheme is refused (RepositoryError)."""
+    if is_remote(repository):
+        return RemoteDestination(str(repository), name)
+    return LocalDestination(repository, name)
 
 
 def _readable(root: Path) -> None:

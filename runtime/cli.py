@@ -6,6 +6,8 @@ trtserve demo CONFIG     serve the demo models, query them with tritonclient, pr
 trtserve rollout ACTION MODEL ...
                          start, status, pause, resume, promote, rollback or history of a model's
                          rollout in a running application (--url, default http://127.0.0.1:8000)
+trtserve batch MODEL[:VERSION] --input PATH --output DIR
+                         batch inference on Ray Data into Parquet, resumable (--resume)
 trtserve monitor report MODEL --capture DIR
                          captures joined with feedback labels: the metric per version and hour, label
                          coverage, drift of what was captured against the reference, plots
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import time
@@ -50,7 +53,60 @@ def _parser() -> argparse.ArgumentParser:
         )
     _rollout_parser(sub)
     _monitor_parser(sub)
+    _batch_parser(sub)
     return parser
+
+
+def _batch_parser(sub) -> None:
+    p = sub.add_parser("batch", help="batch inference on Ray Data: input files -> Parquet predictions")
+    p.add_argument("model", help="MODEL or MODEL:VERSION (default: the latest version)")
+    p.add_argument("--repository", default="model_repository", help="a directory, s3:// or gs:// URI")
+    p.add_argument("--input", required=True, help="a Parquet, JSON lines or .npy file or directory (or s3:// URI)")
+    p.add_argument("--output", required=True, help="a directory for the Parquet predictions")
+    p.add_argument("--format", choices=("parquet", "jsonl", "npy"), help="the input's (default: from its name)")
+    p.add_argument("--id-column", default="id", help="the input's id column (default id)")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per Ray Data batch (default 256)")
+    p.add_argument("--workers", type=int, default=1, help="actors in the pool, each holding the model (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker reserves (default 0)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker reserves (default 1)")
+    p.add_argument("--backend", default="auto", help="engine backend, as serving picks it (default auto)")
+    p.add_argument("--max-errors", type=int, default=0, help="bad rows tolerated before the job fails (default 0)")
+    p.add_argument(
+        "--rows-per-file", type=int, default=100_000, help="rows per output file at most (default 100000)"
+    )
+    p.add_argument("--resume", action="store_true", help="finish a job that was stopped, skipping written rows")
+    p.add_argument("--address", help="a Ray cluster (default: $RAY_ADDRESS, else a local Ray of its own)")
+
+
+def _batch(args) -> int:
+    from runtime.batch.job import BatchOptions, run
+
+    name, _, version = args.model.partition(":")
+    if version and not (version == "latest" or version.isdigit()):
+        raise UsageError(f"{args.model}: expected MODEL or MODEL:VERSION (a positive integer or latest)")
+    summary = run(
+        BatchOptions(
+            model=name,
+            version=version or "latest",
+            repository=args.repository,
+            input=args.input,
+            output=args.output,
+            format=args.format,
+            id_column=args.id_column,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker,
+            backend=args.backend,
+            max_errors=args.max_errors,
+            rows_per_file=args.rows_per_file,
+            resume=args.resume,
+            address=args.address,
+        )
+    )
+    for line in summary.lines():
+        print(line)
+    return 0
 
 
 def _monitor_parser(sub) -> None:
@@ -62,9 +118,9 @@ def _monitor_parser(sub) -> None:
     p.add_argument("--since", help="only requests from then on: an ISO 8601 time, or a duration back (2h, 30m)")
     p.add_argument(
         "--repository",
-        type=Path,
-        default=Path("model_repository"),
-        help="where the versions' manifests and references are, for the metric and drift (default %(default)s)",
+        default="model_repository",
+        help="a directory, s3:// or gs:// URI: where the versions' manifests and references are, for the metric "
+        "and drift (default %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--plots", type=Path, help="write metric.png and drift.png here")
@@ -271,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         except TrtserveError as e:
             print(f"trtserve {args.command} {args.action}: error: {e}", file=sys.stderr)
             return e.exit_code
+    if args.command == "batch":
+        return _run_batch(args)
     if not args.config.is_file():
         print(f"trtserve {args.command}: error: {args.config}: no such file", file=sys.stderr)
         return 2
@@ -291,6 +349,45 @@ def main(argv: list[str] | None = None) -> int:
     except (TrtserveError, RuntimeError, TimeoutError) as e:
         print(f"trtserve {args.command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def _run_batch(args) -> int:
+    try:
+        return _batch(args)
+    except TrtserveError as e:
+        print(f"trtserve batch: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("trtserve batch: interrupted; run it again with --resume to finish", file=sys.stderr)
+        return 130
+    except Exception as e:  # Ray Data reports a worker's failure wrapped in its own exceptions
+        cause = _user_error(e)
+        reason = str(cause) if cause is not None else _raised_in_worker(e) or f"{type(e).__name__}: {_last_line(e)}"
+        print(f"trtserve batch: error: {reason}", file=sys.stderr)
+        return cause.exit_code if cause is not None else 1
+
+
+def _user_error(error: BaseException) -> TrtserveError | None:
+    """The TrtserveError a worker raised, found through Ray's wrappers (causes and `.cause`)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, TrtserveError):
+            return error
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
+
+
+def _raised_in_worker(error: BaseException) -> str | None:
+    """Ray Data keeps a worker's exception only as its traceback's text: the message of the last
+    trtserve error in it."""
+    found = re.findall(r"^(?:runtime|convert)\.[\w.]+: (.+)$", str(error), flags=re.MULTILINE)
+    return found[-1] if found else None
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ class ArtifactError(TrtserveError):
     exit_code = 2
 
 
+class VersionExists(TrtserveError):
+    """A model version that is already there: versions are never overwritten."""
+
+    exit_code = 2
+
+
 class BackendUnavailable(TrtserveError):
     """A requested backend cannot run on this machine; the message says why."""
 

@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 from runtime.engine import preprocessing
 from runtime.engine.evaluation import METRICS
 from runtime.engine.manifest import read_manifest
+from runtime.engine.repository import version_dir
 from runtime.monitor.capture_writer import FEEDBACK_DIR, hour_of
 from runtime.monitor.reference import read_reference
 from runtime.monitor.tensors import NUMPY
@@ -187,8 +188,8 @@ def _version_files(repository, model: str, version: str):
     """(manifest, reference, tokenizer) of a version in the repository, None where there is none."""
     if repository is None:
         return None, None, None
-    directory = Path(repository) / model / version
     try:
+        directory = version_dir(repository, model, version)  # an object store's: its verified download
         manifest = read_manifest(directory)
     except Exception:  # a version not in this repository: reported without its metric config or drift
         return None, None, None

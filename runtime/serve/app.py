@@ -30,6 +30,8 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
         "graceful_shutdown_timeout_s": 30,
         "logging_config": {"encoding": "JSON", "log_level": args.log_level},
     }
+    if args.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = args.max_replicas_per_node
     need = replica_need(args)
     if need is not None:
         options["ray_actor_options"] = actor_options(
@@ -49,9 +51,13 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     args = parse_args(args)
-    directories = args.version_dirs()
+    # Version numbers, not directories: each replica finds (in an object store: downloads and verifies)
+    # its own copy on the node it runs on.
+    repository = str(args.repository_path)
+    versions = args.versions()
     rollouts = RolloutController.bind(
-        {spec.name: d.name for spec, d in zip(args.models, directories, strict=True)},
-        {spec.name: str(args.repository_path) for spec in args.models},
+        {spec.name: str(v) for spec, v in zip(args.models, versions, strict=True)},
+        {spec.name: repository for spec in args.models},
     )
-    return KServeServer.options(**deployment_options(args)).bind(directories, args.models, args.max_body_mb, rollouts)
+    server = KServeServer.options(**deployment_options(args))
+    return server.bind(repository, versions, args.models, args.max_body_mb, rollouts)

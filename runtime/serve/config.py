@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from runtime.engine.backends import EngineOptions
-from runtime.engine.errors import ArtifactError
-from runtime.engine.repository import version_dir
+from runtime.engine.errors import TrtserveError
+from runtime.engine.repository import repository_location, resolve_version
 from runtime.engine.schema import (
     NonNegative,
     NonNegativeInt,
@@ -154,13 +154,14 @@ class Placement(Schema):
 
 
 class AppArgs(Schema):
-    repository: str  # a model repository path; relative paths resolve where the app is built
+    repository: str  # a model repository: a path (relative ones resolve where the app is built), s3://, gs://
     models: Annotated[
         list[Annotated[ModelSpec, BeforeValidator(_named)]],
         non_empty_list("expected a non-empty list of models, e.g. [{name: cnn, version: latest}]"),
     ]
     max_body_mb: Positive = 64.0  # larger bodies: 413
     num_replicas: PositiveInt | None = None
+    max_replicas_per_node: PositiveInt | None = None  # Ray Serve's: 1 spreads replicas over nodes
     autoscaling: Autoscaling | None = None
     autoscaling_config: dict[str, Any] | None = None  # Ray's own, instead of `autoscaling`
     ray_actor_options: dict[str, Any] | None = None  # keys set here win over placement's
@@ -188,20 +189,25 @@ class AppArgs(Schema):
                 merged["destination"] = str(settings.destination_path)
                 settings = Capture.model_validate(merged)
             object.__setattr__(spec, "capture_settings", settings)
-        repository = self.repository_path
+        try:
+            repository = self.repository_path
+        except TrtserveError as e:  # an unsupported URI scheme
+            raise invalid(str(e), "repository") from None
         for i, spec in enumerate(self.models):
-            try:  # fails now, with the reason, if it does not exist
-                version_dir(repository, spec.name, spec.version)
-            except ArtifactError as e:
+            try:  # fails now, with the reason, if it does not exist (nothing is downloaded yet)
+                resolve_version(repository, spec.name, spec.version)
+            except TrtserveError as e:
                 raise invalid(str(e), f"models[{i}]") from None
         return self
 
     @property
-    def repository_path(self) -> Path:
-        return Path(self.repository).expanduser().resolve()
+    def repository_path(self) -> str | Path:
+        """The repository as replicas reach it: an absolute path, or the object-store URI unchanged."""
+        return repository_location(self.repository)
 
-    def version_dirs(self) -> list[Path]:
-        return [version_dir(self.repository_path, spec.name, spec.version) for spec in self.models]
+    def versions(self) -> list[int]:
+        """The version number each model entry names (`latest` resolved now)."""
+        return [resolve_version(self.repository_path, spec.name, spec.version) for spec in self.models]
 
 
 def _merge(base: dict, override: dict) -> dict:

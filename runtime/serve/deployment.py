@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from runtime.engine.memory import gpu_free_total, host_available_bytes, host_rss_bytes
+from runtime.engine.repository import version_dir
 from runtime.serve import autoscaling
 from runtime.serve.capture import CaptureSink
 from runtime.serve.config import ModelSpec
@@ -30,7 +31,12 @@ log = logging.getLogger("trtserve.server")
 @serve.deployment(name="trtserve", max_ongoing_requests=512)
 class KServeServer:
     def __init__(
-        self, version_dirs: list[Path], models: list[ModelSpec], max_body_mb: float = 64, rollouts=None
+        self,
+        repository: str,
+        versions: list[int],
+        models: list[ModelSpec],
+        max_body_mb: float = 64,
+        rollouts=None,
     ) -> None:
         _log_like_ray_serve()
         self._telemetry = RayTelemetry()
@@ -42,8 +48,9 @@ class KServeServer:
                 self._captures[spec.name] = CaptureSink(spec.name, settings)
                 self._telemetry.watch_capture(spec.name, self._captures[spec.name])
         self._models = []
-        for directory, spec in zip(version_dirs, models, strict=True):
-            model = ServedModel(directory, spec, self._telemetry)
+        for version, spec in zip(versions, models, strict=True):
+            # A local path, or this node's verified download of a version in an object store.
+            model = ServedModel(version_dir(repository, spec.name, version), spec, self._telemetry)
             model.warmup()
             self._monitor.register(model)
             self._models.append(model)
@@ -57,9 +64,7 @@ class KServeServer:
             captures=self._captures,
         )
         self._last_batches: dict[str, tuple[int, int]] = {}
-        specs = {
-            spec.name: (spec, directory.parent.parent) for directory, spec in zip(version_dirs, models, strict=True)
-        }
+        specs = {spec.name: (spec, repository) for spec in models}
         self._versions = VersionManager(self.handler, specs, self._load_version)
         self._configured = False
         self._applied = 0  # the decision-maker's generation this replica routes by

@@ -143,7 +143,7 @@ def with_versions(need: ReplicaNeed, versions: int) -> ReplicaNeed:
     return ReplicaNeed(host, device, need.device_total_bytes, need.models)
 
 
-def measure_replica(repository: Path, models: list[ModelSpec], timeout_s: float = 600) -> ReplicaNeed:
+def measure_replica(repository: str | Path, models: list[ModelSpec], timeout_s: float = 600) -> ReplicaNeed:
     """The memory of a process holding these models after warm-up, measured in a fresh subprocess."""
     specs = json.dumps([m.model_dump() for m in models])
     proc = subprocess.run(
@@ -158,7 +158,7 @@ def measure_replica(repository: Path, models: list[ModelSpec], timeout_s: float 
     return ReplicaNeed(**doc)
 
 
-def _measure_here(repository: Path, models: list[ModelSpec]) -> ReplicaNeed:
+def _measure_here(repository: str | Path, models: list[ModelSpec]) -> ReplicaNeed:
     # A replica has Ray Serve imported: count it (where Ray is installed; `benchmarks pack` may run without).
     with contextlib.suppress(ImportError):
         import ray.serve  # noqa: F401
@@ -186,4 +186,4 @@ if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: " + __doc__.strip().splitlines()[-1].strip())
     specs = [ModelSpec.model_validate(spec) for spec in json.loads(sys.argv[2])]
-    print(json.dumps(_measure_here(Path(sys.argv[1]), specs).to_dict()))
+    print(json.dumps(_measure_here(sys.argv[1], specs).to_dict()))

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -50,7 +49,7 @@ class RolloutController:
     def __init__(self, stable: dict[str, str], repositories: dict[str, str]) -> None:
         self._key = f"rollouts/{serve.get_replica_context().app_name}".encode()
         self._configured = dict(stable)  # model -> the version the app's args serve
-        self._repositories = {name: Path(path) for name, path in repositories.items()}
+        self._repositories = dict(repositories)  # paths or object-store URIs
         self.rollouts: dict[str, Rollout] = {}
         self.generation = 0
         self._latest: dict[str, tuple[float, int, dict[str, dict]]] = {}  # replica -> (when, generation, reports)

@@ -111,4 +111,16 @@ def statistics(model: ServedModel) -> dict:
         "memory": {**model.engine.memory(), "footprint": model.footprint.to_dict() if model.footprint else None},
         "warmup_seconds": model.warmup_s,
         "max_batch_size": {"configured": model.max_batch_size, "now": model.batcher.max_rows},
+        # Which replica answered: its Ray node, and the directory it loaded (an object store's version:
+        # that node's verified download).
+        "replica": {"node_id": _node_id(), "loaded_from": str(model.version_dir)},
     }
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside Ray (tests, benchmarks in-process)
+        return None

@@ -48,7 +48,7 @@ class VersionManager:
     def __init__(
         self,
         handler: KServeHandler,
-        specs: dict[str, tuple[ModelSpec, Path]],  # model -> (how to serve it, its repository)
+        specs: dict[str, tuple[ModelSpec, str | Path]],  # model -> (how to serve it, its repository)
         load: Callable[[Path, ModelSpec], ServedModel],  # build and warm up one version
         grace_s: float = 60.0,
     ) -> None:
