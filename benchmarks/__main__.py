@@ -22,6 +22,7 @@ COMMANDS = {
     "autoscale": "autoscale",
     "rollout": "rollout",
     "monitor": "monitor",
+    "batch": "batch",
     "pack": "packing",
     "load": "load",
     "gpu-check": "gpu_check",

@@ -37,3 +37,7 @@ CAPTURE_10_COST = 0.05  # capture at 10 % costs at most this much of throughput 
 CAPTURE_100_COST = 0.15  # capture at 100 %
 DRIFT_COST = 0.03  # drift accounting always on
 FALSE_ALARMS = 1 / 20  # drifted windows on unshifted traffic, at most this share (window_s 5)
+
+# Batch inference on Ray Data (`batch`): the job's rows/s against the raw in-process engine at its best batch.
+BATCH_CNN_RATIO = 0.5  # a tiny model, where Ray Data's per-batch cost shows
+BATCH_MINILM_RATIO = 0.8

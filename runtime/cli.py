@@ -65,15 +65,13 @@ def _batch_parser(sub) -> None:
     p.add_argument("--output", required=True, help="a directory for the Parquet predictions")
     p.add_argument("--format", choices=("parquet", "jsonl", "npy"), help="the input's (default: from its name)")
     p.add_argument("--id-column", default="id", help="the input's id column (default id)")
-    p.add_argument("--batch-size", type=int, default=256, help="rows per Ray Data batch (default 256)")
+    p.add_argument("--batch-size", type=int, default=1024, help="rows per Ray Data batch (default 1024)")
     p.add_argument("--workers", type=int, default=1, help="actors in the pool, each holding the model (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker reserves (default 0)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker reserves (default 1)")
     p.add_argument("--backend", default="auto", help="engine backend, as serving picks it (default auto)")
     p.add_argument("--max-errors", type=int, default=0, help="bad rows tolerated before the job fails (default 0)")
-    p.add_argument(
-        "--rows-per-file", type=int, default=100_000, help="rows per output file at most (default 100000)"
-    )
+    p.add_argument("--rows-per-file", type=int, default=100_000, help="rows per output file at most (default 100000)")
     p.add_argument("--resume", action="store_true", help="finish a job that was stopped, skipping written rows")
     p.add_argument("--address", help="a Ray cluster (default: $RAY_ADDRESS, else a local Ray of its own)")
 

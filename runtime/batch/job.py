@@ -53,7 +53,7 @@ class BatchOptions:
     version: int | str = "latest"
     format: str | None = None  # guessed from the input's name when None
     id_column: str = "id"
-    batch_size: int = 256
+    batch_size: int = 1024  # rows per Ray Data batch; the worker cuts it to the engine's maximum batch size
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
@@ -136,10 +136,14 @@ def run(options: BatchOptions) -> BatchSummary:
 
 
 def _check_output(output: Path, resume: bool) -> None:
-    earlier = output.is_dir() and any(output.glob("*.parquet"))
+    checkpoint = Path(checkpoint_path(str(output.resolve())))
+    earlier = (output.is_dir() and any(output.glob("*.parquet"))) or checkpoint.exists()
     if earlier and not resume:
-        raise BatchError(f"{output} holds the output of an earlier job; --resume finishes it, or give another --output")
-    if resume and not earlier and not Path(checkpoint_path(str(output))).exists():
+        raise BatchError(
+            f"{output} holds the output (or {checkpoint.name}, the checkpoint) of an earlier job; --resume "
+            "finishes it, or give another --output"
+        )
+    if resume and not earlier:
         log.info("%s: nothing to resume; starting the job", output)
 
 

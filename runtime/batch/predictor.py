@@ -83,7 +83,12 @@ class Predictor:
             self._bad(ids, f"missing input {missing[0]!r}; this model takes {', '.join(self.inputs)}")
             return self.schema.empty_table()
         rows = len(ids)
-        feeds = self._feeds(batch, rows)
+        # Text is tokenized an engine call's rows at a time, so each call pads to its own longest text.
+        step = self.max_rows if self.tokenize else rows
+        feeds = []
+        for first in range(0, rows, step):
+            part = {name: batch[name][first : first + step] for name in (self.id_column, *self.inputs)}
+            feeds += [(index + first, feed) for index, feed in self._feeds(part, len(part[self.id_column]))]
         outputs: dict[str, list[np.ndarray]] = {s.name: [] for s in self.signature.outputs}
         kept: list[np.ndarray] = []
         for index, feed in feeds:

@@ -22,9 +22,9 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 
+from benchmarks.s3_server import s3_server
 from runtime.engine.artifact import verify_version_dir
 from tests.conftest import run_convert
-from tests.fixtures.s3 import s3_server
 from tests.integration.test_launcher import free_port
 
 pytestmark = pytest.mark.slow

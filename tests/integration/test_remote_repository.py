@@ -13,12 +13,12 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 
+from benchmarks.s3_server import s3_server
 from runtime.engine.loader import load_engine
 from runtime.engine.manifest import MANIFEST
 from runtime.engine.remote import RemoteRepository
 from runtime.serve.launcher import LocalServe
 from tests.conftest import run_convert
-from tests.fixtures.s3 import s3_server
 from tests.integration.test_launcher import free_port
 
 
