@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from runtime.engine.errors import TrtserveError
 
 
-def read_input(path: str, fmt: str, id_column: str, repository: str, model: str, version: int):
+def read_input(path: str, fmt: str, id_column: str, repository: str, model: str, version: int, staged: Path):
     import ray.data
 
     if fmt == "parquet":
@@ -15,15 +18,17 @@ def read_input(path: str, fmt: str, id_column: str, repository: str, model: str,
     elif fmt == "jsonl":
         dataset = ray.data.read_json(path, lines=True)
     else:
-        dataset = _numpy(path, id_column, repository, model, version)
+        dataset = _numpy(path, id_column, repository, model, version, staged)
     names = dataset.schema().names
     if id_column not in names:
         raise TrtserveError(f"{path}: no id column {id_column!r} (it has {', '.join(names)}); give --id-column")
     return dataset
 
 
-def _numpy(path: str, id_column: str, repository: str, model: str, version: int):
-    """One .npy file: its rows are the rows of the model's only input; the row numbers are the ids."""
+def _numpy(path: str, id_column: str, repository: str, model: str, version: int, staged: Path):
+    """One .npy file: its rows are the rows of the model's only input; the row numbers are the ids. It is
+    written as Parquet to `staged` first (again on each run: the same rows, the same ids), so Ray Data
+    reads it from files, which its checkpointing (and so --resume) needs."""
     import pyarrow as pa
     import ray.data
 
@@ -55,4 +60,10 @@ def _numpy(path: str, id_column: str, repository: str, model: str, version: int)
             inputs[0]: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(array)),
         }
     )
-    return ray.data.from_arrow(table)
+    import pyarrow.parquet as pq
+
+    staged.mkdir(parents=True, exist_ok=True)
+    temporary = staged / ".rows.parquet.tmp"
+    pq.write_table(table, temporary)
+    os.replace(temporary, staged / "rows.parquet")
+    return ray.data.read_parquet(str(staged / "rows.parquet"))

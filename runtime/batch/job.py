@@ -10,7 +10,8 @@ Resume: the job keeps a Ray Data checkpoint (`ray.data.checkpoint.CheckpointConf
 column) in `<output>.checkpoint` while it runs (removed when it finishes), and writes each output file
 with its ids first recorded as pending, so a job killed part-way and run again with `--resume` skips
 the ids already written and discards a file whose write was cut off: every id once. That needs an id
-column read from files (Parquet, JSON lines); NumPy input cannot be resumed."""
+column read from files: NumPy input is first written as Parquet, its row numbers as ids, to
+`<output>.input` (removed when the job finishes)."""
 
 from __future__ import annotations
 
@@ -105,8 +106,6 @@ def run(options: BatchOptions) -> BatchSummary:
         raise BatchError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if min(options.batch_size, options.workers, options.rows_per_file) < 1 or options.max_errors < 0:
         raise BatchError("--batch-size, --workers and --rows-per-file must be at least 1, --max-errors at least 0")
-    if fmt == "npy" and options.resume:
-        raise BatchError("--resume needs ids read from the input files (Parquet or JSON lines); NumPy input has none")
     repository = str(repository_location(options.repository))
     version = resolve_version(repository, options.model, options.version)
     output = Path(options.output)
@@ -161,11 +160,11 @@ def _run(options: BatchOptions, fmt: str, repository: str, version: int, output:
         partial.unlink()
     before = _rows(output)
     context = ray.data.DataContext.get_current()  # before the dataset is made: it keeps a copy
-    if fmt != "npy":
-        context.checkpoint_config = CheckpointConfig(
-            id_column=options.id_column, checkpoint_path=checkpoint_path(str(output.resolve()))
-        )
-    dataset = read_input(options.input, fmt, options.id_column, repository, options.model, version)
+    context.checkpoint_config = CheckpointConfig(
+        id_column=options.id_column, checkpoint_path=checkpoint_path(str(output.resolve()))
+    )
+    staged = Path(str(output.resolve()) + ".input")  # NumPy input as Parquet with its row numbers as ids
+    dataset = read_input(options.input, fmt, options.id_column, repository, options.model, version, staged)
     schema = dataset.schema()
     kind = dict(zip(schema.names, schema.types, strict=True))[options.id_column]
     id_type = "int64" if isinstance(kind, pa.DataType) and pa.types.is_integer(kind) else "string"
@@ -208,7 +207,8 @@ def _run(options: BatchOptions, fmt: str, repository: str, version: int, output:
     tmp = output / f".{SUMMARY}.tmp"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, output / SUMMARY)
-    shutil.rmtree(checkpoint_path(str(output)), ignore_errors=True)
+    shutil.rmtree(checkpoint_path(str(output.resolve())), ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)
     return summary
 
 

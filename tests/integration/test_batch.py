@@ -139,6 +139,7 @@ def test_numpy_input_ids_are_row_numbers(built_repository, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = outputs(tmp_path / "o")
     assert sorted(table["id"].to_pylist()) == list(range(50))
+    assert not (tmp_path / "o.input").exists() and not (tmp_path / "o.checkpoint").exists()  # removed once done
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
