@@ -106,6 +106,7 @@ def test_too_many_bad_rows_fail_the_job_with_the_reason(built_repository, tmp_pa
     assert last.startswith("trtserve batch: error:") and "--max-errors 1" in last
 
 
+@pytest.mark.slow  # a minute of the default tier
 def test_minilm_sentences_from_json_lines_equal_the_engine(built_repository, tmp_path):
     from convert.zoo.minilm import reference_texts
 

@@ -75,6 +75,7 @@ def test_an_unsupported_scheme_is_refused_not_taken_as_a_path(tmp_path):
         assert list(tmp_path.iterdir()) == []  # no directory named "http:" or "ftp:"
 
 
+@pytest.mark.slow  # a minute of the default tier
 def test_serve_from_s3_answers_from_a_verified_download(s3, published, tmp_path):
     port = free_port()
     app = {
