@@ -88,7 +88,8 @@ def test_serve_from_s3_answers_from_a_verified_download(s3, published, tmp_path)
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     image = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    with LocalServe(config, log_path=tmp_path / "serve.log"):
+    # The Python proxy: HAProxy binds fixed stats ports, taken while the session's other server runs.
+    with LocalServe(config, ingress="proxy", log_path=tmp_path / "serve.log"):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=120)
         request = httpclient.InferInput("image", list(image.shape), "FP32")
         request.set_data_from_numpy(image)
