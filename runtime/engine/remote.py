@@ -65,6 +65,18 @@ def local_path(location: str | os.PathLike) -> Path:
     return Path(text)
 
 
+def choose_version(versions: list[int], version: int | str, where: str, name: str) -> int:
+    """The number `version` ("latest" or an integer) names among a model's complete `versions`
+    (ascending), or ArtifactError saying what there is; local and remote repositories alike."""
+    if not versions:
+        raise ArtifactError(f"{where}: no versions of model {name!r}")
+    if version == "latest":
+        return versions[-1]
+    if int(version) not in versions:
+        raise ArtifactError(f"{where}: no version {version} of model {name!r}; have {', '.join(map(str, versions))}")
+    return int(version)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("TRTSERVE_CACHE") or Path.home() / ".cache" / "trtserve").expanduser()
 
@@ -137,16 +149,7 @@ class RemoteRepository:
         return [v for v, i in zip(numbered, infos, strict=True) if i.type == pyarrow.fs.FileType.File]
 
     def resolve(self, name: str, version: int | str = "latest") -> int:
-        versions = self.versions(name)
-        where = f"{self.uri.split('?')[0]}/{name}"
-        if not versions:
-            raise ArtifactError(f"{where}: no versions of model {name!r}")
-        if version == "latest":
-            return versions[-1]
-        if int(version) not in versions:
-            have = ", ".join(map(str, versions))
-            raise ArtifactError(f"{where}: no version {version} of model {name!r}; have {have}")
-        return int(version)
+        return choose_version(self.versions(name), version, f"{self.uri.split('?')[0]}/{name}", name)
 
     def manifest(self, name: str, version: int):
         """The manifest of a version, read from the store (its shape checked; its files not)."""

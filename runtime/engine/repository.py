@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.engine.errors import ArtifactError
-from runtime.engine.remote import RemoteRepository, is_remote, local_path, parse_version_uri
+from runtime.engine.remote import RemoteRepository, choose_version, is_remote, local_path, parse_version_uri
 
 
 def list_versions(model_dir: Path) -> list[int]:
@@ -43,16 +42,7 @@ def version_dir(repository: str | os.PathLike, name: str, version: int | str = "
 
 def _local_version_dir(repository: Path, name: str, version: int | str) -> Path:
     model_dir = Path(repository) / name
-    versions = list_versions(model_dir)
-    if not versions:
-        raise ArtifactError(f"{model_dir}: no versions of model {name!r}")
-    if version == "latest":
-        return model_dir / str(versions[-1])
-    if int(version) not in versions:
-        raise ArtifactError(
-            f"{model_dir}: no version {version} of model {name!r}; have {', '.join(map(str, versions))}"
-        )
-    return model_dir / str(int(version))
+    return model_dir / str(choose_version(list_versions(model_dir), version, str(model_dir), name))
 
 
 def local_version(location: str | os.PathLike) -> Path:
