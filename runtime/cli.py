@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -51,10 +52,46 @@ def _parser() -> argparse.ArgumentParser:
             choices=("haproxy", "proxy"),
             help="Ray's HAProxy (default, or $TRTSERVE_INGRESS) or its Python proxy",
         )
+        if name == "demo":
+            _token_argument(p, "an infer token, where the config turns authentication on")
     _rollout_parser(sub)
+    _token_parser(sub)
     _monitor_parser(sub)
     _batch_parser(sub)
     return parser
+
+
+def _token_argument(parser, help_text: str) -> None:
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("TRTSERVE_TOKEN"),
+        help=f"bearer token: {help_text} (default $TRTSERVE_TOKEN)",
+    )
+
+
+def _token_parser(sub) -> None:
+    p = sub.add_parser("token", help="a new bearer token, its digest appended to a tokens file")
+    p.add_argument("scopes", nargs="+", choices=("infer", "admin"), help="what the token may do")
+    p.add_argument("--file", type=Path, required=True, help="the tokens file (auth.tokens_file); created if absent")
+
+
+def _token(args) -> int:
+    """Print a fresh token once (it is stored nowhere) and append its digest under each scope."""
+    from runtime.auth.tokens import digest, new_token
+
+    token = new_token()
+    lines = "".join(f"{scope} {digest(token)}\n" for scope in dict.fromkeys(args.scopes))
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write(lines)
+    except OSError as e:
+        print(f"trtserve token: error: cannot write {args.file}: {e}", file=sys.stderr)
+        return 2
+    print(token)
+    scopes = ", ".join(dict.fromkeys(args.scopes))
+    print(f"appended {scopes} to {args.file}; the token is shown only now", file=sys.stderr)
+    return 0
 
 
 def _batch_parser(sub) -> None:
@@ -207,6 +244,7 @@ def _rollout_parser(sub) -> None:
         p = actions.add_parser(action, help=help_text)
         p.add_argument("model")
         p.add_argument("--url", default="http://127.0.0.1:8000", help="the application (default %(default)s)")
+        _token_argument(p, "an admin token, where the application authenticates")
         if action in ("status", "history"):
             p.add_argument("--json", action="store_true", help="one JSON object on stdout")
         if action == "rollback":
@@ -237,9 +275,9 @@ def _rollout(args) -> int:
 
     if args.action in ("status", "history"):
         result = (
-            client.status(args.url, args.model)
+            client.status(args.url, args.model, token=args.token)
             if args.action == "status"
-            else client.command(args.url, args.model, "history")
+            else client.command(args.url, args.model, "history", token=args.token)
         )
         if args.json:
             print(json.dumps(result))
@@ -252,15 +290,16 @@ def _rollout(args) -> int:
         else:
             print(_summary(result))
         return 0
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "action", "model", "url", "json", "wait")}
+    unsent = ("command", "action", "model", "url", "json", "wait", "token")
+    options = {k: v for k, v in vars(args).items() if k not in unsent}
     if args.action == "start":
         options["profile"] = _profile(args.profile, args.latency_budget_ms)
-    result = client.command(args.url, args.model, args.action, **options)
+    result = client.command(args.url, args.model, args.action, token=args.token, **options)
     print(_summary(result))
     if args.action == "start" and result.get("state") == "refused":
         return 1
     if getattr(args, "wait", False):
-        result = client.wait(args.url, args.model)
+        result = client.wait(args.url, args.model, token=args.token)
         print(_summary(result))
         return 0 if result["state"] == "promoted" else 1
     return 0
@@ -309,10 +348,10 @@ def _serve(server) -> int:
     return 1
 
 
-def _demo(server) -> int:
+def _demo(server, token: str | None) -> int:
     from runtime.serve.demo import query_demo_models
 
-    query_demo_models(server)
+    query_demo_models(server, token)
     print("demo finished; stopping the server")
     return 0
 
@@ -327,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             return e.exit_code
     if args.command == "batch":
         return _run_batch(args)
+    if args.command == "token":
+        return _token(args)
     if not args.config.is_file():
         print(f"trtserve {args.command}: error: {args.config}: no such file", file=sys.stderr)
         return 2
@@ -340,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting {args.config} ({server.ingress} ingress); logs in {args.log} ...", flush=True)
     try:
         with server:
-            return {"serve": _serve, "demo": _demo}[args.command](server)
+            return _serve(server) if args.command == "serve" else _demo(server, args.token)
     except KeyboardInterrupt:
         print("stopped", flush=True)
         return 0

@@ -46,7 +46,11 @@ def onnx_external_data_locations(onnx_path: Path) -> list[str]:
     """The files an ONNX model's external data lives in, as written in the model (not resolved)."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError, or whatever a damaged file makes the parser raise
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ArtifactError(f"{onnx_path}: not a readable ONNX model ({reason})") from None
     locations = []
     for tensor in _tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:

@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
+from runtime.engine.dtypes import NAMES as DTYPE_NAMES
 from runtime.engine.errors import ArtifactError
 from runtime.engine.signature import DimRange, Signature, TensorSpec
 
@@ -155,6 +157,35 @@ class Manifest(_Record):
     evaluation: Evaluation | None = None  # when the model config declares an eval set
     reference: ReferenceStats | None = None  # when the model config declares reference data
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        """What the signature and the loaders rely on: known dtypes, dims declared, ranges in order."""
+        for name, d in self.dims.items():
+            if not 0 <= d.min <= d.opt <= d.max:
+                raise PydanticCustomError(
+                    "manifest", "dims.{name}: expected 0 <= min <= opt <= max, got {d}", {"name": name, "d": d}
+                )
+        for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
+            names = [t.name for t in tensors]
+            for i, t in enumerate(tensors):
+                where = f"{kind}[{i}] {t.name!r}"
+                if names.count(t.name) > 1:
+                    raise PydanticCustomError("manifest", "{where}: named twice", {"where": where})
+                if t.dtype not in DTYPE_NAMES:
+                    raise PydanticCustomError(
+                        "manifest", "{where}: unknown dtype {dtype!r}", {"where": where, "dtype": t.dtype}
+                    )
+                for dim in t.shape:
+                    if isinstance(dim, str) and dim not in self.dims:
+                        raise PydanticCustomError(
+                            "manifest", "{where}: dim {dim!r} is not declared under dims", {"where": where, "dim": dim}
+                        )
+                    if isinstance(dim, int) and dim < 0:
+                        raise PydanticCustomError(
+                            "manifest", "{where}: negative size {dim}", {"where": where, "dim": dim}
+                        )
+        return self
+
     @property
     def signature(self) -> Signature:
         return Signature(
@@ -178,7 +209,8 @@ def parse_manifest(doc: Any, where: str | Path) -> Manifest:
         key = ".".join(str(part) for part in error["loc"])
         if error["type"] == "missing":
             raise ArtifactError(f"{where}: missing key {key!r}") from None
-        raise ArtifactError(f"{where}: {key}: {error['msg']}") from None
+        message = " ".join(error["msg"].split())  # one line, whatever the value held
+        raise ArtifactError(f"{where}: {key}: {message}" if key else f"{where}: {message}") from None
     if manifest.format_version != FORMAT_VERSION:
         raise ArtifactError(
             f"{where}: format_version {manifest.format_version!r} is not supported "

@@ -21,20 +21,20 @@ class RolloutRefused(TrtserveError):
     exit_code = 2
 
 
-def command(url: str, model: str, action: str, timeout_s: float = 60.0, **args: Any) -> dict:
+def command(url: str, model: str, action: str, timeout_s: float = 60.0, token: str | None = None, **args: Any) -> dict:
     body = {"action": action, **{k: v for k, v in args.items() if v is not None}}
-    return _call(url, model, "POST", json.dumps(body).encode(), timeout_s)
+    return _call(url, model, "POST", json.dumps(body).encode(), timeout_s, token)
 
 
-def status(url: str, model: str, timeout_s: float = 30.0) -> dict:
-    return _call(url, model, "GET", None, timeout_s)
+def status(url: str, model: str, timeout_s: float = 30.0, token: str | None = None) -> dict:
+    return _call(url, model, "GET", None, timeout_s, token)
 
 
-def wait(url: str, model: str, poll_s: float = 1.0, timeout_s: float | None = None) -> dict:
+def wait(url: str, model: str, poll_s: float = 1.0, timeout_s: float | None = None, token: str | None = None) -> dict:
     """Poll until the rollout has ended; its last status."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        current = status(url, model)
+        current = status(url, model, token=token)
         if current.get("state") in ENDED:
             return current
         if deadline is not None and time.monotonic() > deadline:
@@ -42,12 +42,12 @@ def wait(url: str, model: str, poll_s: float = 1.0, timeout_s: float | None = No
         time.sleep(poll_s)
 
 
-def _call(url: str, model: str, method: str, data: bytes | None, timeout_s: float) -> dict:
+def _call(url: str, model: str, method: str, data: bytes | None, timeout_s: float, token: str | None) -> dict:
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        f"{url.rstrip('/')}/v2/models/{model}/rollout",
-        data=data,
-        method=method,
-        headers={"content-type": "application/json"},
+        f"{url.rstrip('/')}/v2/models/{model}/rollout", data=data, method=method, headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -57,6 +57,8 @@ def _call(url: str, model: str, method: str, data: bytes | None, timeout_s: floa
             reason = json.loads(e.read()).get("error", e.reason)
         except (ValueError, AttributeError):
             reason = e.reason
+        if e.code in (401, 403):
+            reason = f"{reason} (give a token with the admin scope: --token or TRTSERVE_TOKEN)"
         raise RolloutRefused(f"{model}: {reason}") from None
     except (urllib.error.URLError, OSError) as e:
         raise RolloutRefused(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None

@@ -60,4 +60,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         {spec.name: repository for spec in args.models},
     )
     server = KServeServer.options(**deployment_options(args))
-    return server.bind(repository, versions, args.models, args.max_body_mb, rollouts)
+    # Digests only, read here once: replicas on other nodes need no copy of the file. A changed file takes
+    # effect on the next deploy (a rolling restart of the replicas).
+    tokens = args.auth.table().lines() if args.auth is not None else None
+    return server.bind(repository, versions, args.models, args.max_body_mb, rollouts, tokens)

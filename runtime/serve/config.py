@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
+from runtime.auth.tokens import TokenTable
 from runtime.engine.backends import EngineOptions
 from runtime.engine.errors import TrtserveError
 from runtime.engine.repository import repository_location, resolve_version
@@ -153,6 +154,19 @@ class Placement(Schema):
     versions_per_model: Annotated[int, Field(ge=1, le=4)] = 2
 
 
+class Auth(Schema):
+    """Bearer-token authentication (runtime.auth.tokens); health endpoints stay open for probes."""
+
+    tokens_file: str  # lines `<scope> <sha256 hex>`; relative paths resolve where the app is built
+
+    @property
+    def tokens_path(self) -> Path:
+        return Path(self.tokens_file).expanduser().resolve()
+
+    def table(self) -> TokenTable:
+        return TokenTable.read(self.tokens_path)
+
+
 class AppArgs(Schema):
     repository: str  # a model repository: a path (relative ones resolve where the app is built), s3://, gs://
     models: Annotated[
@@ -170,6 +184,7 @@ class AppArgs(Schema):
     max_queued_requests: int = 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     capture: Capture = Field(default_factory=Capture)  # every model's, unless its entry overrides keys
+    auth: Auth | None = None  # off: no authentication (put the server behind something that authenticates)
 
     @model_validator(mode="after")
     def _consistent(self) -> AppArgs:
@@ -189,6 +204,11 @@ class AppArgs(Schema):
                 merged["destination"] = str(settings.destination_path)
                 settings = Capture.model_validate(merged)
             object.__setattr__(spec, "capture_settings", settings)
+        if self.auth is not None:
+            try:  # read now: a missing or malformed file fails the deploy, naming the line
+                self.auth.table()
+            except TrtserveError as e:
+                raise invalid(str(e), "auth.tokens_file") from None
         try:
             repository = self.repository_path
         except TrtserveError as e:  # an unsupported URI scheme

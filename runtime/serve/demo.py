@@ -10,17 +10,18 @@ import numpy as np
 from runtime.serve.launcher import LocalServe
 
 
-def query_demo_models(server: LocalServe) -> None:
+def query_demo_models(server: LocalServe, token: str | None = None) -> None:
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     texts = np.array(
         [b"A man is playing a guitar.", b"Someone plays an instrument.", b"The stock market fell."], dtype=object
     )
     text = httpclient.InferInput("text", [len(texts)], "BYTES")
     text.set_data_from_numpy(texts)
     started = time.perf_counter()
-    embedding = client.infer("minilm", [text]).as_numpy("embedding")
+    embedding = client.infer("minilm", [text], headers=headers).as_numpy("embedding")
     elapsed = (time.perf_counter() - started) * 1e3
     similarity = embedding @ embedding.T
     print(
@@ -34,7 +35,7 @@ def query_demo_models(server: LocalServe) -> None:
         latencies = []
         for _ in range(20):
             started = time.perf_counter()
-            logits = client.infer("cnn", [tensor]).as_numpy("logits")
+            logits = client.infer("cnn", [tensor], headers=headers).as_numpy("logits")
             latencies.append((time.perf_counter() - started) * 1e3)
         print(
             f"cnn ({'binary' if binary else 'JSON'}): logits {logits.shape}, argmax {logits.argmax(1).tolist()}, "

@@ -14,6 +14,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+from runtime.auth.tokens import TokenTable
 from runtime.engine.memory import gpu_free_total, host_available_bytes, host_rss_bytes
 from runtime.engine.repository import version_dir
 from runtime.serve import autoscaling
@@ -37,6 +38,7 @@ class KServeServer:
         models: list[ModelSpec],
         max_body_mb: float = 64,
         rollouts=None,
+        tokens: list[str] | None = None,  # tokens-file lines (digests); None: no authentication
     ) -> None:
         _log_like_ray_serve()
         self._telemetry = RayTelemetry()
@@ -62,6 +64,7 @@ class KServeServer:
             rollout_command=self._rollout_command if rollouts is not None else None,
             monitor=self._monitor,
             captures=self._captures,
+            auth=TokenTable.parse("\n".join(tokens), "auth.tokens_file") if tokens is not None else None,
         )
         self._last_batches: dict[str, tuple[int, int]] = {}
         specs = {spec.name: (spec, repository) for spec in models}

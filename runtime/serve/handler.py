@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from runtime.auth.tokens import ADMIN, INFER, TokenTable
 from runtime.engine.errors import InputError, TrtserveError
 from runtime.serve import triton
 from runtime.serve.batcher import Overloaded, TimedOut
@@ -28,6 +29,14 @@ log = logging.getLogger("trtserve.server")
 
 SERVER_NAME = "trtserve"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+# Routes that need the admin scope (with /v2/models/stats); every other one but health needs infer.
+ADMIN_ROUTES = frozenset({"/rollout", "/feedback", "/monitor", "/stats"})
+_REFUSALS = {
+    "missing": "authentication required: send Authorization: Bearer <token>",
+    "malformed": "the Authorization header must be 'Bearer <token>'",
+    "invalid": "the bearer token is not valid",
+    "scope": "the bearer token lacks the {scope!r} scope this route needs",
+}
 _MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/[a-z]+)?$")
 
 
@@ -65,6 +74,7 @@ class KServeHandler:
         rollout_command=None,  # async (model, action, args) -> {"status", "body"}: the decision-maker
         monitor: DriftMonitor | None = None,
         captures: dict[str, CaptureSink] | None = None,  # model -> its payload capture and feedback
+        auth: TokenTable | None = None,  # bearer tokens and their scopes; None: no authentication
     ) -> None:
         self.models: dict[str, dict[str, ServedModel]] = {}
         for model in models:
@@ -75,6 +85,7 @@ class KServeHandler:
         self.rollout_command = rollout_command
         self.monitor = monitor
         self.captures = captures or {}
+        self.auth = auth
         self.version = _package_version()
 
     def add(self, model: ServedModel) -> None:
@@ -112,7 +123,7 @@ class KServeHandler:
         return response
 
     async def _route(self, method, path, headers, body, request_id) -> HttpResponse:
-        if path == "/v2/health/live":
+        if path == "/v2/health/live":  # open, with or without authentication: what probes call
             return _json(200, {"live": True})
         if path == "/v2/health/ready":
             return (
@@ -120,11 +131,27 @@ class KServeHandler:
                 if self.ready
                 else _error(503, "models are warming up", **{"retry-after": "1"})
             )
+        match = _MODEL.match(path)
+        if self.auth is not None:
+            # Before anything else, unknown routes included: without a token nothing about the server shows.
+            scope = ADMIN if path == "/v2/models/stats" or (match and match["rest"] in ADMIN_ROUTES) else INFER
+            verdict = self.auth.check(headers.get("authorization"), scope)
+            if not verdict.allowed:
+                self.telemetry.auth_failed(verdict.reason)
+                log.info(
+                    "refused %s %s: %s (scope %s)",
+                    method,
+                    path,
+                    verdict.reason,
+                    scope,
+                    extra={"request_id": request_id, "status": verdict.status},
+                )
+                message = _REFUSALS[verdict.reason].format(scope=scope)
+                return _error(verdict.status, message, **{"www-authenticate": verdict.challenge})
         if path == "/v2":
             return _json(200, {"name": SERVER_NAME, "version": self.version, "extensions": EXTENSIONS})
         if path == "/v2/models/stats":
             return _json(200, {"model_stats": [triton.statistics(m) for m in self._all()]})
-        match = _MODEL.match(path)
         if not match:
             return _error(404, f"no route {method} {path}")
         rest = match["rest"] or ""

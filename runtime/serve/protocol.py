@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 
 HEADER_LENGTH = "inference-header-content-length"  # lower-case: HTTP header names are case-insensitive
+MAX_DIMS = 64  # NumPy's limit (NPY_MAXDIMS); no model has more
 
 _NUMPY = {
     "BOOL": np.dtype(np.bool_),
@@ -120,6 +121,8 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
             if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
                 raise ProtocolError("each requested output needs a 'name'")
             out_params = spec.get("parameters") or {}
+            if not isinstance(out_params, dict):
+                raise ProtocolError(f"output {spec['name']!r}: 'parameters' must be an object")
             outputs.append(RequestedOutput(spec["name"], bool(out_params.get("binary_data", binary_default))))
     request_id = doc.get("id")
     return InferRequest(inputs, str(request_id) if request_id is not None else None, outputs, binary_default, params)
@@ -134,6 +137,8 @@ def _input_header(spec, index: int) -> tuple[str, list[int], str, dict]:
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise ProtocolError(f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     datatype = spec.get("datatype")
     if datatype not in DATATYPES:
         raise ProtocolError(f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
@@ -179,7 +184,10 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data) -> 
             raise ProtocolError(f"input {name!r}: shape {shape} needs {count} elements, got {len(flat)}")
         return np.array([x.encode() for x in flat], dtype=object).reshape(shape)
     try:
-        array = np.asarray(data, dtype=_NUMPY[datatype])
+        with np.errstate(over="raise", invalid="raise"):
+            array = np.asarray(data, dtype=_NUMPY[datatype])
+    except FloatingPointError:  # JSON has no infinities: a value too large for FP16 or FP32
+        raise ProtocolError(f"input {name!r}: a value is out of the range of {datatype}") from None
     except (ValueError, TypeError, OverflowError):
         raise ProtocolError(f"input {name!r}: data is not a (nested) list of {datatype} values") from None
     if array.size != count:

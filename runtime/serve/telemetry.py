@@ -41,6 +41,9 @@ class Telemetry:
     def watch_capture(self, model: str, sink: CaptureSink) -> None:
         """Publish what the model's capture wrote, dropped and lost, from now on."""
 
+    def auth_failed(self, reason: str) -> None:
+        """A request was refused: missing, malformed or invalid token (401), or a scope it lacks (403)."""
+
     def close(self) -> None:
         """The server is stopping."""
 
@@ -103,6 +106,11 @@ class RayTelemetry(Telemetry):
             "unmatched when it did not answer that request or no longer remembers it).",
             tag_keys=(*tags, "outcome"),
         )
+        self.auth_failures = Counter(
+            "trtserve_auth_failures",
+            "Requests refused by authentication (reason: missing, malformed, invalid: 401; scope: 403).",
+            tag_keys=("reason",),
+        )
         self._judged: dict[tuple[str, str, str], int] = {}
         self._inflight: dict[tuple[str, str], int] = {}
         self._warm: list[ServedModel] = []
@@ -154,6 +162,9 @@ class RayTelemetry(Telemetry):
 
     def watch_capture(self, model, sink) -> None:
         self._captures[model] = sink
+
+    def auth_failed(self, reason) -> None:
+        self.auth_failures.inc(1, {"reason": reason})
 
     def close(self) -> None:
         self.publisher.stop()

@@ -67,7 +67,8 @@ class OnnxRuntimeEngine(Engine):
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=session_options, providers=providers)
         except Exception as e:  # ORT raises its own exception types per failure, all fatal here
-            raise ArtifactError(f"{self.path}: onnxruntime cannot load this model: {e}") from e
+            reason = " ".join(str(e).split())  # ORT's messages end in a newline, some span lines
+            raise ArtifactError(f"{self.path}: onnxruntime cannot load this model: {reason}") from e
         # ORT falls back to the CPU, silently, when the CUDA provider does not load (a missing cuDNN, say).
         self._providers = self._session.get_providers()
         if len(providers) > 1 and CUDA not in self._providers:
