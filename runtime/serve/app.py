@@ -28,6 +28,9 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
         "max_queued_requests": args.max_queued_requests,
         # Scale-down drains: a stopping replica gets this long to finish what it holds.
         "graceful_shutdown_timeout_s": 30,
+        # check_health is cheap (no engine call): ask often, so a broken replica leaves the ingress sooner.
+        "health_check_period_s": 2,
+        "health_check_timeout_s": 10,
         "logging_config": {"encoding": "JSON", "log_level": args.log_level},
     }
     if args.max_replicas_per_node is not None:
@@ -49,7 +52,8 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
     return options
 
 
-def build_app(args: dict[str, Any]) -> serve.Application:
+def build_app(args: dict[str, Any], deployment=KServeServer) -> serve.Application:
+    """`deployment`: the serving deployment (tests plant faults in a subclass of KServeServer's)."""
     args = parse_args(args)
     # Version numbers, not directories: each replica finds (in an object store: downloads and verifies)
     # its own copy on the node it runs on.
@@ -59,7 +63,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         {spec.name: str(v) for spec, v in zip(args.models, versions, strict=True)},
         {spec.name: repository for spec in args.models},
     )
-    server = KServeServer.options(**deployment_options(args))
+    server = deployment.options(**deployment_options(args))
     # Digests only, read here once: replicas on other nodes need no copy of the file. A changed file takes
     # effect on the next deploy (a rolling restart of the replicas).
     tokens = args.auth.table().lines() if args.auth is not None else None

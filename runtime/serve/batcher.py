@@ -104,6 +104,7 @@ class DynamicBatcher:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task | None = None
+        self._engine_since: float | None = None  # when the engine call under way started
         self._on_batch = on_batch
         # Called with each successful engine run's (feed, outputs, per-request results), on the event loop:
         # it must only hand them over (drift accounting, runtime.serve.monitoring). The feed and outputs are
@@ -228,9 +229,23 @@ class DynamicBatcher:
                 )
 
     def _timed_run(self, feed) -> tuple[dict, float]:
-        started = time.perf_counter()
-        outputs = self._run(feed)
+        started = self._engine_since = time.perf_counter()
+        try:
+            outputs = self._run(feed)
+        finally:
+            self._engine_since = None
         return outputs, time.perf_counter() - started
+
+    def problem(self, stuck_after_s: float) -> str | None:
+        """Why this batcher can serve no more, or None: its loop has ended, or one engine call has run
+        longer than `stuck_after_s` (a wedged engine, a lost GPU). The replica's health check asks."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            error = self._task.exception()
+            return f"the batching loop ended: {type(error).__name__ if error else 'returned'}"
+        since = self._engine_since
+        if since is not None and time.perf_counter() - since > stuck_after_s:
+            return f"an engine call has run for {time.perf_counter() - since:.0f} s (limit {stuck_after_s:.0f} s)"
+        return None
 
     async def _run_single(self, item: _Item) -> None:
         started = time.perf_counter()

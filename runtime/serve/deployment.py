@@ -27,6 +27,7 @@ from runtime.serve.telemetry import RayTelemetry
 from runtime.serve.versions import VersionManager
 
 log = logging.getLogger("trtserve.server")
+STUCK_ENGINE_S = 60.0  # an engine call longer than this (or twice the model's timeout) is a wedged engine
 
 
 @serve.deployment(name="trtserve", max_ongoing_requests=512)
@@ -105,6 +106,15 @@ class KServeServer:
         self._monitor.register(model)
         self._models.append(model)
         return model
+
+    def check_health(self) -> None:
+        """Ray Serve calls this every few seconds: raising marks the replica unhealthy, so the ingress stops
+        sending it requests (its /-/healthz answers 503) and Serve replaces it."""
+        for model in self._models:
+            problem = model.batcher.problem(stuck_after_s=max(STUCK_ENGINE_S, 2 * model.options.timeout_s))
+            if problem is not None:
+                log.error("%s: unhealthy: %s", model.label, problem)
+                raise RuntimeError(f"{model.label}: {problem}")
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """What the memory-aware autoscaling policy reads (runtime.serve.autoscaling), per replica."""

@@ -34,6 +34,21 @@ RELOAD_CHECKS = 10  # x 0.5 s after stopping: HAProxy reloads started during shu
 STOP_TIMEOUT_S = 30.0
 
 
+# A request whose replica died under it is sent once more, to another replica (`option redispatch 1` is
+# Ray's): HAProxy's default retries only connection failures, so a replica killed mid-request turned its
+# requests into 500s. empty-response / junk-response: the replica closed the connection before a
+# complete response came back, so nothing was answered and inference (idempotent) can run again. Not
+# retried: a response that came back (a 503 of backpressure, a 504 of a deadline) and timeouts. HAProxy
+# can replay only a request it still holds in one buffer: 256 KiB (Ray's default is 16 KiB, less than a
+# JSON cnn request) holds every demo request; larger bodies are not retried. Memory: about 2 buffers per
+# connection in flight.
+HAPROXY_RETRIES = {
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
+    "RAY_SERVE_HAPROXY_RETRIES": "1",
+    "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(256 * 1024),
+}
+
+
 def serve_env(ingress: str) -> dict[str, str]:
     """The environment `serve run` gets.
 
@@ -56,14 +71,22 @@ def serve_env(ingress: str) -> dict[str, str]:
         # Replicas report autoscaling metrics every second, not every 10 s: scale-up starts that much sooner.
         "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        **HAPROXY_RETRIES,
     }
 
 
 class LocalServe:
     """`serve run CONFIG` in a child process, ready when /v2/health/ready answers 200."""
 
-    def __init__(self, config: str | Path, ingress: str | None = None, log_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        config: str | Path,
+        ingress: str | None = None,
+        log_path: str | Path | None = None,
+        env: dict[str, str] | None = None,  # more environment for `serve run` (e.g. HAProxy's stats ports)
+    ) -> None:
         self.config = Path(config)
+        self.extra_env = dict(env or {})
         doc = yaml.safe_load(self.config.read_text()) or {}
         http = doc.get("http_options") or {}
         self.url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
@@ -80,7 +103,7 @@ class LocalServe:
 
     def start(self, timeout_s: float = 300) -> LocalServe:
         serve = Path(sys.executable).with_name("serve")
-        env = {**os.environ, **serve_env(self.ingress)}
+        env = {**os.environ, **serve_env(self.ingress), **self.extra_env}
         self._out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.started_at = time.perf_counter()
         self.process = subprocess.Popen(

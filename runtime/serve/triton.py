@@ -3,6 +3,8 @@ configuration and statistics extensions, so Triton's tools (tritonclient, perf_a
 
 from __future__ import annotations
 
+import os
+
 from runtime.engine import preprocessing
 from runtime.engine.dtypes import from_name
 from runtime.engine.signature import TensorSpec
@@ -113,7 +115,7 @@ def statistics(model: ServedModel) -> dict:
         "max_batch_size": {"configured": model.max_batch_size, "now": model.batcher.max_rows},
         # Which replica answered: its Ray node, and the directory it loaded (an object store's version:
         # that node's verified download).
-        "replica": {"node_id": _node_id(), "loaded_from": str(model.version_dir)},
+        "replica": {"node_id": _node_id(), "pid": os.getpid(), "loaded_from": str(model.version_dir)},
     }
 
 

@@ -1,0 +1,243 @@
+"""Faults and strangers on real Ray Serve behind the default (HAProxy) ingress, as `trtserve serve` starts
+it: two replicas of cnn with authentication on. A replica SIGKILLed under load, and one whose health check
+starts failing, cost no request; tokens are checked route by route (tritonclient and raw HTTP) and never
+logged; a bounded fuzz of the running server gets only 4xx answers and restarts no replica."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import psutil
+import pytest
+import tritonclient.http as httpclient
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tritonclient.utils import InferenceServerException
+
+from benchmarks.http_load import build_request, closed_loop
+from runtime.auth.tokens import digest
+from runtime.serve.launcher import LocalServe
+from tests.fixtures.fuzz import infer_requests
+
+PORT = 8011  # beside the session's server on 8000
+# HAProxy's stats, metrics and fallback-proxy ports are fixed by default: this HAProxy takes its own.
+HAPROXY_PORTS = {
+    "RAY_SERVE_HAPROXY_STATS_PORT": "18404",
+    "RAY_SERVE_HAPROXY_METRICS_PORT": "19101",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": "18500",
+}
+INFER_TOKEN, ADMIN_TOKEN = "reliability-infer-token-1", "reliability-admin-token-2"
+IMAGE = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+AUTH = {"authorization": f"Bearer {INFER_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def secured(built_repository, tmp_path_factory):
+    work = tmp_path_factory.mktemp("reliability")
+    (work / "tokens.txt").write_text(f"infer {digest(INFER_TOKEN)}\nadmin {digest(ADMIN_TOKEN)}\n")
+    (work / "faults").mkdir()
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "127.0.0.1", "port": PORT},
+        "applications": [
+            {
+                "name": "trtserve",
+                "route_prefix": "/",
+                "import_path": "tests.fixtures.faulty_app:build_app",
+                "args": {
+                    "repository": str(built_repository),
+                    "models": [{"name": "cnn", "version": 1}],
+                    "num_replicas": 2,
+                    "auth": {"tokens_file": str(work / "tokens.txt")},
+                    "fault_dir": str(work / "faults"),
+                },
+            }
+        ],
+    }
+    path = work / "serve.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with LocalServe(path, log_path=work / "serve.log", env=HAPROXY_PORTS) as server:
+        server.faults = work / "faults"
+        wait_for_replicas(server, 2)
+        yield server
+
+
+def replicas(server: LocalServe) -> list[psutil.Process]:
+    found = []
+    for p in server.processes():
+        try:
+            if p.cmdline() and p.cmdline()[0] == "ray::ServeReplica:trtserve:trtserve":
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def serving_pids(server: LocalServe, tries: int = 40) -> set[int]:
+    """The replica processes that answer requests (the stats say which one answered)."""
+    pids = set()
+    for _ in range(tries):
+        request = urllib.request.Request(f"{server.url}/v2/models/cnn/stats", headers=admin())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            pids.add(json.loads(response.read())["model_stats"][0]["replica"]["pid"])
+    return pids
+
+
+def wait_for_replicas(server: LocalServe, count: int, timeout_s: float = 180) -> set[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = {p.pid for p in replicas(server)}
+        if len(alive) == count and server.get("/v2/health/ready")[0] == 200 and serving_pids(server) == alive:
+            return alive
+        time.sleep(1)
+    raise AssertionError(f"not {count} serving replicas within {timeout_s:.0f} s")
+
+
+def admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def raw(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+
+def infer_body() -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(IMAGE.shape), "data": IMAGE.ravel().tolist()}]}
+    ).encode()
+
+
+# authentication
+
+
+def test_tritonclient_with_and_without_a_token(secured):
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{PORT}")
+    tensor = httpclient.InferInput("image", list(IMAGE.shape), "FP32")
+    tensor.set_data_from_numpy(IMAGE, binary_data=True)
+    logits = client.infer("cnn", [tensor], headers={"Authorization": f"Bearer {INFER_TOKEN}"}).as_numpy("logits")
+    assert logits.shape == (1, 10)
+    for headers, status in ((None, "401"), ({"Authorization": "Bearer wrong"}, "401"), (admin(), "403")):
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("cnn", [tensor], headers=headers)
+        assert e.value.status() == status
+    assert client.get_model_metadata("cnn", headers={"Authorization": f"Bearer {INFER_TOKEN}"})["name"] == "cnn"
+    assert client.is_server_live() and client.is_server_ready()  # health: no token
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scope"),
+    [
+        ("GET", "/v2", "infer"),
+        ("GET", "/v2/models/cnn", "infer"),
+        ("POST", "/v2/models/cnn/infer", "infer"),
+        ("GET", "/v2/models/cnn/stats", "admin"),
+        ("GET", "/v2/models/cnn/monitor", "admin"),
+        ("GET", "/v2/models/cnn/rollout", "admin"),
+    ],
+)
+def test_raw_http_matrix(secured, method, path, scope):
+    body = infer_body() if method == "POST" else b""
+    right, other = (INFER_TOKEN, ADMIN_TOKEN) if scope == "infer" else (ADMIN_TOKEN, INFER_TOKEN)
+    status, headers, _ = raw(method, path, body)
+    assert status == 401 and headers["www-authenticate"] == 'Bearer realm="trtserve"'
+    status, headers, _ = raw(method, path, body, {"Authorization": "Bearer nope"})
+    assert status == 401 and 'error="invalid_token"' in headers["www-authenticate"]
+    status, headers, _ = raw(method, path, body, {"Authorization": f"Bearer {other}"})
+    assert status == 403 and 'error="insufficient_scope"' in headers["www-authenticate"]
+    status, _, data = raw(method, path, body, {"Authorization": f"Bearer {right}"})
+    assert status == 200, data
+    for probe in ("/v2/health/live", "/v2/health/ready"):
+        assert raw("GET", probe)[0] == 200
+
+
+def test_refusals_are_counted_and_tokens_never_logged(secured):
+    raw("GET", "/v2/models/cnn", headers={"Authorization": "Bearer leaked-secret-token-in-a-log"})
+    raw("GET", "/v2/models/cnn", headers={"Authorization": f"Bearer {INFER_TOKEN}"})
+    ports = [p.read_text().strip() for p in secured.session_dir.glob("metrics_export_port_*")]
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and 'reason="invalid"' not in text:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        time.sleep(1)
+    assert "ray_trtserve_auth_failures_total{" in text and 'reason="invalid"' in text
+    time.sleep(1)  # log lines are flushed as they are written; give the file system a moment
+    logs = list((secured.session_dir / "logs").rglob("*"))
+    assert any("refused GET /v2/models/cnn: invalid" in _read(p) for p in logs)
+    for secret in ("leaked-secret-token-in-a-log", INFER_TOKEN, ADMIN_TOKEN):
+        assert not [p for p in logs if secret in _read(p)], secret
+
+
+def _read(path) -> str:
+    try:
+        return path.read_text(errors="replace") if path.is_file() else ""
+    except OSError:
+        return ""
+
+
+# the running server, fuzzed
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    request=infer_requests(),
+    path=st.sampled_from(["/v2/models/cnn/infer", "/v2/models/cnn/versions/1/infer", "/v2/models/cnn%2F/infer"]),
+    method=st.sampled_from(["POST", "POST", "POST", "PUT", "GET"]),
+)
+def test_fuzzed_requests_get_4xx_and_restart_nothing(secured, request, path, method):
+    if not hasattr(secured, "fuzz_pids"):
+        secured.fuzz_pids = {p.pid for p in replicas(secured)}
+    body, headers = request
+    headers = {k: v.encode("latin-1", "replace").decode("latin-1") for k, v in headers.items()}  # HTTP/1.1 headers
+    status, _, data = raw(method, path, body, {**headers, **AUTH})
+    assert status < 500, data[:300]
+    assert {p.pid for p in replicas(secured)} == secured.fuzz_pids  # no replica restarted
+
+
+# faults
+
+
+def _load_with(secured, fault, seconds: float = 12.0, at: float = 4.0):
+    """Closed-loop load (c=8) on cnn; `fault()` runs `at` seconds in."""
+    request = build_request("127.0.0.1", PORT, "/v2/models/cnn/infer", infer_body(), AUTH)
+    timer = threading.Timer(at + 1.0, fault)  # + the load's 1 s warm-up
+    timer.start()
+    try:
+        return asyncio.run(closed_loop("127.0.0.1", PORT, request, 8, seconds))
+    finally:
+        timer.cancel()
+
+
+def test_a_replica_killed_under_load_costs_no_request(secured):
+    before = wait_for_replicas(secured, 2)
+    victim = min(before)
+    result = _load_with(secured, lambda: os.kill(victim, signal.SIGKILL))
+    assert result.completed > 100
+    assert result.statuses == {200: result.completed}, result.summary()
+    # Not asserted yet: `result.retried`, requests the client resent because an HAProxy reload closed its idle
+    # kept-alive connection (16 in the first run, 2 reloads x 8 connections; see the issue-18 note).
+    after = wait_for_replicas(secured, 2)
+    assert victim not in after
+
+
+def test_a_replica_failing_its_health_check_costs_no_request(secured):
+    before = wait_for_replicas(secured, 2)
+    victim = min(before)
+    result = _load_with(secured, lambda: (secured.faults / str(victim)).touch(), seconds=20.0)
+    assert result.completed > 100
+    assert result.statuses == {200: result.completed}, result.summary()
+    after = wait_for_replicas(secured, 2)
+    assert victim not in after  # Serve replaced it
