@@ -28,6 +28,8 @@ from runtime.auth.tokens import digest
 from runtime.serve.launcher import LocalServe
 from tests.fixtures.fuzz import infer_requests
 
+pytestmark = pytest.mark.slow  # about 2 minutes: the default tier is near its 10-minute budget
+
 PORT = 8011  # beside the session's server on 8000
 # HAProxy's stats, metrics and fallback-proxy ports are fixed by default: this HAProxy takes its own.
 HAPROXY_PORTS = {
