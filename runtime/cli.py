@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.auth.tokens import SCOPES
 from runtime.engine.errors import TrtserveError
 
 
@@ -71,7 +72,7 @@ def _token_argument(parser, help_text: str) -> None:
 
 def _token_parser(sub) -> None:
     p = sub.add_parser("token", help="a new bearer token, its digest appended to a tokens file")
-    p.add_argument("scopes", nargs="+", choices=("infer", "admin"), help="what the token may do")
+    p.add_argument("scopes", nargs="+", choices=SCOPES, help="what the token may do")
     p.add_argument("--file", type=Path, required=True, help="the tokens file (auth.tokens_file); created if absent")
 
 
@@ -80,7 +81,8 @@ def _token(args) -> int:
     from runtime.auth.tokens import digest, new_token
 
     token = new_token()
-    lines = "".join(f"{scope} {digest(token)}\n" for scope in dict.fromkeys(args.scopes))
+    scopes = list(dict.fromkeys(args.scopes))  # each once, in the order given
+    lines = "".join(f"{scope} {digest(token)}\n" for scope in scopes)
     try:
         fd = os.open(args.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a") as f:
@@ -89,8 +91,7 @@ def _token(args) -> int:
         print(f"trtserve token: error: cannot write {args.file}: {e}", file=sys.stderr)
         return 2
     print(token)
-    scopes = ", ".join(dict.fromkeys(args.scopes))
-    print(f"appended {scopes} to {args.file}; the token is shown only now", file=sys.stderr)
+    print(f"appended {', '.join(scopes)} to {args.file}; the token is shown only now", file=sys.stderr)
     return 0
 
 

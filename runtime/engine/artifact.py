@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from runtime.engine.errors import ArtifactError
+from runtime.engine.errors import ArtifactError, single_line
 from runtime.engine.manifest import Manifest, read_manifest, sha256_file
 
 
@@ -49,7 +49,7 @@ def onnx_external_data_locations(onnx_path: Path) -> list[str]:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError, or whatever a damaged file makes the parser raise
-        reason = " ".join(str(e).split()) or type(e).__name__
+        reason = single_line(str(e)) or type(e).__name__
         raise ArtifactError(f"{onnx_path}: not a readable ONNX model ({reason})") from None
     locations = []
     for tensor in _tensors(model.graph):

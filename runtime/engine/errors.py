@@ -7,6 +7,11 @@ turn any of them into one clear line without a traceback.
 from __future__ import annotations
 
 
+def single_line(text: str) -> str:
+    """`text` on one line: a library's message (ONNX Runtime's span lines) as one error line."""
+    return " ".join(text.split())
+
+
 class TrtserveError(Exception):
     """Base of every error meant for a user: the message says what, where and how to fix it."""
 

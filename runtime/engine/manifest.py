@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from runtime.engine.dtypes import NAMES as DTYPE_NAMES
-from runtime.engine.errors import ArtifactError
+from runtime.engine.errors import ArtifactError, single_line
 from runtime.engine.signature import DimRange, Signature, TensorSpec
 
 FORMAT_VERSION = 1
@@ -209,7 +209,7 @@ def parse_manifest(doc: Any, where: str | Path) -> Manifest:
         key = ".".join(str(part) for part in error["loc"])
         if error["type"] == "missing":
             raise ArtifactError(f"{where}: missing key {key!r}") from None
-        message = " ".join(error["msg"].split())  # one line, whatever the value held
+        message = single_line(error["msg"])  # whatever the value held
         raise ArtifactError(f"{where}: {key}: {message}" if key else f"{where}: {message}") from None
     if manifest.format_version != FORMAT_VERSION:
         raise ArtifactError(

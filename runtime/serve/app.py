@@ -66,5 +66,5 @@ def build_app(args: dict[str, Any], deployment=KServeServer) -> serve.Applicatio
     server = deployment.options(**deployment_options(args))
     # Digests only, read here once: replicas on other nodes need no copy of the file. A changed file takes
     # effect on the next deploy (a rolling restart of the replicas).
-    tokens = args.auth.table().lines() if args.auth is not None else None
+    tokens = args.auth.table.lines() if args.auth is not None else None
     return server.bind(repository, versions, args.models, args.max_body_mb, rollouts, tokens)

@@ -4,6 +4,7 @@ once. `parse_args` checks them before anything starts, with one line naming the 
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -163,7 +164,9 @@ class Auth(Schema):
     def tokens_path(self) -> Path:
         return Path(self.tokens_file).expanduser().resolve()
 
+    @cached_property
     def table(self) -> TokenTable:
+        """The file's digests, read once (when the args are checked)."""
         return TokenTable.read(self.tokens_path)
 
 
@@ -206,7 +209,7 @@ class AppArgs(Schema):
             object.__setattr__(spec, "capture_settings", settings)
         if self.auth is not None:
             try:  # read now: a missing or malformed file fails the deploy, naming the line
-                self.auth.table()
+                self.auth.table  # noqa: B018 - read now, kept for build_app
             except TrtserveError as e:
                 raise invalid(str(e), "auth.tokens_file") from None
         try:

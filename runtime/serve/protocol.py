@@ -13,7 +13,7 @@ import orjson
 HEADER_LENGTH = "inference-header-content-length"  # lower-case: HTTP header names are case-insensitive
 MAX_DIMS = 64  # NumPy's limit (NPY_MAXDIMS); no model has more
 
-_NUMPY = {
+NUMPY_DTYPES = {  # Open Inference Protocol datatype -> numpy dtype (BYTES: object arrays)
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
     "UINT16": np.dtype(np.uint16),
@@ -27,8 +27,8 @@ _NUMPY = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
 }
-_DATATYPE = {v: k for k, v in _NUMPY.items()}
-DATATYPES = (*_NUMPY, "BYTES")
+_DATATYPE = {v: k for k, v in NUMPY_DTYPES.items()}
+DATATYPES = (*NUMPY_DTYPES, "BYTES")
 
 
 class ProtocolError(Exception):
@@ -164,7 +164,7 @@ def _from_binary(name: str, datatype: str, shape: list[int], count: int, raw: me
         if len(items) != count:
             raise ProtocolError(f"input {name!r}: shape {shape} needs {count} BYTES elements, got {len(items)}")
         return np.array(items, dtype=object).reshape(shape)
-    dtype = _NUMPY[datatype]
+    dtype = NUMPY_DTYPES[datatype]
     if len(raw) != count * dtype.itemsize:
         raise ProtocolError(
             f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
@@ -185,7 +185,7 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data) -> 
         return np.array([x.encode() for x in flat], dtype=object).reshape(shape)
     try:
         with np.errstate(over="raise", invalid="raise"):
-            array = np.asarray(data, dtype=_NUMPY[datatype])
+            array = np.asarray(data, dtype=NUMPY_DTYPES[datatype])
     except FloatingPointError:  # JSON has no infinities: a value too large for FP16 or FP32
         raise ProtocolError(f"input {name!r}: a value is out of the range of {datatype}") from None
     except (ValueError, TypeError, OverflowError):

@@ -169,7 +169,7 @@ def test_app_args_read_the_tokens_file_where_the_app_is_built(tmp_path, monkeypa
     (tmp_path / "tokens.txt").write_text(TOKENS)
     monkeypatch.chdir(tmp_path)
     args = parse_args({"repository": str(repository), "models": ["seq"], "auth": {"tokens_file": "tokens.txt"}})
-    assert args.auth.table() == TokenTable.parse(TOKENS)
+    assert args.auth.table == TokenTable.parse(TOKENS)
     (tmp_path / "bad.txt").write_text(f"infer {digest('a')}\ninfer {INFER_TOKEN}\n")
     with pytest.raises(ValueError, match=r"auth\.tokens_file: .*bad\.txt:2: .* is not a SHA-256 hex digest"):
         parse_args({"repository": str(repository), "models": ["seq"], "auth": {"tokens_file": "bad.txt"}})

@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime.engine.backends.base import Engine, EngineOptions, EngineSpec
 from runtime.engine.cuda_device import visible_device
-from runtime.engine.errors import ArtifactError, BackendUnavailable, EngineLoadError
+from runtime.engine.errors import ArtifactError, BackendUnavailable, EngineLoadError, single_line
 
 log = logging.getLogger("trtserve.runtime")
 CUDA = "CUDAExecutionProvider"
@@ -67,8 +67,7 @@ class OnnxRuntimeEngine(Engine):
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=session_options, providers=providers)
         except Exception as e:  # ORT raises its own exception types per failure, all fatal here
-            reason = " ".join(str(e).split())  # ORT's messages end in a newline, some span lines
-            raise ArtifactError(f"{self.path}: onnxruntime cannot load this model: {reason}") from e
+            raise ArtifactError(f"{self.path}: onnxruntime cannot load this model: {single_line(str(e))}") from e
         # ORT falls back to the CPU, silently, when the CUDA provider does not load (a missing cuDNN, say).
         self._providers = self._session.get_providers()
         if len(providers) > 1 and CUDA not in self._providers:
