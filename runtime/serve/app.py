@@ -52,8 +52,16 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
     return options
 
 
-def build_app(args: dict[str, Any], deployment=KServeServer) -> serve.Application:
-    """`deployment`: the serving deployment (tests plant faults in a subclass of KServeServer's)."""
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The `import_path` of every trtserve config: Ray Serve calls it with the config's `args`."""
+    return build_app_with(args, KServeServer)
+
+
+def build_app_with(args: dict[str, Any], deployment) -> serve.Application:
+    """`build_app` with another serving deployment (tests plant faults in a subclass of KServeServer's).
+
+    Ray Serve requires an application builder to take exactly one parameter, so this is a separate function.
+    """
     args = parse_args(args)
     # Version numbers, not directories: each replica finds (in an object store: downloads and verifies)
     # its own copy on the node it runs on.
