@@ -23,6 +23,8 @@ COMMANDS = {
     "rollout": "rollout",
     "monitor": "monitor",
     "batch": "batch",
+    "reliability": "reliability",
+    "soak": "soak",
     "pack": "packing",
     "load": "load",
     "gpu-check": "gpu_check",

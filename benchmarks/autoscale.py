@@ -33,13 +33,7 @@ APP = "autoscale"
 
 def replica_count(server: LocalServe, app: str = APP) -> int:
     """Replicas of the app's deployment running now, among the processes this server started."""
-    count = 0
-    for process in server.processes():
-        try:
-            count += process.cmdline()[:1] == [f"ray::ServeReplica:{app}:trtserve"]
-        except Exception:  # gone meanwhile, or not ours to read
-            continue
-    return count
+    return len(server.replicas(app))
 
 
 def _config(path: Path, repository: Path, replica_mb: float, budget_replicas: int, max_replicas: int) -> Path:

@@ -35,6 +35,8 @@ def render(results: Path, output: Path) -> str:
         ("rollout.json", _rollout),
         ("monitor.json", _monitor),
         ("batch.json", _batch),
+        ("reliability.json", _reliability),
+        ("soak.json", _soak),
     )
     for name, section in sections[:3]:
         if (results / name).exists():
@@ -579,3 +581,112 @@ def _batch(data: dict) -> list[str]:
             f"{c['warmup_s']:.2f} s | {c['total_s']:.2f} s |"
         )
     return [*lines, ""]
+
+
+SCENARIOS = {
+    "kill_two": "two replicas, one SIGKILLed",
+    "redeploy": "two replicas, redeployed with changed args (every replica replaced)",
+    "downscale": "redeployed from two replicas to one",
+    "kill_one": "one replica, SIGKILLed",
+    "shutdown": "SIGTERM to `trtserve serve` (`LocalServe.stop`)",
+}
+
+
+def _reliability(data: dict) -> list[str]:
+    s, cost = data["scenarios"], data["auth_cost"]
+    one_statuses = set(s["kill_one"]["statuses"])
+    drained = {name: s[name]["failed"] for name in ("redeploy", "downscale")}
+    lines = [
+        "## Reliability: replicas killed, replaced, scaled down and stopped under load; the cost of auth",
+        "",
+        _machine(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks reliability`. cnn behind the default (HAProxy) ingress as `trtserve serve` "
+        f"starts it; open loop, Poisson, {data['rate']:.0f} req/s, JSON; latency from each request's scheduled "
+        "time. Each scenario's event comes a few seconds into its load (the kill with two replicas 20 s into a "
+        f"60 s load: the minute around it). Auth: closed loop at c={cost['concurrency']}, {cost['pairs']} pairs "
+        f"of {cost['window_s']:g} s windows between the same cnn with and without bearer tokens (two applications, "
+        "one server), alternating which runs first; the medians of the pairs' ratios.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        _row(
+            "a replica SIGKILLed under load with two replicas: 0 failed requests",
+            f"{s['kill_two']['failed']} failed of {s['kill_two']['requests']}; p99 over the minute "
+            f"{s['kill_two']['p99_ms']:.1f} ms (before the kill {s['kill_two']['p99_before_ms']:.1f} ms)",
+            s["kill_two"]["failed"] <= targets.KILL_TWO_FAILED,
+        ),
+        _row(
+            f"a lone replica SIGKILLed under load: callers get only {' or '.join(targets.ONE_REPLICA_STATUSES)}",
+            f"statuses {s['kill_one']['statuses']} (0: connection failed or timed out)",
+            one_statuses <= set(targets.ONE_REPLICA_STATUSES),
+        ),
+        _row(
+            "redeploy and downscale under load drain: 0 failed requests",
+            ", ".join(f"{name} {n} failed of {s[name]['requests']}" for name, n in drained.items()),
+            all(n <= targets.DRAIN_FAILED for n in drained.values()),
+        ),
+        _row(
+            "shutdown under load: every request sent before it began is answered",
+            f"{s['shutdown']['failed_sent_before_event']} of those failed "
+            f"(statuses of all: {s['shutdown']['statuses']})",
+            s["shutdown"]["failed_sent_before_event"] <= targets.DRAIN_FAILED,
+        ),
+        _row(
+            f"bearer tokens cost at most {targets.AUTH_COST:.0%} of throughput at c={cost['concurrency']}",
+            f"throughput x{cost['throughput_ratio_median']:.3f}, p99 x{cost['p99_ratio_median']:.3f}",
+            cost["throughput_ratio_median"] >= 1 - targets.AUTH_COST,
+        ),
+        "",
+        "| scenario | requests | statuses | failures from / to (s after the event) | p99 ms before | p99 ms, "
+        "10 s after | p99 ms, all | max ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, label in SCENARIOS.items():
+        r = s[name]
+        span = "-" if r["first_failure_s"] is None else f"{r['first_failure_s']:+.1f} / {r['last_failure_s']:+.1f}"
+        lines.append(
+            f"| {label} | {r['requests']} | {r['statuses']} | {span} | {r['p99_before_ms']} | "
+            f"{r['p99_first_10s_after_ms']} | {r['p99_ms']:.1f} | {r['max_ms']:.0f} |"
+        )
+    return [*lines, ""]
+
+
+def _soak(data: dict) -> list[str]:
+    p99 = data["p99_ms_by_minute"]
+    growth, drift = data["rss_growth"], data["p99_last_vs_second"]
+    return [
+        f"## Soak: {data['minutes']:g} minutes of mixed load",
+        "",
+        _machine(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks soak`. One replica serving cnn and MiniLM; open loop, Poisson, "
+        f"{data['rate']:.0f} req/s of a fixed mix sent in turn ({data['mix']['cnn_json']} cnn JSON, "
+        f"{data['mix']['cnn_binary']} cnn binary, {data['mix']['minilm_json']} MiniLM text, {data['mix']['bad']} "
+        "planted bad requests: malformed JSON, a wrong shape, an unknown model), every status checked against "
+        "what its request should get; the replica's RSS sampled every 5 s.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        _row(
+            "no answer but the expected (the planted bad requests' 4xx)",
+            f"{data['unexpected']} unexpected of {data['requests']} ({data['planted_bad']} planted bad); "
+            f"replica replaced: {'yes' if data['replica_replaced'] else 'no'}",
+            data["unexpected"] <= targets.SOAK_UNEXPECTED and not data["replica_replaced"],
+        ),
+        _row(
+            f"replica RSS growth after the first minute at most {targets.SOAK_RSS_GROWTH:.0%}",
+            f"{data['rss_bytes_after_minute_1'] / 2**20:.0f} -> {data['rss_bytes_end'] / 2**20:.0f} MiB ({growth:+.1%})"
+            if growth is not None
+            else "no reading",
+            growth is not None and growth <= targets.SOAK_RSS_GROWTH,
+        ),
+        _row(
+            f"p99 of the last minute within {targets.SOAK_P99_DRIFT:.0%} of the second minute's",
+            f"{p99[-1]:.1f} vs {p99[1]:.1f} ms (x{drift:.3f})" if drift is not None else "too short",
+            drift is not None and abs(drift - 1) <= targets.SOAK_P99_DRIFT,
+        ),
+        "",
+        f"p99 by minute (ms, good requests): {', '.join(f'{v:.1f}' for v in p99)}.",
+        "",
+    ]

@@ -41,3 +41,14 @@ FALSE_ALARMS = 1 / 20  # drifted windows on unshifted traffic, at most this shar
 # Batch inference on Ray Data (`batch`): the job's rows/s against the raw in-process engine at its best batch.
 BATCH_CNN_RATIO = 0.5  # a tiny model, where Ray Data's per-batch cost shows
 BATCH_MINILM_RATIO = 0.8
+
+# Faults and strangers on cnn, open loop, JSON (`reliability`).
+KILL_TWO_FAILED = 0  # a replica SIGKILLed under load with two replicas: failed requests, at most
+ONE_REPLICA_STATUSES = ("200", "503")  # a lone replica killed under load: the only answers callers may get
+DRAIN_FAILED = 0  # redeploy, downscale: failed requests; shutdown: failed requests sent before it began
+AUTH_COST = 0.03  # bearer tokens on cost at most this much of throughput (c=32, alternating windows)
+
+# Steady mixed load on both models (`soak`, 10 minutes in `make bench`).
+SOAK_UNEXPECTED = 0  # answers other than expected (the planted bad requests' 4xx are expected)
+SOAK_RSS_GROWTH = 0.05  # replica RSS growth from the end of minute 1 to the end, at most
+SOAK_P99_DRIFT = 0.20  # the last minute's p99 within this of the second minute's

@@ -157,10 +157,19 @@ class KServeServer:
         self._ensure_reporting()
         body = await request.body()
         request_id = _ray_request_id()
-        result = await self.handler.handle(request.method, request.url.path, request.headers, body, request_id)
+        path = app_path(request.scope)
+        result = await self.handler.handle(request.method, path, request.headers, body, request_id)
         if request_id:  # Ray echoes X-Request-ID (or the one it generated) itself
             result.headers.pop("x-request-id", None)
         return Response(result.body, status_code=result.status, headers=result.headers)
+
+
+def app_path(scope: dict) -> str:
+    """The request's path inside this application: Serve keeps the whole path in `path` and puts the
+    application's route prefix (with any global root path) in `root_path`, so an app deployed under
+    `route_prefix: /cnn` sees `/v2/models/...` as it does under `/`."""
+    path, root = scope.get("path", ""), scope.get("root_path", "").rstrip("/")
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
 
 
 def _ray_request_id() -> str | None:

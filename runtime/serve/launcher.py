@@ -141,6 +141,43 @@ class LocalServe:
                     pass
             return [p for p in self._tracked.values() if p.is_running()]
 
+    def replicas(self, app: str, deployment: str = "trtserve") -> list[psutil.Process]:
+        """The replica processes of `app`'s `deployment` running now, among the processes this server started."""
+        found = []
+        for process in self.processes():
+            try:
+                if process.cmdline()[:1] == [f"ray::ServeReplica:{app}:{deployment}"]:
+                    found.append(process)
+            except psutil.Error:  # gone meanwhile
+                continue
+        return found
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """This server's Ray dashboard (where `serve deploy` sends a config), from the dashboard's command line."""
+        for process in self.processes():
+            try:
+                cmdline = process.cmdline()
+            except psutil.Error:
+                continue
+            if any(arg.endswith("dashboard/dashboard.py") for arg in cmdline[:2]):
+                options = dict(arg[2:].split("=", 1) for arg in cmdline if arg.startswith("--") and "=" in arg)
+                return f"http://{options.get('host', '127.0.0.1')}:{options.get('port', '8265')}"
+        return None
+
+    def deploy(self, config: str | Path) -> None:
+        """`serve deploy CONFIG` to this running server: Serve moves its applications to the new config in
+        place (a changed replica count scales; changed args or code replace the replicas, rolling)."""
+        url = self.dashboard_url
+        if url is None:
+            raise RuntimeError("this server has no Ray dashboard running to deploy to")
+        serve = Path(sys.executable).with_name("serve")
+        proc = subprocess.run(
+            [str(serve), "deploy", "--address", url, str(config)], capture_output=True, text=True, timeout=120
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"serve deploy {config} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+
     @property
     def session_dir(self) -> Path | None:
         """This server's Ray session directory (logs, metrics ports), from its GCS's or raylet's command line."""

@@ -74,14 +74,7 @@ def secured(built_repository, tmp_path_factory):
 
 
 def replicas(server: LocalServe) -> list[psutil.Process]:
-    found = []
-    for p in server.processes():
-        try:
-            if p.cmdline() and p.cmdline()[0] == "ray::ServeReplica:trtserve:trtserve":
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
+    return server.replicas("trtserve")
 
 
 def serving_pids(server: LocalServe, tries: int = 40) -> set[int]:

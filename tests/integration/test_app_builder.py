@@ -1,4 +1,5 @@
-"""Ray Serve accepts `runtime.serve.app:build_app` as an application builder (no cluster needed to bind)."""
+"""Ray Serve accepts `runtime.serve.app:build_app` as the application builder of a config (no cluster needed
+to bind)."""
 
 from ray.serve import Application
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary

@@ -1,0 +1,228 @@
+"""`python -m benchmarks reliability`: what callers get while replicas fail, scale, are replaced and stop,
+and what authentication costs.
+
+One server (`LocalServe`, the default HAProxy ingress as `trtserve serve` starts it) with two applications
+on cnn: `trtserve` at `/` and `secured` at `/secured` (the same, with bearer tokens on; one replica). The
+fault scenarios run on `trtserve` under an open loop (Poisson, JSON), each event `at_s` seconds in; every
+request's status and latency (from its scheduled time) is kept:
+- `kill_two`: two replicas, one SIGKILLed; the load runs for the minute around the kill.
+- `redeploy`: two replicas, the config deployed again with changed args (`serve deploy`): every replica
+  replaced, rolling.
+- `downscale`: the config deployed with one replica: one replica drained and stopped.
+- `kill_one`: one replica, SIGKILLed; the load runs until the replacement answers and beyond.
+- `shutdown`: what SIGTERM to `trtserve serve` does (`LocalServe.stop`) under load: requests sent before it
+  should all be answered; after it, the server is going away.
+Auth cost: closed loop at c=32, JSON, alternating windows between the two applications (`pairs` pairs,
+alternating which runs first); the medians of the pairs' secured/open ratios of throughput and p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from benchmarks import machine
+from benchmarks.harness import HOST, PORT, ROOT, ensure_model, json_request
+from benchmarks.http_load import closed_loop, open_loop
+from runtime.auth.tokens import digest
+from runtime.serve.launcher import LocalServe
+
+RATE = 150.0  # requests/s: a fifth of what one cnn replica sustains here, so a failure's effect is what shows
+CONCURRENCY = 32
+TOKEN = "benchmark-infer-token"
+APP, SECURED = "trtserve", "secured"
+
+
+def config(work: Path, repository: Path, replicas: int, generation: int = 0) -> Path:
+    """Both applications; `generation` changes `trtserve`'s args (its max_body_mb), so deploying it again
+    replaces that application's replicas."""
+    tokens = work / "tokens.txt"
+    tokens.write_text(f"infer {digest(TOKEN)}\n")
+    models = [{"name": "cnn", "version": 1}]
+    apps = [
+        {
+            "name": APP,
+            "route_prefix": "/",
+            "import_path": "runtime.serve.app:build_app",
+            "args": {
+                "repository": str(repository),
+                "models": models,
+                "num_replicas": replicas,
+                "max_body_mb": 64 + generation,
+            },
+        },
+        {
+            "name": SECURED,
+            "route_prefix": f"/{SECURED}",
+            "import_path": "runtime.serve.app:build_app",
+            "args": {"repository": str(repository), "models": models, "auth": {"tokens_file": str(tokens)}},
+        },
+    ]
+    doc = {"proxy_location": "EveryNode", "http_options": {"host": HOST, "port": PORT}, "applications": apps}
+    path = work / f"serve-{replicas}-{generation}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def wait_for_replicas(server: LocalServe, count: int, timeout_s: float = 240) -> set[int]:
+    """The pids of `count` running replicas of `trtserve` once that many run and it is ready."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pids = {p.pid for p in server.replicas(APP)}
+        if len(pids) == count and server.get("/v2/health/ready")[0] == 200:
+            time.sleep(3)  # HAProxy reloads its config as replicas register: let that settle
+            if {p.pid for p in server.replicas(APP)} == pids:
+                return pids
+        time.sleep(1)
+    raise TimeoutError(f"not {count} replicas of {APP} within {timeout_s:.0f} s")
+
+
+def under_load(request: bytes, event: Callable[[], None], at_s: float, duration_s: float) -> dict:
+    """An open loop at RATE for `duration_s` with `event()` run `at_s` seconds in: statuses and latencies,
+    before and after the event, and when the failures (anything but 200) began and ended."""
+    fired: list[float] = []
+    began = time.perf_counter()
+
+    def fire() -> None:
+        fired.append(time.perf_counter() - began)
+        event()
+
+    timer = threading.Timer(at_s, fire)
+    timer.start()
+    try:
+        result = asyncio.run(open_loop(HOST, PORT, request, RATE, duration_s, timeout_s=60.0))
+    finally:
+        timer.cancel()
+    if not fired:
+        raise RuntimeError("the load ended before its event")
+    at = fired[0]
+    latencies = result.latencies_ms
+    before, after = result.scheduled < at, result.scheduled >= at
+    failed = result.statuses != 200
+    summary = result.summary()
+
+    def p99(mask: np.ndarray) -> float | None:
+        return round(float(np.percentile(latencies[mask], 99)), 1) if mask.any() else None
+
+    soon = after & (result.scheduled < at + 10)
+    return {
+        "event_at_s": round(at, 2),
+        "requests": summary["requests"],
+        "statuses": summary["statuses"],
+        "failed": int(failed.sum()),
+        "failed_sent_before_event": int((failed & before).sum()),
+        "first_failure_s": round(float(result.scheduled[failed].min() - at), 2) if failed.any() else None,
+        "last_failure_s": round(float(result.scheduled[failed].max() - at), 2) if failed.any() else None,
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
+        "p99_before_ms": p99(before),
+        "p99_first_10s_after_ms": p99(soon),
+        "max_ms": round(float(latencies.max()), 1),
+        "retried": summary["retried"],
+    }
+
+
+def kill(server: LocalServe) -> Callable[[], None]:
+    victim = min(p.pid for p in server.replicas(APP))
+    return lambda: os.kill(victim, signal.SIGKILL)
+
+
+def auth_cost(open_request: bytes, secured_request: bytes, window_s: float, pairs: int) -> dict:
+    requests = {"open": open_request, "secured": secured_request}
+    windows = []
+    for pair in range(pairs):
+        for arm in ("open", "secured") if pair % 2 == 0 else ("secured", "open"):
+            result = asyncio.run(closed_loop(HOST, PORT, requests[arm], CONCURRENCY, window_s, warmup_s=1.0))
+            windows.append({"pair": pair, "arm": arm, **result.summary()})
+    ratios = []
+    for pair in range(pairs):
+        off, on = (next(w for w in windows if w["pair"] == pair and w["arm"] == a) for a in ("open", "secured"))
+        ratios.append({"throughput": on["rps"] / off["rps"], "p99": on["p99_ms"] / off["p99_ms"]})
+    return {
+        "concurrency": CONCURRENCY,
+        "window_s": window_s,
+        "pairs": pairs,
+        "throughput_ratio_median": round(statistics.median(r["throughput"] for r in ratios), 4),
+        "p99_ratio_median": round(statistics.median(r["p99"] for r in ratios), 4),
+        "ratios": ratios,
+        "windows": windows,
+    }
+
+
+def measure(repository: Path, results: Path, window_s: float = 5.0, pairs: int = 5) -> dict:
+    source, _ = ensure_model(repository, ROOT / "configs/models/cnn.yaml")
+    repository = source.parent.parent
+    work = Path(tempfile.mkdtemp(prefix="trtserve-reliability-"))
+    image = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    request = json_request("/v2/models/cnn/infer", {"image": image})
+    secured = json_request(f"/{SECURED}/v2/models/cnn/infer", {"image": image})
+    secured = secured.replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode(), 1)
+    scenarios: dict[str, dict] = {}
+
+    def run(name: str, event: Callable[[], None], at_s: float, duration_s: float) -> None:
+        scenarios[name] = under_load(request, event, at_s, duration_s)
+        s = scenarios[name]
+        print(
+            f"{name}: {s['requests']} requests, statuses {s['statuses']}, p99 {s['p99_ms']} ms "
+            f"(before {s['p99_before_ms']}, 10 s after {s['p99_first_10s_after_ms']}), max {s['max_ms']} ms",
+            file=sys.stderr,
+        )
+
+    server = LocalServe(config(work, repository, 2), log_path=work / "serve.log")
+    server.start()
+    try:
+        wait_for_replicas(server, 2)
+        cost = auth_cost(request, secured, window_s, pairs)
+        print(
+            f"auth: throughput x{cost['throughput_ratio_median']:.3f}, p99 x{cost['p99_ratio_median']:.3f}",
+            file=sys.stderr,
+        )
+        run("kill_two", kill(server), at_s=20.0, duration_s=60.0)
+        wait_for_replicas(server, 2)
+        run("redeploy", lambda: server.deploy(config(work, repository, 2, generation=1)), at_s=5.0, duration_s=60.0)
+        wait_for_replicas(server, 2)
+        run("downscale", lambda: server.deploy(config(work, repository, 1, generation=1)), at_s=5.0, duration_s=30.0)
+        wait_for_replicas(server, 1)
+        run("kill_one", kill(server), at_s=5.0, duration_s=60.0)
+        wait_for_replicas(server, 1)
+        run("shutdown", server.stop, at_s=5.0, duration_s=15.0)
+    finally:
+        server.stop()
+    report = {
+        "benchmark": "reliability",
+        "machine": machine.describe(),
+        "model": "cnn",
+        "rate": RATE,
+        "encoding": "json",
+        "auth_cost": cost,
+        "scenarios": scenarios,
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "reliability.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("reliability", help="replicas killed, replaced, scaled down and stopped under load; auth cost")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--window", type=float, default=5.0, help="seconds per window of the auth cost")
+    p.add_argument("--pairs", type=int, default=5, help="open/secured window pairs (at least 5)")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+
+
+def run(args) -> None:
+    if args.pairs < 5:
+        raise SystemExit("--pairs: at least 5 window pairs, so the machine's drift cancels in the median")
+    measure(args.repository, args.results, window_s=args.window, pairs=args.pairs)

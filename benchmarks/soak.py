@@ -1,0 +1,158 @@
+"""`python -m benchmarks soak`: steady mixed load for `minutes` (10 in `make bench`) on one replica serving
+both demo models, to catch what only time shows: a leak, a slowdown, an error that comes once an hour.
+
+An open loop (Poisson) at RATE sends, in turn, a fixed mix: cnn as JSON and as binary tensors, MiniLM text
+as JSON, and planted bad requests (malformed JSON, a wrong shape, an unknown model) whose 4xx answers are
+expected. Every request's status is checked against what it should get; the replica's RSS is sampled every
+few seconds. Figures: unexpected answers, RSS growth from the end of the first minute to the end, and the
+p99 of the last minute against the second minute's (the first holds the warm-up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from benchmarks import machine
+from benchmarks.harness import HOST, PORT, ROOT, binary_request, ensure_model, json_request, server
+from benchmarks.http_load import build_request, open_loop
+from benchmarks.serving import sentences
+
+RATE = 150.0  # requests/s: about a third of what this replica sustains with this mix here
+SAMPLE_S = 5.0  # RSS sampling period
+APP = "bench"
+
+
+def mix() -> tuple[list[bytes], np.ndarray]:
+    """The requests sent in turn, and the status each should get (60: 24 cnn JSON, 21 cnn binary, 12 MiniLM,
+    3 bad)."""
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((45, 1, 3, 32, 32)).astype(np.float32)
+    texts = sentences(12)
+    good = [json_request("/v2/models/cnn/infer", {"image": images[i]}) for i in range(24)]
+    good += [binary_request("/v2/models/cnn/infer", "image", images[24 + i], "logits") for i in range(21)]
+    good += [json_request("/v2/models/minilm/infer", {"text": np.array([t], dtype=object)}) for t in texts]
+    bad = [
+        (build_request(HOST, PORT, "/v2/models/cnn/infer", b'{"inputs": [', {"Content-Type": "application/json"}), 400),
+        (json_request("/v2/models/cnn/infer", {"image": images[0][:, :2]}), 400),
+        (json_request("/v2/models/no-such-model/infer", {"image": images[0]}), 404),
+    ]
+    requests, expected = [], []
+    for i, request in enumerate(good):  # a bad one every 20 requests
+        requests.append(request)
+        expected.append(200)
+        if i % 19 == 18:
+            requests.append(bad[i // 19][0])
+            expected.append(bad[i // 19][1])
+    return requests, np.array(expected)
+
+
+class RssSampler(threading.Thread):
+    """The replica processes' resident memory every SAMPLE_S seconds: (seconds since start, bytes)."""
+
+    def __init__(self, processes: list[psutil.Process]) -> None:
+        super().__init__(daemon=True)
+        self.processes = processes
+        self.samples: list[tuple[float, int]] = []
+        self.stopped = threading.Event()
+        self.began = time.perf_counter()
+
+    def run(self) -> None:
+        while not self.stopped.wait(SAMPLE_S):
+            try:
+                rss = sum(p.memory_info().rss for p in self.processes)
+            except psutil.Error:  # a replica gone: its absence is the finding, not a sample
+                self.samples.append((time.perf_counter() - self.began, -1))
+                continue
+            self.samples.append((time.perf_counter() - self.began, rss))
+
+
+def _counts(statuses: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(statuses, return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def _rss_at(samples: list[tuple[float, int]], t: float) -> int:
+    return min(samples, key=lambda s: abs(s[0] - t))[1]
+
+
+def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
+    for name in ("cnn", "minilm"):
+        ensure_model(repository, ROOT / f"configs/models/{name}.yaml")
+    requests, expected_by_index = mix()
+    work = Path(tempfile.mkdtemp(prefix="trtserve-soak-"))
+    args = {"repository": str(repository), "models": [{"name": "cnn"}, {"name": "minilm"}]}
+    duration_s = minutes * 60
+    with server(work, "soak", args) as running:
+        replicas = running.replicas(APP)
+        pids = {p.pid for p in replicas}
+        sampler = RssSampler(replicas)
+        sampler.start()
+        result = asyncio.run(open_loop(HOST, PORT, requests, RATE, duration_s, timeout_s=30.0))
+        sampler.stopped.set()
+        sampler.join()
+        replaced = {p.pid for p in running.replicas(APP)} != pids
+    expected = expected_by_index[np.arange(len(result.statuses)) % len(requests)]
+    unexpected = result.statuses != expected
+    latencies = result.latencies_ms
+    good = expected == 200
+
+    def minute_p99(m: int) -> float:
+        mask = good & (result.scheduled >= 60 * m) & (result.scheduled < 60 * (m + 1))
+        return round(float(np.percentile(latencies[mask], 99)), 2)
+
+    whole_minutes = int(duration_s // 60)
+    per_minute = [minute_p99(m) for m in range(whole_minutes)]
+    samples = sampler.samples
+    rss_after_1 = _rss_at(samples, 60.0)
+    rss_end = samples[-1][1]
+    summary = result.summary()
+    report = {
+        "benchmark": "soak",
+        "machine": machine.describe(),
+        "minutes": minutes,
+        "rate": RATE,
+        "mix": {"cnn_json": 24, "cnn_binary": 21, "minilm_json": 12, "bad": 3},
+        "requests": len(result.statuses),
+        "statuses": summary["statuses"],
+        "planted_bad": int((~good).sum()),
+        "unexpected": int(unexpected.sum()),
+        "unexpected_statuses": _counts(result.statuses[unexpected]),
+        "replica_replaced": replaced,
+        "p99_ms_by_minute": per_minute,
+        "p99_last_vs_second": round(per_minute[-1] / per_minute[1], 4) if whole_minutes >= 3 else None,
+        "rss_bytes_after_minute_1": rss_after_1,
+        "rss_bytes_end": rss_end,
+        "rss_growth": round(rss_end / rss_after_1 - 1, 4) if rss_after_1 > 0 and rss_end > 0 else None,
+        "rss_samples": [(round(t, 1), b) for t, b in samples],
+        "generator_behind": summary["generator_behind"],
+    }
+    print(
+        f"soak: {report['requests']} requests over {minutes:g} min, {report['unexpected']} unexpected answers, "
+        f"RSS {rss_after_1 / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB, p99 by minute {per_minute}",
+        file=sys.stderr,
+    )
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("soak", help="steady mixed load for minutes: errors, replica RSS growth, p99 drift")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--minutes", type=float, default=10.0, help="how long (at least 3: the figures compare minutes)")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+
+
+def run(args) -> None:
+    if args.minutes < 3:
+        raise SystemExit("--minutes: at least 3 (the first is warm-up; the second and the last are compared)")
+    measure(args.repository, args.results, minutes=args.minutes)
