@@ -62,6 +62,8 @@ bench: models
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks rollout --repository $(REPOSITORY) --results benchmarks/results
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks monitor --repository $(REPOSITORY) --results benchmarks/results
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks batch --repository $(REPOSITORY) --results benchmarks/results
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks reliability --repository $(REPOSITORY) --results benchmarks/results
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks soak --minutes 10 --repository $(REPOSITORY) --results benchmarks/results
 	$(PY) -m benchmarks report --results benchmarks/results --output benchmarks/RESULTS.md
 
 # Where torch sees a CUDA device: the GPU memory figures (torch backend) into $(GPU_RESULTS); `report` renders

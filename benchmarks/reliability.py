@@ -43,6 +43,7 @@ RATE = 150.0  # requests/s: a fifth of what one cnn replica sustains here, so a 
 CONCURRENCY = 32
 TOKEN = "benchmark-infer-token"
 APP, SECURED = "trtserve", "secured"
+HALF_CPU = 0.5  # three replicas (and one more while one is replaced) scheduled on two cores
 
 
 def config(work: Path, repository: Path, replicas: int, generation: int = 0) -> Path:
@@ -61,13 +62,19 @@ def config(work: Path, repository: Path, replicas: int, generation: int = 0) -> 
                 "models": models,
                 "num_replicas": replicas,
                 "max_body_mb": 64 + generation,
+                "ray_actor_options": {"num_cpus": HALF_CPU},
             },
         },
         {
             "name": SECURED,
             "route_prefix": f"/{SECURED}",
             "import_path": "runtime.serve.app:build_app",
-            "args": {"repository": str(repository), "models": models, "auth": {"tokens_file": str(tokens)}},
+            "args": {
+                "repository": str(repository),
+                "models": models,
+                "auth": {"tokens_file": str(tokens)},
+                "ray_actor_options": {"num_cpus": HALF_CPU},
+            },
         },
     ]
     doc = {"proxy_location": "EveryNode", "http_options": {"host": HOST, "port": PORT}, "applications": apps}
@@ -93,18 +100,24 @@ def under_load(request: bytes, event: Callable[[], None], at_s: float, duration_
     """An open loop at RATE for `duration_s` with `event()` run `at_s` seconds in: statuses and latencies,
     before and after the event, and when the failures (anything but 200) began and ended."""
     fired: list[float] = []
+    failed_event: list[BaseException] = []
     began = time.perf_counter()
 
     def fire() -> None:
         fired.append(time.perf_counter() - began)
-        event()
+        try:
+            event()
+        except BaseException as e:  # raised below, once the load is over
+            failed_event.append(e)
 
     timer = threading.Timer(at_s, fire)
     timer.start()
     try:
-        result = asyncio.run(open_loop(HOST, PORT, request, RATE, duration_s, timeout_s=60.0))
+        result = asyncio.run(open_loop(HOST, PORT, request, RATE, duration_s, timeout_s=60.0, max_connections=4096))
     finally:
         timer.cancel()
+    if failed_event:
+        raise failed_event[0]
     if not fired:
         raise RuntimeError("the load ended before its event")
     at = fired[0]
@@ -184,17 +197,18 @@ def measure(repository: Path, results: Path, window_s: float = 5.0, pairs: int =
     server.start()
     try:
         wait_for_replicas(server, 2)
-        cost = auth_cost(request, secured, window_s, pairs)
-        print(
-            f"auth: throughput x{cost['throughput_ratio_median']:.3f}, p99 x{cost['p99_ratio_median']:.3f}",
-            file=sys.stderr,
-        )
         run("kill_two", kill(server), at_s=20.0, duration_s=60.0)
         wait_for_replicas(server, 2)
         run("redeploy", lambda: server.deploy(config(work, repository, 2, generation=1)), at_s=5.0, duration_s=60.0)
         wait_for_replicas(server, 2)
         run("downscale", lambda: server.deploy(config(work, repository, 1, generation=1)), at_s=5.0, duration_s=30.0)
         wait_for_replicas(server, 1)
+        # Now each application has one replica: the same cnn, with and without tokens.
+        cost = auth_cost(request, secured, window_s, pairs)
+        print(
+            f"auth: throughput x{cost['throughput_ratio_median']:.3f}, p99 x{cost['p99_ratio_median']:.3f}",
+            file=sys.stderr,
+        )
         run("kill_one", kill(server), at_s=5.0, duration_s=60.0)
         wait_for_replicas(server, 1)
         run("shutdown", server.stop, at_s=5.0, duration_s=15.0)

@@ -372,13 +372,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config.is_file():
         print(f"trtserve {args.command}: error: {args.config}: no such file", file=sys.stderr)
         return 2
+    import yaml
+
     from runtime.serve.launcher import LocalServe
 
     # Ctrl-C, and a SIGTERM from a supervisor, both stop everything this started; SIGINT is re-armed
     # because a shell that starts us in the background leaves it ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    server = LocalServe(args.config, ingress=args.ingress, log_path=args.log)
+    try:
+        server = LocalServe(args.config, ingress=args.ingress, log_path=args.log)
+    except (OSError, ValueError, yaml.YAMLError) as e:  # no such config, or one this launcher cannot serve
+        print(f"trtserve {args.command}: error: {e}", file=sys.stderr)
+        return 2
     print(f"starting {args.config} ({server.ingress} ingress); logs in {args.log} ...", flush=True)
     try:
         with server:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -34,9 +35,13 @@ RELOAD_CHECKS = 10  # x 0.5 s after stopping: HAProxy reloads started during shu
 STOP_TIMEOUT_S = 30.0
 
 
-# A request whose replica died under it is sent once more, to another replica (`option redispatch 1` is
-# Ray's): HAProxy's default retries only connection failures, so a replica killed mid-request turned its
-# requests into 500s. empty-response / junk-response: the replica closed the connection before a
+# A request whose replica died under it is sent again, to another replica (`option redispatch 1` is Ray's):
+# HAProxy's default retries only connection failures, so a replica killed mid-request turned its requests
+# into 500s. Up to 3 times: HAProxy waits between tries, and with a lone replica the third one comes after
+# its health checks (fastinter 250 ms, fall 2) have marked the replica down and sends the request to Ray's
+# fallback proxy, which holds it until the replacement is up (1 retry: those requests were 500s). The
+# price: a request that itself kills replicas can take down up to 4 before it fails.
+# empty-response / junk-response: the replica closed the connection before a
 # complete response came back, so nothing was answered and inference (idempotent) can run again. Not
 # retried: a response that came back (a 503 of backpressure, a 504 of a deadline) and timeouts. HAProxy
 # can replay only a request it still holds in one buffer: 256 KiB (Ray's default is 16 KiB, less than a
@@ -44,7 +49,7 @@ STOP_TIMEOUT_S = 30.0
 # connection in flight.
 HAPROXY_RETRIES = {
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
-    "RAY_SERVE_HAPROXY_RETRIES": "1",
+    "RAY_SERVE_HAPROXY_RETRIES": "3",
     "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(256 * 1024),
 }
 
@@ -75,6 +80,14 @@ def serve_env(ingress: str) -> dict[str, str]:
     }
 
 
+def ray_auth_env() -> dict[str, str]:
+    """Ray's own token authentication, named for every Ray process we start: the caller's RAY_AUTH_MODE, or
+    `token`, what Ray 2.60 gives a new local cluster anyway (`ray.init` creates ~/.ray/auth_token when
+    missing). Named, because a Ray CLI that connects (`serve deploy`) does not infer it: unset, it talks to
+    a token-mode dashboard without the token and is refused."""
+    return {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+
+
 class LocalServe:
     """`serve run CONFIG` in a child process, ready when /v2/health/ready answers 200."""
 
@@ -89,9 +102,17 @@ class LocalServe:
         self.extra_env = dict(env or {})
         doc = yaml.safe_load(self.config.read_text()) or {}
         http = doc.get("http_options") or {}
-        self.url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+        self.tls = bool(http.get("ssl_certfile") and http.get("ssl_keyfile"))
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
         self.ingress = ingress or os.environ.get("TRTSERVE_INGRESS", "haproxy")
         serve_env(self.ingress)  # an unknown ingress fails here, before anything starts
+        if self.tls and self.ingress != "proxy":
+            # Ray's HAProxy config has no TLS: it would serve plain HTTP on the port the config calls HTTPS.
+            raise ValueError(
+                f"{self.config}: http_options ssl_certfile/ssl_keyfile (TLS) need the proxy ingress "
+                "(--ingress proxy or TRTSERVE_INGRESS=proxy); with HAProxy, terminate TLS in front of it"
+            )
         self.log_path = Path(log_path) if log_path else None
         self.process: subprocess.Popen | None = None
         self.started_at = 0.0
@@ -103,7 +124,7 @@ class LocalServe:
 
     def start(self, timeout_s: float = 300) -> LocalServe:
         serve = Path(sys.executable).with_name("serve")
-        env = {**os.environ, **serve_env(self.ingress), **self.extra_env}
+        env = {**os.environ, **ray_auth_env(), **serve_env(self.ingress), **self.extra_env}
         self._out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.started_at = time.perf_counter()
         self.process = subprocess.Popen(
@@ -173,7 +194,11 @@ class LocalServe:
             raise RuntimeError("this server has no Ray dashboard running to deploy to")
         serve = Path(sys.executable).with_name("serve")
         proc = subprocess.run(
-            [str(serve), "deploy", "--address", url, str(config)], capture_output=True, text=True, timeout=120
+            [str(serve), "deploy", "--address", url, str(config)],
+            env={**os.environ, **ray_auth_env(), **self.extra_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"serve deploy {config} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
@@ -206,12 +231,23 @@ class LocalServe:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            with urllib.request.urlopen(self.url + path, timeout=5, context=self._probe_tls) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
         except (OSError, ValueError):
             return 0, b""
+
+    @property
+    def _probe_tls(self) -> ssl.SSLContext | None:
+        """For our own probes of the child we started, on the address the config names: whether the server
+        is up, not who it is (its certificate may name a public host, not this address)."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
 
     def stop(self) -> None:
         """Shut the application down (Ctrl-C to `serve run`), then end whatever of ours is still alive."""
