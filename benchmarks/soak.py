@@ -105,12 +105,16 @@ def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
     latencies = result.latencies_ms
     good = expected == 200
 
-    def minute_p99(m: int) -> float:
+    def minute_p99(values: np.ndarray, m: int) -> float:
         mask = good & (result.scheduled >= 60 * m) & (result.scheduled < 60 * (m + 1))
-        return round(float(np.percentile(latencies[mask], 99)), 2)
+        return round(float(np.percentile(values[mask], 99)), 2)
 
     whole_minutes = int(duration_s // 60)
-    per_minute = [minute_p99(m) for m in range(whole_minutes)]
+    per_minute = [minute_p99(latencies, m) for m in range(whole_minutes)]
+    # The latency runs from each request's scheduled time; these two split it into the generator's own lag
+    # (scheduled -> sent) and the server's time (sent -> answered), so a drift can be told apart.
+    lag_per_minute = [minute_p99(result.send_lag_ms, m) for m in range(whole_minutes)]
+    server_per_minute = [minute_p99((result.completed - result.sent) * 1e3, m) for m in range(whole_minutes)]
     samples = sampler.samples
     rss_after_1 = _rss_at(samples, 60.0)
     rss_end = samples[-1][1]
@@ -129,6 +133,8 @@ def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
         "replica_replaced": replaced,
         "p99_ms_by_minute": per_minute,
         "p99_last_vs_second": round(per_minute[-1] / per_minute[1], 4) if whole_minutes >= 3 else None,
+        "send_lag_p99_ms_by_minute": lag_per_minute,
+        "server_p99_ms_by_minute": server_per_minute,
         "rss_bytes_after_minute_1": rss_after_1,
         "rss_bytes_end": rss_end,
         "rss_growth": round(rss_end / rss_after_1 - 1, 4) if rss_after_1 > 0 and rss_end > 0 else None,

@@ -164,10 +164,12 @@ class LocalServe:
 
     def replicas(self, app: str, deployment: str = "trtserve") -> list[psutil.Process]:
         """The replica processes of `app`'s `deployment` running now, among the processes this server started."""
-        found = []
+        title, found = f"ray::ServeReplica:{app}:{deployment}", []
         for process in self.processes():
             try:
-                if process.cmdline()[:1] == [f"ray::ServeReplica:{app}:{deployment}"]:
+                # Ray retitles a worker while it runs a method ("<title>.check_health"): the same replica.
+                first = (process.cmdline()[:1] or [""])[0].split(" ")[0]
+                if first == title or first.startswith(title + "."):
                     found.append(process)
             except psutil.Error:  # gone meanwhile
                 continue
