@@ -174,7 +174,7 @@ def auth_cost(open_request: bytes, secured_request: bytes, window_s: float, pair
     }
 
 
-def measure(repository: Path, results: Path, window_s: float = 5.0, pairs: int = 5) -> dict:
+def measure(repository: Path, results: Path, window_s: float = 6.0, pairs: int = 16) -> dict:
     source, _ = ensure_model(repository, ROOT / "configs/models/cnn.yaml")
     repository = source.parent.parent
     work = Path(tempfile.mkdtemp(prefix="trtserve-reliability-"))
@@ -231,8 +231,8 @@ def measure(repository: Path, results: Path, window_s: float = 5.0, pairs: int =
 def add_parser(sub) -> None:
     p = sub.add_parser("reliability", help="replicas killed, replaced, scaled down and stopped under load; auth cost")
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--window", type=float, default=5.0, help="seconds per window of the auth cost")
-    p.add_argument("--pairs", type=int, default=5, help="open/secured window pairs (at least 5)")
+    p.add_argument("--window", type=float, default=6.0, help="seconds per window of the auth cost")
+    p.add_argument("--pairs", type=int, default=16, help="open/secured window pairs (at least 5)")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
 
 

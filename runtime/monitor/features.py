@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from math import prod
 
 import numpy as np
-from scipy.special import softmax
-from scipy.stats import entropy
 
 SMALL = 32
 KINDS = ("logits", "probabilities", "embedding")
@@ -69,6 +67,10 @@ class TensorFeatures:
             if self.pad is None:
                 out.pop("length")
         if self.kind in ("logits", "probabilities"):
+            # Imported here: scipy.stats takes ~0.6 s to import, paid by every application build otherwise.
+            from scipy.special import softmax
+            from scipy.stats import entropy
+
             values = flat.astype(np.float64, copy=False)
             probs = softmax(values, axis=1) if self.kind == "logits" else values
             out["class"] = np.argmax(probs, axis=1).astype(np.int64)

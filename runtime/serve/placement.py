@@ -9,21 +9,34 @@ cannot fit anywhere is refused at deploy time with what it needs and what is fre
 for `placement.versions_per_model` versions of each model at once (default 2: a rollout's stable and
 candidate, both loaded and warm).
 
+A measurement is kept (`$TRTSERVE_CACHE/replica-need/`, keyed by the models' manifests, their specs and
+the software that loads them), so deploying the same models again (a config change, a redeploy) does not
+load them once more: an application's build is that much shorter, and during a rebuild Ray's HAProxy has
+no servers for the application (see the README's "Reliability and security").
+
     python -m runtime.serve.placement REPOSITORY '[{"name": "cnn", "max_batch_size": 64}]'   # prints the JSON
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
+import os
+import platform
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
 from runtime.engine.errors import TrtserveError
+from runtime.engine.manifest import MANIFEST
 from runtime.engine.memory import gpu_free_total, gpu_process_bytes, host_rss_bytes
+from runtime.engine.remote import cache_root
+from runtime.engine.repository import version_dir
 from runtime.serve.config import AppArgs, ModelSpec
 
 MiB = 2**20
@@ -126,7 +139,7 @@ def replica_need(args: AppArgs) -> ReplicaNeed | None:
         )
     if not placement.measure or ("memory" in configured and "num_gpus" in configured):
         return None
-    return with_versions(measure_replica(args.repository_path, args.models), placement.versions_per_model)
+    return with_versions(cached_measurement(args.repository_path, args.models), placement.versions_per_model)
 
 
 def with_versions(need: ReplicaNeed, versions: int) -> ReplicaNeed:
@@ -141,6 +154,48 @@ def with_versions(need: ReplicaNeed, versions: int) -> ReplicaNeed:
     if device is not None:
         device += extra * sum(m.get("device_bytes") or 0 for m in need.models.values())
     return ReplicaNeed(host, device, need.device_total_bytes, need.models)
+
+
+# What a measurement depends on besides the models: the code that loads them and where it runs.
+_SOFTWARE = ("trtserve", "ray", "onnxruntime", "onnxruntime-gpu", "numpy", "cupy-cuda12x", "tensorrt")
+
+
+def measurement_key(repository: str | Path, models: list[ModelSpec]) -> str:
+    """A digest of what a replica's measured need depends on: each model's manifest (its files'
+    checksums), its spec, the versions of the software that loads it, this machine's kind and the GPUs
+    it may see."""
+    parts: list = []
+    for spec in models:
+        manifest = (version_dir(repository, spec.name, spec.version) / MANIFEST).read_bytes()
+        parts.append([spec.model_dump(mode="json"), hashlib.sha256(manifest).hexdigest()])
+    software = {}
+    for name in _SOFTWARE:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            software[name] = metadata.version(name)
+    where = [sys.version, platform.machine(), platform.node(), os.environ.get("CUDA_VISIBLE_DEVICES")]
+    doc = json.dumps([parts, software, where], sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def cached_measurement(repository: str | Path, models: list[ModelSpec], cache: Path | None = None) -> ReplicaNeed:
+    """`measure_replica`'s figure, kept under the cache by `measurement_key`: measured once per models
+    and software, not on every build. A cache that cannot be read or written is only not used."""
+    key = measurement_key(repository, models)
+    path = (cache or cache_root() / "replica-need") / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return ReplicaNeed(**json.loads(path.read_text()))
+    need = measure_replica(repository, models)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole or not at all: builds on this node may read it at any moment.
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(need.to_dict(), f)
+            os.replace(temporary, path)
+        except OSError:
+            Path(temporary).unlink(missing_ok=True)
+    return need
 
 
 def measure_replica(repository: str | Path, models: list[ModelSpec], timeout_s: float = 600) -> ReplicaNeed:
@@ -164,7 +219,6 @@ def _measure_here(repository: str | Path, models: list[ModelSpec]) -> ReplicaNee
         import ray.serve  # noqa: F401
 
     from runtime.engine.cuda_device import visible_device
-    from runtime.engine.repository import version_dir
     from runtime.serve.model import ServedModel
 
     served, footprints = [], {}

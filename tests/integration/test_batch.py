@@ -53,6 +53,7 @@ def only_parquet_is_output(directory: Path) -> None:
     assert not stray, stray
 
 
+@pytest.mark.slow  # with the next two, Ray Data started on 2 cores: two minutes of the default tier
 def test_cnn_outputs_equal_the_engine_row_by_row_and_bad_rows_go_to_the_errors_file(built_repository, tmp_path):
     x = images(300, 0)
     rows = [x[i].tolist() for i in range(300)]  # nested lists, as many writers produce
@@ -95,6 +96,7 @@ def test_cnn_outputs_equal_the_engine_row_by_row_and_bad_rows_go_to_the_errors_f
     assert again.returncode == 2 and "earlier job" in again.stderr and "Traceback" not in again.stderr
 
 
+@pytest.mark.slow
 def test_too_many_bad_rows_fail_the_job_with_the_reason(built_repository, tmp_path):
     pq.write_table(pa.table({"id": ["a", "b", "c"], "image": pa.array([[1.0], [2.0], [3.0]])}), tmp_path / "in.parquet")
     proc = trtserve_batch(
@@ -131,6 +133,7 @@ def test_minilm_sentences_from_json_lines_equal_the_engine(built_repository, tmp
             np.testing.assert_allclose(got[i], expected, rtol=1e-4, atol=1e-5)  # padded in a batch, alone here
 
 
+@pytest.mark.slow
 def test_numpy_input_ids_are_row_numbers(built_repository, tmp_path):
     x = images(50, 2)
     np.save(tmp_path / "in.npy", x)

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from benchmarks.harness import serve_config
 
@@ -48,6 +49,7 @@ def ray_like(process: psutil.Process) -> bool:
     return any(word in text for word in ("ray", "raylet", "gcs_server", "haproxy", "trtserve"))
 
 
+@pytest.mark.slow  # a Ray cluster started and stopped twice: over a minute of the default tier
 def test_trtserve_serve_stops_only_what_it_started(built_repository, tmp_path):
     head_port = free_port()
     command = [str(BIN / "ray"), "start", "--head", f"--port={head_port}", "--block", "--num-cpus=1"]

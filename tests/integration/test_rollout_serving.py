@@ -5,6 +5,7 @@ their version, every response 200."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tritonclient.http as httpclient
 import yaml
 
@@ -14,6 +15,7 @@ from tests.fixtures.artifacts import sequence_model
 from tests.integration.test_launcher import free_port
 
 
+@pytest.mark.slow  # a minute of the default tier
 def test_a_canary_from_user_config_answers_from_both_versions(tmp_path):
     repository = tmp_path / "repo"
     sequence_model(repository / "seq" / "1")

@@ -109,3 +109,40 @@ def test_the_example_serve_configs_parse(tmp_path):
             if args.autoscaling is not None:
                 policy = ray_autoscaling_config(args.autoscaling, None)["policy"]
                 assert policy["policy_function"] == "runtime.serve.autoscaling:MemoryAwarePolicy", path
+
+
+def test_a_measurement_is_kept_until_what_it_depends_on_changes(built_like_repository, tmp_path, monkeypatch):
+    """A rebuild of the same models reads the kept figure; a changed manifest or spec measures again; a
+    damaged cache file is measured over, never trusted."""
+    import json
+
+    from runtime.serve import placement
+    from runtime.serve.config import ModelSpec
+
+    measured = []
+
+    def fake_measure(repository, models):
+        measured.append([m.name for m in models])
+        return cpu_need(100 + len(measured))
+
+    monkeypatch.setattr(placement, "measure_replica", fake_measure)
+    cache = tmp_path / "cache"
+    specs = [ModelSpec(name="seq", version=1)]
+    first = placement.cached_measurement(built_like_repository, specs, cache)
+    again = placement.cached_measurement(built_like_repository, specs, cache)
+    assert first == again and len(measured) == 1
+    assert [p.suffix for p in cache.iterdir()] == [".json"]  # no temporary file left behind
+
+    placement.cached_measurement(built_like_repository, [ModelSpec(name="seq", version=1, max_batch_size=2)], cache)
+    assert len(measured) == 2
+
+    manifest = built_like_repository / "seq" / "1" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["name_note"] = "rebuilt"
+    manifest.write_text(json.dumps(doc))
+    changed = placement.cached_measurement(built_like_repository, specs, cache)
+    assert len(measured) == 3 and changed != first
+
+    (cache / f"{placement.measurement_key(built_like_repository, specs)}.json").write_text("{not json")
+    placement.cached_measurement(built_like_repository, specs, cache)
+    assert len(measured) == 4
