@@ -21,6 +21,7 @@ from runtime.serve import autoscaling
 from runtime.serve.capture import CaptureSink
 from runtime.serve.config import ModelSpec
 from runtime.serve.handler import KServeHandler
+from runtime.serve.heap import freeze_startup_heap
 from runtime.serve.model import ServedModel
 from runtime.serve.monitoring import DriftMonitor
 from runtime.serve.telemetry import RayTelemetry
@@ -73,6 +74,8 @@ class KServeServer:
         self._configured = False
         self._applied = 0  # the decision-maker's generation this replica routes by
         self._reporting: asyncio.Task | None = None
+        frozen = freeze_startup_heap()
+        log.info("start-up heap frozen: %d objects no longer walked by full collections", frozen)
 
     def _ensure_reporting(self) -> None:
         if self._rollouts is not None and (self._reporting is None or self._reporting.done()):
@@ -105,6 +108,7 @@ class KServeServer:
         model.warmup()
         self._monitor.register(model)
         self._models.append(model)
+        freeze_startup_heap()
         return model
 
     def check_health(self) -> None:
