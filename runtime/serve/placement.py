@@ -162,8 +162,8 @@ _SOFTWARE = ("trtserve", "ray", "onnxruntime", "onnxruntime-gpu", "numpy", "cupy
 
 def measurement_key(repository: str | Path, models: list[ModelSpec]) -> str:
     """A digest of what a replica's measured need depends on: each model's manifest (its files'
-    checksums), its spec, the versions of the software that loads it, this machine's kind and the GPUs
-    it may see."""
+    checksums), its spec, the versions of the software that loads it and trtserve's own source, this
+    machine's kind and the GPUs it may see."""
     parts: list = []
     for spec in models:
         manifest = (version_dir(repository, spec.name, spec.version) / MANIFEST).read_bytes()
@@ -173,8 +173,19 @@ def measurement_key(repository: str | Path, models: list[ModelSpec]) -> str:
         with contextlib.suppress(metadata.PackageNotFoundError):
             software[name] = metadata.version(name)
     where = [sys.version, platform.machine(), platform.node(), os.environ.get("CUDA_VISIBLE_DEVICES")]
-    doc = json.dumps([parts, software, where], sort_keys=True)
+    doc = json.dumps([parts, software, _runtime_source_digest(), where], sort_keys=True)
     return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def _runtime_source_digest() -> str:
+    """trtserve's own code as a replica runs it: its version number stays put between releases, its
+    source does not (a few hundred small files, read in milliseconds)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def cached_measurement(repository: str | Path, models: list[ModelSpec], cache: Path | None = None) -> ReplicaNeed:
