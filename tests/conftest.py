@@ -91,6 +91,7 @@ def server(built_repository, tmp_path_factory):
     import yaml
 
     from runtime.serve.launcher import LocalServe
+    from tests.fixtures.ports import haproxy_ports
 
     workdir = tmp_path_factory.mktemp("serve")
     config = {
@@ -114,7 +115,8 @@ def server(built_repository, tmp_path_factory):
     }
     path = workdir / "serve.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    with LocalServe(path, log_path=workdir / "serve.log") as local:
+    # HAProxy's stats, metrics and fallback ports of its own: servers that tests start beside it keep theirs.
+    with LocalServe(path, log_path=workdir / "serve.log", env=haproxy_ports()) as local:
         yield local
 
 

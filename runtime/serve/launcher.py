@@ -16,8 +16,10 @@ default).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -80,6 +82,36 @@ def serve_env(ingress: str) -> dict[str, str]:
     }
 
 
+# The ports the HAProxy ingress adds to the HTTP one, each with the variable that moves it: two servers on
+# one machine (or another Ray Serve's HAProxy) cannot share them. The stats and metrics ports are bound on
+# every interface, the fallback proxy's on the config's HTTP host.
+HAPROXY_PORTS = {
+    "RAY_SERVE_HAPROXY_STATS_PORT": ("HAProxy's stats page", 8404, "0.0.0.0"),
+    "RAY_SERVE_HAPROXY_METRICS_PORT": ("HAProxy's Prometheus metrics", 9101, "0.0.0.0"),
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": ("Ray's fallback proxy", 8500, None),
+}
+
+
+def ports_to_bind(host: str, port: int, ingress: str, env: dict[str, str]) -> list[tuple[str, int, str]]:
+    """(host, port, what it is and how to move it) for each port a server with this environment listens on
+    and needs free before it starts."""
+    ports = [(host, port, "the HTTP port: http_options.port in the config")]
+    if ingress == "haproxy":
+        for variable, (what, default, bind_host) in HAPROXY_PORTS.items():
+            ports.append((bind_host or host, int(env.get(variable) or default), f"{what}; {variable} moves it"))
+    return ports
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a socket in TIME_WAIT does not count
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
+
+
 def ray_auth_env() -> dict[str, str]:
     """Ray's own token authentication, named for every Ray process we start: the caller's RAY_AUTH_MODE, or
     `token`, what Ray 2.60 gives a new local cluster anyway (`ray.init` creates ~/.ray/auth_token when
@@ -104,7 +136,8 @@ class LocalServe:
         http = doc.get("http_options") or {}
         self.tls = bool(http.get("ssl_certfile") and http.get("ssl_keyfile"))
         scheme = "https" if self.tls else "http"
-        self.url = f"{scheme}://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+        self.host, self.port = str(http.get("host", "127.0.0.1")), int(http.get("port", 8000))
+        self.url = f"{scheme}://{self.host}:{self.port}"
         self.ingress = ingress or os.environ.get("TRTSERVE_INGRESS", "haproxy")
         serve_env(self.ingress)  # an unknown ingress fails here, before anything starts
         if self.tls and self.ingress != "proxy":
@@ -125,6 +158,7 @@ class LocalServe:
     def start(self, timeout_s: float = 300) -> LocalServe:
         serve = Path(sys.executable).with_name("serve")
         env = {**os.environ, **ray_auth_env(), **serve_env(self.ingress), **self.extra_env}
+        self._check_ports(env)
         self._out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.started_at = time.perf_counter()
         self.process = subprocess.Popen(
@@ -142,6 +176,13 @@ class LocalServe:
             self.stop()
             raise
         return self
+
+    def _check_ports(self, env: dict[str, str]) -> None:
+        """Refuse to start, naming the port and what to change, when one the server needs is taken: else Ray
+        starts, its HAProxy fails to bind, and `serve run` exits with the reason deep in its log."""
+        for bind_host, bind_port, what in ports_to_bind(self.host, self.port, self.ingress, env):
+            if port_in_use(bind_host, bind_port):
+                raise RuntimeError(f"port {bind_port} is already in use on this machine ({what})")
 
     def _watch(self) -> None:
         """Track what the server starts while it runs: a process orphaned later (an HAProxy whose Ray

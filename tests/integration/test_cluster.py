@@ -25,7 +25,7 @@ import yaml
 from benchmarks.s3_server import s3_server
 from runtime.engine.artifact import verify_version_dir
 from tests.conftest import run_convert
-from tests.integration.test_launcher import free_port
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")

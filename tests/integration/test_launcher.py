@@ -17,14 +17,9 @@ import psutil
 import pytest
 
 from benchmarks.harness import serve_config
+from tests.fixtures.ports import free_port, haproxy_ports
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, timeout_s: float, what: str) -> None:
@@ -69,7 +64,11 @@ def test_trtserve_serve_stops_only_what_it_started(built_repository, tmp_path):
         port = free_port()
         args = {"repository": str(built_repository), "models": [{"name": "cnn"}]}
         config = serve_config(tmp_path / "serve.yaml", args, name="trtserve", port=port)
-        env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{head_port}"}  # what the old launcher would have joined
+        env = {
+            **os.environ,
+            "RAY_ADDRESS": f"127.0.0.1:{head_port}",  # what the old launcher would have joined
+            **haproxy_ports(),  # the session's server (slow tier) holds HAProxy's default ones
+        }
         serve = subprocess.Popen(
             [str(BIN / "trtserve"), "serve", str(config), "--log", str(tmp_path / "serve.log")],
             env=env,

@@ -12,7 +12,7 @@ import yaml
 from runtime.rollout.steps import Rollout, RolloutSpec
 from runtime.serve.launcher import LocalServe
 from tests.fixtures.artifacts import sequence_model
-from tests.integration.test_launcher import free_port
+from tests.fixtures.ports import free_port
 
 
 @pytest.mark.slow  # a minute of the default tier

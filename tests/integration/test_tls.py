@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from runtime.auth.tokens import digest
 from runtime.serve.launcher import LocalServe
-from tests.integration.test_launcher import free_port
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow  # a server of its own, about a minute
 
