@@ -19,6 +19,7 @@ class LoadResult:
     latencies_ms: np.ndarray
     rows: int = 0  # rows (e.g. sentences) in the requests answered 200
     retried: int = 0  # requests sent again after a kept-alive connection was closed under them
+    exchanged: int = 0  # every request answered, the warm-up's included (what the server did in all)
 
     @property
     def rps(self) -> float:
@@ -120,14 +121,14 @@ async def closed_loop(
     rows = rows or [1] * len(requests)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    answered_rows = retried = 0
+    answered_rows = retried = exchanged = 0
     counter = iter(range(10**12))
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop = measure_from + duration_s
 
     async def worker() -> None:
-        nonlocal answered_rows, retried
+        nonlocal answered_rows, retried, exchanged
         connection = None
         while True:
             sent = time.perf_counter()
@@ -138,6 +139,7 @@ async def closed_loop(
             if status == 0:
                 await asyncio.sleep(0.01)  # connection refused or dropped: counted, then reconnect
             done = time.perf_counter()
+            exchanged += status != 0
             if sent >= measure_from:
                 latencies.append((done - sent) * 1e3)
                 statuses[status] = statuses.get(status, 0) + 1
@@ -157,6 +159,7 @@ async def closed_loop(
         np.array(latencies),
         answered_rows,
         retried,
+        exchanged,
     )
 
 

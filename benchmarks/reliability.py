@@ -2,9 +2,10 @@
 and what authentication costs.
 
 One server (`LocalServe`, the default HAProxy ingress as `trtserve serve` starts it) with two applications
-on cnn: `trtserve` at `/` and `secured` at `/secured` (the same, with bearer tokens on; one replica). The
-fault scenarios run on `trtserve` under an open loop (Poisson, JSON), each event `at_s` seconds in; every
-request's status and latency (from its scheduled time) is kept:
+on cnn: `trtserve` at `/` and `secured` at `/secured` (the same with bearer tokens, one replica, its token
+check switched on and off by the benchmark: benchmarks.auth_toggle_app). The fault scenarios run on
+`trtserve` under an open loop (Poisson, JSON), each event `at_s` seconds in; every request's status and
+latency (from its scheduled time) is kept:
 - `kill_two`: two replicas, one SIGKILLed; the load runs for the minute around the kill.
 - `redeploy`: two replicas, the config deployed again with changed args (`serve deploy`): every replica
   replaced, rolling.
@@ -12,8 +13,9 @@ request's status and latency (from its scheduled time) is kept:
 - `kill_one`: one replica, SIGKILLed; the load runs until the replacement answers and beyond.
 - `shutdown`: what SIGTERM to `trtserve serve` does (`LocalServe.stop`) under load: requests sent before it
   should all be answered; after it, the server is going away.
-Auth cost: closed loop at c=32, JSON, alternating windows between the two applications (`pairs` pairs,
-alternating which runs first); the medians of the pairs' secured/open ratios of throughput and p99.
+Auth cost: closed loop at c=32, JSON, the same requests (with their token) to `secured` in windows that
+alternate between its token check on and off (`pairs` pairs, alternating which runs first): one replica
+process serves both arms. The medians of the pairs' on/off ratios of throughput and p99.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +37,7 @@ import numpy as np
 import yaml
 
 from benchmarks import machine
+from benchmarks.auth_toggle_app import SWITCH
 from benchmarks.harness import HOST, PORT, ROOT, ensure_model, json_request
 from benchmarks.http_load import closed_loop, open_loop
 from runtime.auth.tokens import digest
@@ -68,7 +72,7 @@ def config(work: Path, repository: Path, replicas: int, generation: int = 0) -> 
         {
             "name": SECURED,
             "route_prefix": f"/{SECURED}",
-            "import_path": "runtime.serve.app:build_app",
+            "import_path": "benchmarks.auth_toggle_app:build_app",
             "args": {
                 "repository": str(repository),
                 "models": models,
@@ -152,23 +156,70 @@ def kill(server: LocalServe) -> Callable[[], None]:
     return lambda: os.kill(victim, signal.SIGKILL)
 
 
-def auth_cost(open_request: bytes, secured_request: bytes, window_s: float, pairs: int) -> dict:
-    requests = {"open": open_request, "secured": secured_request}
+def switch_auth(state: str) -> None:
+    """Turn `secured`'s token check on or off (benchmarks.auth_toggle_app)."""
+    request = urllib.request.Request(f"http://{HOST}:{PORT}/{SECURED}{SWITCH}", data=state.encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        if response.read().decode() != state:
+            raise RuntimeError(f"the auth switch did not turn {state}")
+
+
+def check_timings() -> dict:
+    """How many token checks `secured`'s replica ran, and the nanoseconds they took."""
+    with urllib.request.urlopen(f"http://{HOST}:{PORT}/{SECURED}{SWITCH}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def median_interval(values: list[float], seed: int = 0, resamples: int = 2000) -> tuple[float, float]:
+    """A 95 % bootstrap interval for the median of `values`."""
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(values, size=(resamples, len(values))), axis=1)
+    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
+def auth_cost(server: LocalServe, secured_request: bytes, window_s: float, pairs: int) -> dict:
+    """The same requests to one replica, its token check on in one window of each pair and off in the other.
+    Per window: throughput and p99, and the replica's CPU time per request; over the run, what the checks
+    themselves took, timed in the replica."""
+    (replica,) = server.replicas(SECURED)
+    switch_auth("on")
+    checks_before = check_timings()
     windows = []
     for pair in range(pairs):
-        for arm in ("open", "secured") if pair % 2 == 0 else ("secured", "open"):
-            result = asyncio.run(closed_loop(HOST, PORT, requests[arm], CONCURRENCY, window_s, warmup_s=1.0))
-            windows.append({"pair": pair, "arm": arm, **result.summary()})
+        for arm in ("off", "on") if pair % 2 == 0 else ("on", "off"):
+            switch_auth(arm)
+            cpu_before = sum(replica.cpu_times()[:2])
+            result = asyncio.run(closed_loop(HOST, PORT, secured_request, CONCURRENCY, window_s, warmup_s=1.0))
+            cpu_s = sum(replica.cpu_times()[:2]) - cpu_before  # for every request of the window, its warm-up's too
+            if result.statuses.keys() != {200}:
+                raise RuntimeError(f"auth {arm}: answers other than 200: {result.statuses}")
+            windows.append(
+                {"pair": pair, "arm": arm, **result.summary(), "exchanged": result.exchanged, "replica_cpu_s": cpu_s}
+            )
+    checks = check_timings()
+    switch_auth("on")
+    checks = {k: checks[k] - checks_before[k] for k in ("checks", "check_ns")}
     ratios = []
     for pair in range(pairs):
-        off, on = (next(w for w in windows if w["pair"] == pair and w["arm"] == a) for a in ("open", "secured"))
+        off, on = (next(w for w in windows if w["pair"] == pair and w["arm"] == a) for a in ("off", "on"))
         ratios.append({"throughput": on["rps"] / off["rps"], "p99": on["p99_ms"] / off["p99_ms"]})
+    throughput = [r["throughput"] for r in ratios]
+    low, high = median_interval(throughput)
+    on_windows = [w for w in windows if w["arm"] == "on"]
+    cpu_per_request_ms = 1e3 * sum(w["replica_cpu_s"] for w in on_windows) / sum(w["exchanged"] for w in on_windows)
+    check_us = checks["check_ns"] / checks["checks"] / 1e3 if checks["checks"] else None
     return {
         "concurrency": CONCURRENCY,
         "window_s": window_s,
         "pairs": pairs,
-        "throughput_ratio_median": round(statistics.median(r["throughput"] for r in ratios), 4),
+        "same_replica": True,
+        "throughput_ratio_median": round(statistics.median(throughput), 4),
+        "throughput_ratio_interval_95": [round(low, 4), round(high, 4)],
         "p99_ratio_median": round(statistics.median(r["p99"] for r in ratios), 4),
+        "checks": checks["checks"],
+        "check_us": round(check_us, 3) if check_us is not None else None,
+        "replica_cpu_ms_per_request": round(cpu_per_request_ms, 4),
+        "check_share_of_replica_cpu": round(check_us / 1e3 / cpu_per_request_ms, 5) if check_us else None,
         "ratios": ratios,
         "windows": windows,
     }
@@ -203,10 +254,12 @@ def measure(repository: Path, results: Path, window_s: float = 6.0, pairs: int =
         wait_for_replicas(server, 2)
         run("downscale", lambda: server.deploy(config(work, repository, 1, generation=1)), at_s=5.0, duration_s=30.0)
         wait_for_replicas(server, 1)
-        # Now each application has one replica: the same cnn, with and without tokens.
-        cost = auth_cost(request, secured, window_s, pairs)
+        # Now each application has one replica; the auth cost is measured on `secured`'s.
+        cost = auth_cost(server, secured, window_s, pairs)
         print(
-            f"auth: throughput x{cost['throughput_ratio_median']:.3f}, p99 x{cost['p99_ratio_median']:.3f}",
+            f"auth: throughput x{cost['throughput_ratio_median']:.3f} (95 % interval "
+            f"{cost['throughput_ratio_interval_95']}), p99 x{cost['p99_ratio_median']:.3f}; the check "
+            f"{cost['check_us']} us per request, {cost['check_share_of_replica_cpu']:.2%} of the replica's CPU",
             file=sys.stderr,
         )
         run("kill_one", kill(server), at_s=5.0, duration_s=60.0)

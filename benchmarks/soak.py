@@ -55,24 +55,95 @@ def mix() -> tuple[list[bytes], np.ndarray]:
     return requests, np.array(expected)
 
 
-class RssSampler(threading.Thread):
-    """The replica processes' resident memory every SAMPLE_S seconds: (seconds since start, bytes)."""
+# Where the CPU goes, by process: a drift in latency that the server's own time carries shows up here as the
+# group whose CPU per request grows. The rest of what the server started (Ray's GCS, raylet, dashboard,
+# agents) is grouped by program.
+CPU_GROUPS = (
+    ("replica", ("ServeReplica:",)),
+    ("haproxy", ("haproxy",)),
+    ("serve", ("ServeController", "ProxyActor", "HAProxyManager", "serve run")),
+)
 
-    def __init__(self, processes: list[psutil.Process]) -> None:
+
+def cpu_group(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    for group, marks in CPU_GROUPS:
+        if any(mark in text for mark in marks):
+            return group
+    program = next(
+        (Path(arg).name for arg in cmdline[:3] if arg.endswith(".py")), Path(cmdline[0]).name if cmdline else ""
+    )
+    return f"ray {program or 'other'}"
+
+
+class ProcessSampler(threading.Thread):
+    """Every SAMPLE_S seconds: the replica processes' resident memory, and the CPU seconds each group of the
+    server's processes (and this load generator) used since the last sample."""
+
+    def __init__(self, server, replicas: list[psutil.Process]) -> None:
         super().__init__(daemon=True)
-        self.processes = processes
-        self.samples: list[tuple[float, int]] = []
+        self.server = server
+        self.replicas = replicas
+        self.samples: list[tuple[float, int]] = []  # (seconds since start, replica RSS bytes; -1: a replica gone)
+        self.cpu: list[tuple[float, dict[str, float]]] = []  # (seconds since start, CPU seconds by group)
+        self._seen: dict[int, tuple[str, float]] = {}  # pid -> (group, CPU seconds so far)
         self.stopped = threading.Event()
         self.began = time.perf_counter()
+        self._cpu_deltas()  # the baseline: what ran before the load is not counted
 
     def run(self) -> None:
         while not self.stopped.wait(SAMPLE_S):
+            now = time.perf_counter() - self.began
+            self.cpu.append((now, self._cpu_deltas()))
             try:
-                rss = sum(p.memory_info().rss for p in self.processes)
+                rss = sum(p.memory_info().rss for p in self.replicas)
             except psutil.Error:  # a replica gone: its absence is the finding, not a sample
-                self.samples.append((time.perf_counter() - self.began, -1))
+                self.samples.append((now, -1))
                 continue
-            self.samples.append((time.perf_counter() - self.began, rss))
+            self.samples.append((now, rss))
+
+    def _cpu_deltas(self) -> dict[str, float]:
+        deltas: dict[str, float] = {}
+        me = psutil.Process()
+        for process in [me, *self.server.processes()]:
+            try:
+                times = process.cpu_times()
+                used = times.user + times.system
+                if process.pid not in self._seen:
+                    name = "generator" if process.pid == me.pid else cpu_group(process.cmdline())
+                    self._seen[process.pid] = (name, 0.0)
+            except psutil.Error:
+                continue
+            group, before = self._seen[process.pid]
+            self._seen[process.pid] = (group, used)
+            deltas[group] = deltas.get(group, 0.0) + max(0.0, used - before)
+        return deltas
+
+
+def cpu_by_minute(cpu: list[tuple[float, dict[str, float]]], minutes: int) -> dict[str, list[float]]:
+    """CPU seconds each group used in each whole minute (a sample counts in the minute it ends in)."""
+    groups = sorted({g for _, deltas in cpu for g in deltas})
+    table = {g: [0.0] * minutes for g in groups}
+    for t, deltas in cpu:
+        m = int(t // 60)
+        if m < minutes:
+            for g, seconds in deltas.items():
+                table[g][m] += seconds
+    return {g: [round(v, 2) for v in values] for g, values in table.items()}
+
+
+def _per_request_ms(cpu_s: list[float], scheduled: np.ndarray) -> list[float]:
+    counts = np.bincount((scheduled // 60).astype(int), minlength=len(cpu_s))[: len(cpu_s)]
+    return [round(1e3 * s / n, 3) if n else 0.0 for s, n in zip(cpu_s, counts, strict=True)]
+
+
+def _trend(values: list[float]) -> float | None:
+    """The least-squares slope of `values` (one a minute) as a fraction of their mean, per minute: a replica
+    that slows as it ages shows a steady positive trend; a noisy machine, minutes up and down."""
+    if len(values) < 3:
+        return None
+    slope = np.polyfit(np.arange(len(values)), values, 1)[0]
+    return round(float(slope / np.mean(values)), 4)
 
 
 def _counts(statuses: np.ndarray) -> dict[str, int]:
@@ -94,7 +165,7 @@ def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
     with server(work, "soak", args) as running:
         replicas = running.replicas(APP)
         pids = {p.pid for p in replicas}
-        sampler = RssSampler(replicas)
+        sampler = ProcessSampler(running, replicas)
         sampler.start()
         result = asyncio.run(open_loop(HOST, PORT, requests, RATE, duration_s, timeout_s=30.0))
         sampler.stopped.set()
@@ -105,9 +176,9 @@ def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
     latencies = result.latencies_ms
     good = expected == 200
 
-    def minute_p99(values: np.ndarray, m: int) -> float:
+    def minute_p99(values: np.ndarray, m: int, q: float = 99) -> float:
         mask = good & (result.scheduled >= 60 * m) & (result.scheduled < 60 * (m + 1))
-        return round(float(np.percentile(values[mask], 99)), 2)
+        return round(float(np.percentile(values[mask], q)), 2)
 
     whole_minutes = int(duration_s // 60)
     per_minute = [minute_p99(latencies, m) for m in range(whole_minutes)]
@@ -133,12 +204,20 @@ def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
         "replica_replaced": replaced,
         "p99_ms_by_minute": per_minute,
         "p99_last_vs_second": round(per_minute[-1] / per_minute[1], 4) if whole_minutes >= 3 else None,
+        "p50_ms_by_minute": [minute_p99(latencies, m, 50) for m in range(whole_minutes)],
         "send_lag_p99_ms_by_minute": lag_per_minute,
         "server_p99_ms_by_minute": server_per_minute,
         "rss_bytes_after_minute_1": rss_after_1,
         "rss_bytes_end": rss_end,
         "rss_growth": round(rss_end / rss_after_1 - 1, 4) if rss_after_1 > 0 and rss_end > 0 else None,
         "rss_samples": [(round(t, 1), b) for t, b in samples],
+        "cpu_s_by_minute": cpu_by_minute(sampler.cpu, whole_minutes),
+        # The replica's CPU per request: the same work each minute, so it moves with the machine's speed
+        # (this machine is shared) or with a replica that does more per request as it ages.
+        "replica_cpu_ms_per_request_by_minute": _per_request_ms(
+            cpu_by_minute(sampler.cpu, whole_minutes).get("replica", []), result.scheduled
+        ),
+        "p99_trend_per_minute": _trend(per_minute[1:]),
         "generator_behind": summary["generator_behind"],
     }
     print(
@@ -146,6 +225,8 @@ def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
         f"RSS {rss_after_1 / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB, p99 by minute {per_minute}",
         file=sys.stderr,
     )
+    for group, seconds in report["cpu_s_by_minute"].items():
+        print(f"  CPU s by minute, {group}: {seconds}", file=sys.stderr)
     results.mkdir(parents=True, exist_ok=True)
     (results / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

@@ -15,6 +15,7 @@ from ray import serve
 from runtime.serve.autoscaling import ray_autoscaling_config
 from runtime.serve.config import AppArgs, parse_args
 from runtime.serve.deployment import KServeServer
+from runtime.serve.handler import RETRY_AFTER_S
 from runtime.serve.placement import actor_options, cluster_free, replica_need
 from runtime.serve.rollouts import RolloutController
 
@@ -26,6 +27,9 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
     options: dict[str, Any] = {
         "max_ongoing_requests": args.max_ongoing_requests,
         "max_queued_requests": args.max_queued_requests,
+        # Past max_queued_requests (e.g. while Ray's fallback proxy holds requests for a replica being
+        # replaced): 503 with Retry-After, as our replicas answer a full model queue.
+        "backpressure_config": {"status_code": 503, "retry_after_s": RETRY_AFTER_S},
         # Scale-down drains: a stopping replica gets this long to finish what it holds.
         "graceful_shutdown_timeout_s": 30,
         # check_health is cheap (no engine call): ask often, so a broken replica leaves the ingress sooner.
@@ -72,7 +76,8 @@ def build_app_with(args: dict[str, Any], deployment) -> serve.Application:
         {spec.name: repository for spec in args.models},
     )
     server = deployment.options(**deployment_options(args))
-    # Digests only, read here once: replicas on other nodes need no copy of the file. A changed file takes
-    # effect on the next deploy (a rolling restart of the replicas).
+    # Digests, read here: replicas on other nodes need no copy of the file. Ray rebuilds the app only when
+    # its config changes, so each replica also watches the file (runtime.auth.watch) where it can see it.
     tokens = args.auth.table.lines() if args.auth is not None else None
-    return server.bind(repository, versions, args.models, args.max_body_mb, rollouts, tokens)
+    tokens_file = str(args.auth.tokens_path) if args.auth is not None else None
+    return server.bind(repository, versions, args.models, args.max_body_mb, rollouts, tokens, tokens_file)

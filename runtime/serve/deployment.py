@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from runtime.auth.tokens import TokenTable
+from runtime.auth.watch import TokensFileWatcher
 from runtime.engine.memory import gpu_free_total, host_available_bytes, host_rss_bytes
 from runtime.engine.repository import version_dir
 from runtime.serve import autoscaling
@@ -41,6 +42,7 @@ class KServeServer:
         max_body_mb: float = 64,
         rollouts=None,
         tokens: list[str] | None = None,  # tokens-file lines (digests); None: no authentication
+        tokens_file: str | None = None,  # where they were read: re-read here when it changes on this node
     ) -> None:
         _log_like_ray_serve()
         self._telemetry = RayTelemetry()
@@ -68,6 +70,7 @@ class KServeServer:
             captures=self._captures,
             auth=TokenTable.parse("\n".join(tokens), "auth.tokens_file") if tokens is not None else None,
         )
+        self._tokens_watch = TokensFileWatcher(tokens_file, self._use_tokens).start() if tokens_file else None
         self._last_batches: dict[str, tuple[int, int]] = {}
         specs = {spec.name: (spec, repository) for spec in models}
         self._versions = VersionManager(self.handler, specs, self._load_version)
@@ -102,6 +105,9 @@ class KServeServer:
         """Ray Serve calls this at start and whenever the deployment's user_config changes (no restart)."""
         await self._versions.apply(user_config, wait=not self._configured)
         self._configured = True
+
+    def _use_tokens(self, table: TokenTable) -> None:
+        self.handler.auth = table  # one assignment: a request sees the old table or the new one
 
     def _load_version(self, directory: Path, spec: ModelSpec) -> ServedModel:
         model = ServedModel(directory, spec, self._telemetry)
@@ -149,6 +155,8 @@ class KServeServer:
         return report
 
     def __del__(self) -> None:  # Ray Serve calls this when it stops the replica
+        if self._tokens_watch is not None:
+            self._tokens_watch.stop()
         self._telemetry.close()
         self._monitor.close()
         for sink in self._captures.values():

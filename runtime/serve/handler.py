@@ -28,6 +28,7 @@ from runtime.serve.traffic import Traffic
 log = logging.getLogger("trtserve.server")
 
 SERVER_NAME = "trtserve"
+RETRY_AFTER_S = 1  # what a 503 (warming up, overloaded) asks a client to wait before trying again
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 # Routes that need the admin scope (with /v2/models/stats); every other one but health needs infer.
 ADMIN_ROUTES = frozenset({"/rollout", "/feedback", "/monitor", "/stats"})
@@ -129,7 +130,7 @@ class KServeHandler:
             return (
                 _json(200, {"ready": True})
                 if self.ready
-                else _error(503, "models are warming up", **{"retry-after": "1"})
+                else _error(503, "models are warming up", **{"retry-after": str(RETRY_AFTER_S)})
             )
         match = _MODEL.match(path)
         if self.auth is not None:
@@ -182,7 +183,7 @@ class KServeHandler:
         if rest == "/ready":
             if model.ready:
                 return _json(200, {"name": model.name, "ready": True})
-            return _error(503, f"model {model.name!r} is warming up", **{"retry-after": "1"})
+            return _error(503, f"model {model.name!r} is warming up", **{"retry-after": str(RETRY_AFTER_S)})
         if rest == "/config":
             return _json(200, triton.model_config(model))
         if rest == "/monitor":  # the last completed drift window of this version, in this replica
@@ -228,7 +229,7 @@ class KServeHandler:
         except FeedbackError as e:
             return _error(400, str(e))
         except OverflowError as e:
-            return _error(503, str(e), **{"retry-after": "1"})
+            return _error(503, str(e), **{"retry-after": str(RETRY_AFTER_S)})
         return _json(200, {"accepted": accepted})
 
     def _reroute(self, name: str, versions, key: str) -> tuple[ServedModel, ServedModel | None]:
@@ -256,7 +257,7 @@ class KServeHandler:
             if len(body) > self.max_body_bytes:
                 response = _error(413, f"request body of {len(body)} bytes exceeds the limit of {self.max_body_bytes}")
             elif not model.ready:
-                response = _error(503, f"model {model.name!r} is warming up", **{"retry-after": "1"})
+                response = _error(503, f"model {model.name!r} is warming up", **{"retry-after": str(RETRY_AFTER_S)})
             else:
                 with model.batcher.arriving():
                     length = headers.get(HEADER_LENGTH)
@@ -284,7 +285,7 @@ class KServeHandler:
         except InputError as e:
             response = _error(400, str(e))
         except Overloaded as e:
-            response = _error(503, f"model {model.name!r} is overloaded: {e}", **{"retry-after": "1"})
+            response = _error(503, f"model {model.name!r} is overloaded: {e}", **{"retry-after": str(RETRY_AFTER_S)})
             self.traffic.ran(model, 503, 0.0)
         except TimedOut as e:
             response = _error(504, f"model {model.name!r} timed out: {e}")

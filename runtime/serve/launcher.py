@@ -39,19 +39,22 @@ STOP_TIMEOUT_S = 30.0
 
 # A request whose replica died under it is sent again, to another replica (`option redispatch 1` is Ray's):
 # HAProxy's default retries only connection failures, so a replica killed mid-request turned its requests
-# into 500s. Up to 3 times: HAProxy waits between tries, and with a lone replica the third one comes after
-# its health checks (fastinter 250 ms, fall 2) have marked the replica down and sends the request to Ray's
-# fallback proxy, which holds it until the replacement is up (1 retry: those requests were 500s). The
-# price: a request that itself kills replicas can take down up to 4 before it fails.
-# empty-response / junk-response: the replica closed the connection before a
-# complete response came back, so nothing was answered and inference (idempotent) can run again. Not
-# retried: a response that came back (a 503 of backpressure, a 504 of a deadline) and timeouts. HAProxy
-# can replay only a request it still holds in one buffer: 256 KiB (Ray's default is 16 KiB, less than a
-# JSON cnn request) holds every demo request; larger bodies are not retried. Memory: about 2 buffers per
-# connection in flight.
+# into 500s. empty-response / junk-response: the replica closed the connection before a complete response
+# came back, so nothing was answered and inference (idempotent) can run again. Not retried: a response
+# that came back (a 503 of backpressure, a 504 of a deadline) and timeouts.
+# 16 tries: HAProxy keeps idle connections to each replica (`http-reuse always`), and when a replica dies
+# a retry may take one of its dead idle connections before HAProxy has noticed they are closed; each such
+# try fails at once. With a lone replica, measured here (HAProxy logs), requests in flight at the kill
+# needed up to 9 retries before health checks marked the replica down and the next try went to Ray's
+# fallback proxy, which holds requests until the replacement is up; with 3 retries some ran out and were
+# 500s or closed connections. The price: a request that itself kills replicas can take down several
+# before it fails (each dead replica is marked down after 3 failed tries, so the retries spread).
+# HAProxy can replay only a request it still holds in one buffer: 256 KiB (Ray's default is 16 KiB, less
+# than a JSON cnn request) holds every demo request; larger bodies are not retried. Memory: about 2
+# buffers per connection in flight.
 HAPROXY_RETRIES = {
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
-    "RAY_SERVE_HAPROXY_RETRIES": "3",
+    "RAY_SERVE_HAPROXY_RETRIES": "16",
     "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(256 * 1024),
 }
 
