@@ -55,6 +55,13 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                 return self._switch(request.method, (await request.body()).decode().strip())
             return await super().__call__(request)
 
+        def _use_tokens(self, table: TokenTable) -> None:
+            # The tokens file's watcher: a new table goes under the timer, and never turns the check back on.
+            if hasattr(self, "_timed"):
+                self._timed.table = table
+            else:
+                super()._use_tokens(table)
+
         def _switch(self, method: str, state: str) -> Response:
             if not hasattr(self, "_timed"):
                 self._timed = TimedTokenTable(self.handler.auth)  # the table the app was built with

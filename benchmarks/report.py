@@ -593,14 +593,27 @@ SCENARIOS = {
 
 
 def auth_cost_met(cost: dict) -> bool:
-    """Met when the check's share of the replica's CPU per request, an upper bound on the throughput it can
-    cost while the replica is the bottleneck, is within the target, and the end-to-end measurement does not
-    say otherwise (its interval reaches the target). The end-to-end ratio alone drifts by more than 3 % from
-    window to window on this machine."""
+    """Met when the check's share of the CPU of the replica's main thread per request (an upper bound on the
+    throughput it can cost while that thread is the bottleneck, and looser when anything else is) is within
+    the target, and the end-to-end measurement does not contradict it: its interval for the median reaches
+    the target. The end-to-end ratio alone drifts by more than 3 % from window to window on this machine.
+    Runs from before the check was timed (two applications compared) are not met: they could not show it."""
     share, interval = cost.get("check_share_of_replica_cpu"), cost.get("throughput_ratio_interval_95")
     if share is None or interval is None:
         return False
     return share <= targets.AUTH_COST and interval[1] >= 1 - targets.AUTH_COST
+
+
+def _auth_cost_measured(cost: dict) -> str:
+    end_to_end = f"throughput x{cost['throughput_ratio_median']:.3f}, p99 x{cost['p99_ratio_median']:.3f}"
+    if cost.get("check_share_of_replica_cpu") is None:
+        return f"{end_to_end} (two applications compared, the check not timed)"
+    low, high = cost["throughput_ratio_interval_95"]
+    return (
+        f"the check {cost['check_us']:.1f} us per request, {cost['check_share_of_replica_cpu']:.2%} of the "
+        f"replica's main-thread CPU per request ({cost['replica_main_thread_cpu_ms_per_request']:.2f} ms); end to "
+        f"end {end_to_end} (throughput's 95 % interval x{low:.3f} to x{high:.3f})"
+    )
 
 
 def _reliability(data: dict) -> list[str]:
@@ -646,10 +659,7 @@ def _reliability(data: dict) -> list[str]:
         ),
         _row(
             f"bearer tokens cost at most {targets.AUTH_COST:.0%} of throughput at c={cost['concurrency']}",
-            f"the check {cost['check_us']:.1f} us per request, {cost['check_share_of_replica_cpu']:.2%} of the "
-            f"replica's CPU per request ({cost['replica_cpu_ms_per_request']:.2f} ms); end to end throughput "
-            f"x{cost['throughput_ratio_median']:.3f} (95 % interval x{cost['throughput_ratio_interval_95'][0]:.3f}"
-            f" to x{cost['throughput_ratio_interval_95'][1]:.3f}), p99 x{cost['p99_ratio_median']:.3f}",
+            _auth_cost_measured(cost),
             auth_cost_met(cost),
         ),
         "",
@@ -728,8 +738,12 @@ def _soak_split(data: dict) -> list[str]:
         lines += [
             "",
             f"The replica's CPU per request by minute (ms; the same mix each minute, so it follows the shared "
-            f"machine's speed, or a replica doing more as it ages): {', '.join(f'{v:.2f}' for v in cpu)}. "
-            f"Trend of the p99 from the second minute on: {data['p99_trend_per_minute']:+.1%} a minute.",
+            f"machine's speed, or a replica doing more as it ages): {', '.join(f'{v:.2f}' for v in cpu)}."
+            + (
+                f" Trend of the p99 from the second minute on: {data['p99_trend_per_minute']:+.1%} a minute."
+                if data.get("p99_trend_per_minute") is not None
+                else ""
+            ),
             "",
             "CPU seconds by minute, by process group:",
             "",

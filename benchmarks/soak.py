@@ -25,6 +25,7 @@ from benchmarks import machine
 from benchmarks.harness import HOST, PORT, ROOT, binary_request, ensure_model, json_request, server
 from benchmarks.http_load import build_request, open_loop
 from benchmarks.serving import sentences
+from runtime.serve.launcher import LocalServe
 
 RATE = 150.0  # requests/s: about a third of what this replica sustains with this mix here
 SAMPLE_S = 5.0  # RSS sampling period
@@ -77,24 +78,35 @@ def cpu_group(cmdline: list[str]) -> str:
 
 
 class ProcessSampler(threading.Thread):
-    """Every SAMPLE_S seconds: the replica processes' resident memory, and the CPU seconds each group of the
-    server's processes (and this load generator) used since the last sample."""
+    """Every SAMPLE_S seconds from `mark()` (when the load starts): the replica processes' resident memory, and
+    the CPU seconds each group of the server's processes (and this load generator) has used since."""
 
-    def __init__(self, server, replicas: list[psutil.Process]) -> None:
+    def __init__(self, server: LocalServe, replicas: list[psutil.Process]) -> None:
         super().__init__(daemon=True)
         self.server = server
         self.replicas = replicas
-        self.samples: list[tuple[float, int]] = []  # (seconds since start, replica RSS bytes; -1: a replica gone)
-        self.cpu: list[tuple[float, dict[str, float]]] = []  # (seconds since start, CPU seconds by group)
-        self._seen: dict[int, tuple[str, float]] = {}  # pid -> (group, CPU seconds so far)
+        self.samples: list[tuple[float, int]] = []  # (seconds since the mark, replica RSS bytes; -1: one gone)
+        self.cpu: list[tuple[float, dict[str, float]]] = []  # (seconds since the mark, CPU seconds by group so far)
+        self._seen: dict[int, tuple[str, float]] = {}  # pid -> (group, CPU seconds at the last look)
+        self._totals: dict[str, float] = {}
         self.stopped = threading.Event()
         self.began = time.perf_counter()
-        self._cpu_deltas()  # the baseline: what ran before the load is not counted
+
+    def mark(self) -> None:
+        """The load starts now: CPU from here on is counted, samples are timed from here."""
+        self._add_cpu()
+        self._totals = {}
+        self.began = time.perf_counter()
+        self.cpu.append((0.0, {}))
+        self.start()
 
     def run(self) -> None:
-        while not self.stopped.wait(SAMPLE_S):
+        due = SAMPLE_S
+        while not self.stopped.wait(max(0.0, due - (time.perf_counter() - self.began))):
+            due += SAMPLE_S  # on a fixed schedule: the waits do not add up to a drift
+            self._add_cpu()
             now = time.perf_counter() - self.began
-            self.cpu.append((now, self._cpu_deltas()))
+            self.cpu.append((now, dict(self._totals)))
             try:
                 rss = sum(p.memory_info().rss for p in self.replicas)
             except psutil.Error:  # a replica gone: its absence is the finding, not a sample
@@ -102,8 +114,7 @@ class ProcessSampler(threading.Thread):
                 continue
             self.samples.append((now, rss))
 
-    def _cpu_deltas(self) -> dict[str, float]:
-        deltas: dict[str, float] = {}
+    def _add_cpu(self) -> None:
         me = psutil.Process()
         for process in [me, *self.server.processes()]:
             try:
@@ -116,20 +127,18 @@ class ProcessSampler(threading.Thread):
                 continue
             group, before = self._seen[process.pid]
             self._seen[process.pid] = (group, used)
-            deltas[group] = deltas.get(group, 0.0) + max(0.0, used - before)
-        return deltas
+            self._totals[group] = self._totals.get(group, 0.0) + max(0.0, used - before)
 
 
 def cpu_by_minute(cpu: list[tuple[float, dict[str, float]]], minutes: int) -> dict[str, list[float]]:
-    """CPU seconds each group used in each whole minute (a sample counts in the minute it ends in)."""
-    groups = sorted({g for _, deltas in cpu for g in deltas})
-    table = {g: [0.0] * minutes for g in groups}
-    for t, deltas in cpu:
-        m = int(t // 60)
-        if m < minutes:
-            for g, seconds in deltas.items():
-                table[g][m] += seconds
-    return {g: [round(v, 2) for v in values] for g, values in table.items()}
+    """CPU seconds each group used in each whole minute, its running total interpolated at the minute marks."""
+    times = np.array([t for t, _ in cpu])
+    marks = 60.0 * np.arange(minutes + 1)
+    table = {}
+    for group in sorted({g for _, totals in cpu for g in totals}):
+        totals = np.array([so_far.get(group, 0.0) for _, so_far in cpu])
+        table[group] = [round(float(v), 2) for v in np.diff(np.interp(marks, times, totals))]
+    return table
 
 
 def _per_request_ms(cpu_s: list[float], scheduled: np.ndarray) -> list[float]:
@@ -166,7 +175,7 @@ def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
         replicas = running.replicas(APP)
         pids = {p.pid for p in replicas}
         sampler = ProcessSampler(running, replicas)
-        sampler.start()
+        sampler.mark()
         result = asyncio.run(open_loop(HOST, PORT, requests, RATE, duration_s, timeout_s=30.0))
         sampler.stopped.set()
         sampler.join()
@@ -176,17 +185,18 @@ def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
     latencies = result.latencies_ms
     good = expected == 200
 
-    def minute_p99(values: np.ndarray, m: int, q: float = 99) -> float:
+    def minute_percentile(values: np.ndarray, m: int, q: float = 99) -> float:
         mask = good & (result.scheduled >= 60 * m) & (result.scheduled < 60 * (m + 1))
         return round(float(np.percentile(values[mask], q)), 2)
 
     whole_minutes = int(duration_s // 60)
-    per_minute = [minute_p99(latencies, m) for m in range(whole_minutes)]
+    per_minute = [minute_percentile(latencies, m) for m in range(whole_minutes)]
     # The latency runs from each request's scheduled time; these two split it into the generator's own lag
     # (scheduled -> sent) and the server's time (sent -> answered), so a drift can be told apart.
-    lag_per_minute = [minute_p99(result.send_lag_ms, m) for m in range(whole_minutes)]
-    server_per_minute = [minute_p99((result.completed - result.sent) * 1e3, m) for m in range(whole_minutes)]
+    lag_per_minute = [minute_percentile(result.send_lag_ms, m) for m in range(whole_minutes)]
+    server_per_minute = [minute_percentile((result.completed - result.sent) * 1e3, m) for m in range(whole_minutes)]
     samples = sampler.samples
+    cpu = cpu_by_minute(sampler.cpu, whole_minutes)
     rss_after_1 = _rss_at(samples, 60.0)
     rss_end = samples[-1][1]
     summary = result.summary()
@@ -204,19 +214,17 @@ def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
         "replica_replaced": replaced,
         "p99_ms_by_minute": per_minute,
         "p99_last_vs_second": round(per_minute[-1] / per_minute[1], 4) if whole_minutes >= 3 else None,
-        "p50_ms_by_minute": [minute_p99(latencies, m, 50) for m in range(whole_minutes)],
+        "p50_ms_by_minute": [minute_percentile(latencies, m, 50) for m in range(whole_minutes)],
         "send_lag_p99_ms_by_minute": lag_per_minute,
         "server_p99_ms_by_minute": server_per_minute,
         "rss_bytes_after_minute_1": rss_after_1,
         "rss_bytes_end": rss_end,
         "rss_growth": round(rss_end / rss_after_1 - 1, 4) if rss_after_1 > 0 and rss_end > 0 else None,
         "rss_samples": [(round(t, 1), b) for t, b in samples],
-        "cpu_s_by_minute": cpu_by_minute(sampler.cpu, whole_minutes),
+        "cpu_s_by_minute": cpu,
         # The replica's CPU per request: the same work each minute, so it moves with the machine's speed
         # (this machine is shared) or with a replica that does more per request as it ages.
-        "replica_cpu_ms_per_request_by_minute": _per_request_ms(
-            cpu_by_minute(sampler.cpu, whole_minutes).get("replica", []), result.scheduled
-        ),
+        "replica_cpu_ms_per_request_by_minute": _per_request_ms(cpu.get("replica", []), result.scheduled),
         "p99_trend_per_minute": _trend(per_minute[1:]),
         "generator_behind": summary["generator_behind"],
     }

@@ -4,6 +4,7 @@ once. `parse_args` checks them before anything starts, with one line naming the 
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -162,7 +163,8 @@ class Auth(Schema):
 
     @property
     def tokens_path(self) -> Path:
-        return Path(self.tokens_file).expanduser().resolve()
+        """Absolute, symlinks kept: replicas watch this path, and a Kubernetes Secret swaps a symlink in it."""
+        return Path(os.path.abspath(Path(self.tokens_file).expanduser()))
 
     @cached_property
     def table(self) -> TokenTable:

@@ -155,8 +155,9 @@ class KServeServer:
         return report
 
     def __del__(self) -> None:  # Ray Serve calls this when it stops the replica
-        if self._tokens_watch is not None:
-            self._tokens_watch.stop()
+        watch = getattr(self, "_tokens_watch", None)  # absent when the constructor failed before it
+        if watch is not None:
+            watch.stop()
         self._telemetry.close()
         self._monitor.close()
         for sink in self._captures.values():

@@ -97,19 +97,34 @@ HAPROXY_PORTS = {
 
 def ports_to_bind(host: str, port: int, ingress: str, env: dict[str, str]) -> list[tuple[str, int, str]]:
     """(host, port, what it is and how to move it) for each port a server with this environment listens on
-    and needs free before it starts."""
+    and needs free before it starts. A variable that is not a port number, or two uses of one port, is a
+    RuntimeError that says so."""
     ports = [(host, port, "the HTTP port: http_options.port in the config")]
     if ingress == "haproxy":
         for variable, (what, default, bind_host) in HAPROXY_PORTS.items():
-            ports.append((bind_host or host, int(env.get(variable) or default), f"{what}; {variable} moves it"))
+            value = env.get(variable) or str(default)
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise RuntimeError(f"{variable}={value!r} is not a port number ({what})")
+            ports.append((bind_host or host, int(value), f"{what}; {variable} moves it"))
+    taken: dict[int, str] = {}
+    for _, number, what in ports:
+        if number in taken:
+            raise RuntimeError(f"port {number} is named twice: {taken[number]}, and {what}")
+        taken[number] = what
     return ports
 
 
 def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as s:
+    """Whether a listening socket already holds `port` on `host` (IPv4 or IPv6; `::` and `0.0.0.0` mean every
+    interface, as they do to HAProxy and Ray)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        return False  # a host this machine cannot resolve: `serve run` will say so itself
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a socket in TIME_WAIT does not count
         try:
-            s.bind((host, port))
+            s.bind(address)
         except OSError as e:
             return e.errno == errno.EADDRINUSE
     return False

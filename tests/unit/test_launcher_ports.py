@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from runtime.serve.launcher import LocalServe, ports_to_bind
+from runtime.serve.launcher import LocalServe, port_in_use, ports_to_bind
+from tests.fixtures.ports import free_port
 
 
 def _config(tmp_path, port: int):
@@ -21,12 +22,6 @@ def _listening() -> socket.socket:
     s.bind(("127.0.0.1", 0))
     s.listen()
     return s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_haproxy_ports_come_from_the_environment_with_ray_defaults():
@@ -47,11 +42,11 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path, taken):
     with _listening() as holder:
         held = holder.getsockname()[1]
         env = {
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
         }
-        port = held if taken == "http" else _free_port()
+        port = held if taken == "http" else free_port()
         if taken != "http":
             env[taken] = str(held)
         server = LocalServe(_config(tmp_path, port), ingress="haproxy", env=env)
@@ -59,3 +54,22 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path, taken):
             server.start()
         assert (taken if taken != "http" else "http_options.port") in str(refused.value)
         assert server.process is None  # nothing was started
+
+
+def test_a_bad_port_variable_or_a_port_named_twice_is_one_line():
+    with pytest.raises(RuntimeError, match="RAY_SERVE_HAPROXY_STATS_PORT='abc' is not a port number"):
+        ports_to_bind("127.0.0.1", 8000, "haproxy", {"RAY_SERVE_HAPROXY_STATS_PORT": "abc"})
+    with pytest.raises(RuntimeError, match="port 8000 is named twice"):
+        ports_to_bind("127.0.0.1", 8000, "haproxy", {"RAY_SERVE_HAPROXY_METRICS_PORT": "8000"})
+
+
+def test_a_taken_ipv6_port_is_seen():
+    try:
+        holder = socket.socket(socket.AF_INET6)
+        holder.bind(("::1", 0))
+    except OSError:
+        pytest.skip("requires IPv6 on loopback")
+    with holder:
+        holder.listen()
+        assert port_in_use("::1", holder.getsockname()[1])
+        assert port_in_use("::", holder.getsockname()[1])

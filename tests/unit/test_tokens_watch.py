@@ -1,5 +1,6 @@
 """A tokens file edited in place applies on the replica without a redeploy (Ray rebuilds an app only when its
-config changes); a bad edit leaves the last good tokens in force; a missing file changes nothing."""
+config changes); a replica started after an edit serves the file, not the tokens the app was built with; a
+bad edit leaves the last good tokens in force; a missing file changes nothing."""
 
 from __future__ import annotations
 
@@ -10,76 +11,117 @@ from runtime.auth.tokens import INFER, TokenTable, digest
 from runtime.auth.watch import TokensFileWatcher
 
 
-def _write(path, *tokens: str) -> None:
-    path.write_text("".join(f"infer {digest(t)}\n" for t in tokens))
-    os.utime(path, ns=(time.time_ns(), time.time_ns()))  # a new mtime even within the clock's granularity
+def _lines(*tokens: str) -> str:
+    return "".join(f"infer {digest(t)}\n" for t in tokens)
 
 
-def _holder(path):
-    held = {"table": TokenTable.read(path)}
-    watcher = TokensFileWatcher(path, lambda table: held.update(table=table))
-    return held, watcher
+def _watched(path, built_with: str):
+    """A replica's view: the table the app was built with, and a watcher that replaces it."""
+    held = {"table": TokenTable.parse(_lines(built_with))}
+    return held, TokensFileWatcher(path, lambda table: held.update(table=table))
+
+
+def test_a_replica_started_after_an_edit_serves_the_file_not_the_build(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text(_lines("current-token"))
+    held, watcher = _watched(path, built_with="revoked-token")
+    watcher.start()
+    try:
+        assert held["table"].scopes_of("revoked-token") == frozenset()
+        assert held["table"].scopes_of("current-token") == {INFER}
+    finally:
+        watcher.stop()
 
 
 def test_a_revoked_token_is_refused_and_an_added_one_accepted_after_the_change(tmp_path):
     path = tmp_path / "tokens.txt"
-    _write(path, "old-token")
-    held, watcher = _holder(path)
-    assert not watcher.check()  # unchanged
-    _write(path, "new-token")
-    assert watcher.check() and watcher.reloads == 1
+    path.write_text(_lines("old-token"))
+    held, watcher = _watched(path, built_with="old-token")
+    assert watcher.check() and not watcher.check()  # read once, then unchanged
+    path.write_text(_lines("new-token"))
+    assert watcher.check() and watcher.reloads == 2
     assert held["table"].scopes_of("old-token") == frozenset()
     assert held["table"].scopes_of("new-token") == {INFER}
 
 
+def test_a_same_size_edit_in_the_same_clock_tick_is_seen(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text(_lines("token-aaaa"))
+    held, watcher = _watched(path, built_with="token-aaaa")
+    watcher.check()
+    stat = path.stat()
+    path.write_text(_lines("token-bbbb"))  # the same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same modification time
+    assert watcher.check()
+    assert held["table"].scopes_of("token-bbbb") == {INFER}
+
+
 def test_a_bad_edit_keeps_the_last_good_tokens_until_it_is_fixed(tmp_path):
     path = tmp_path / "tokens.txt"
-    _write(path, "kept-token")
-    held, watcher = _holder(path)
+    path.write_text(_lines("kept-token"))
+    held, watcher = _watched(path, built_with="kept-token")
+    watcher.check()
     path.write_text("infer not-a-digest\n")
     assert not watcher.check() and watcher.refused == 1
     assert held["table"].scopes_of("kept-token") == {INFER}
-    assert not watcher.check() and watcher.refused == 1  # the same bad file is not re-read
-    _write(path, "fixed-token")
+    assert not watcher.check() and watcher.refused == 1  # the same bad file is not parsed again
+    path.write_text(_lines("fixed-token"))
     assert watcher.check()
     assert held["table"].scopes_of("fixed-token") == {INFER}
 
 
 def test_a_missing_file_changes_nothing_and_its_return_applies(tmp_path):
     path = tmp_path / "tokens.txt"
-    _write(path, "a-token")
-    held, watcher = _holder(path)
-    path.unlink()
-    assert not watcher.check()
-    assert held["table"].scopes_of("a-token") == {INFER}
-    _write(path, "b-token")
+    held, watcher = _watched(path, built_with="built-token")
+    assert not watcher.check()  # not on this node
+    assert held["table"].scopes_of("built-token") == {INFER}
+    path.write_text(_lines("b-token"))
     assert watcher.check()
     assert held["table"].scopes_of("b-token") == {INFER}
 
 
-def test_a_swapped_symlink_like_a_kubernetes_secret_applies(tmp_path):
-    first, second, link = tmp_path / "v1", tmp_path / "v2", tmp_path / "tokens.txt"
-    _write(first, "v1-token")
-    _write(second, "v2-token")
-    link.symlink_to(first)
-    held, watcher = _holder(link)
-    staged = tmp_path / "tokens.next"
-    staged.symlink_to(second)
-    staged.replace(link)  # atomically, as the kubelet does
+def test_a_kubernetes_secret_update_applies(tmp_path):
+    # The kubelet's layout: tokens.txt -> ..data/tokens.txt, ..data -> ..2026_v1; an update writes ..2026_v2,
+    # swaps ..data atomically and deletes ..2026_v1.
+    secret = tmp_path / "secret"
+    (secret / "..2026_v1").mkdir(parents=True)
+    (secret / "..2026_v1" / "tokens.txt").write_text(_lines("v1-token"))
+    (secret / "..data").symlink_to("..2026_v1")
+    (secret / "tokens.txt").symlink_to("..data/tokens.txt")
+    held, watcher = _watched(secret / "tokens.txt", built_with="v1-token")
+    watcher.check()
+    (secret / "..2026_v2").mkdir()
+    (secret / "..2026_v2" / "tokens.txt").write_text(_lines("v2-token"))
+    (secret / "..data_tmp").symlink_to("..2026_v2")
+    (secret / "..data_tmp").replace(secret / "..data")
+    (secret / "..2026_v1" / "tokens.txt").unlink()
+    (secret / "..2026_v1").rmdir()
     assert watcher.check()
     assert held["table"].scopes_of("v2-token") == {INFER}
 
 
 def test_the_watcher_thread_applies_a_change_by_itself(tmp_path):
     path = tmp_path / "tokens.txt"
-    _write(path, "before")
-    held, _ = _holder(path)
+    path.write_text(_lines("before"))
+    held = {"table": TokenTable.parse(_lines("before"))}
     watcher = TokensFileWatcher(path, lambda table: held.update(table=table), every_s=0.05).start()
     try:
-        _write(path, "after")
+        path.write_text(_lines("after"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not held["table"].scopes_of("after"):
             time.sleep(0.05)
         assert held["table"].scopes_of("after") == {INFER}
     finally:
         watcher.stop()
+
+
+def test_the_app_watches_the_path_as_given_symlinks_kept(tmp_path, monkeypatch):
+    from runtime.serve.config import Auth
+
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "tokens.txt").write_text(_lines("a-token"))
+    (tmp_path / "tokens.txt").symlink_to("v1/tokens.txt")
+    monkeypatch.chdir(tmp_path)
+    auth = Auth(tokens_file="./sub/../tokens.txt")
+    assert auth.tokens_path == tmp_path / "tokens.txt"  # absolute and normalized, not resolved to v1/
+    assert auth.table.scopes_of("a-token") == {INFER}
