@@ -4,9 +4,10 @@ token check a benchmark can switch off and on again between windows (`POST /benc
 without, differed by more than the 3 % under test on this 2-core machine (the secured one faster in 12 of
 16 pairs), whatever the order of the windows.
 
-The check is also timed where it runs: `GET /bench/auth` answers how many checks ran and the nanoseconds
-they took (two clock reads each included), so the cost per request can be set against the replica's CPU
-time per request, a figure this machine's drift does not blur as it blurs throughput.
+The check is also timed where it runs: `GET /bench/auth` answers how many checks ran, the nanoseconds they
+took (two clock reads each included) and the thread they ran on (Ray runs a replica's requests on an event
+loop in a thread of its own, not the process's main thread), so the cost per request can be set against
+that thread's CPU time per request.
 
 A benchmark fixture, not a way to serve: the switch route is open (import_path
 benchmarks.auth_toggle_app:build_app).
@@ -15,6 +16,7 @@ benchmarks.auth_toggle_app:build_app).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -36,12 +38,15 @@ class TimedTokenTable:
         self.table = table
         self.checks = 0
         self.check_ns = 0
+        self.thread_id: int | None = None  # the native id of the thread the checks run on (the replica's loop)
 
     def check(self, authorization: str | None, scope: str) -> Verdict:
         start = time.perf_counter_ns()
         verdict = self.table.check(authorization, scope)
         self.check_ns += time.perf_counter_ns() - start
         self.checks += 1
+        if self.thread_id is None:
+            self.thread_id = threading.get_native_id()
         return verdict
 
 
@@ -68,7 +73,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                 self.handler.auth = self._timed
             if method == "GET":
                 timed = self._timed
-                return Response(json.dumps({"checks": timed.checks, "check_ns": timed.check_ns}))
+                doc = {"checks": timed.checks, "check_ns": timed.check_ns, "thread_id": timed.thread_id}
+                return Response(json.dumps(doc))
             if state not in ("on", "off"):
                 return Response(f"expected on or off, got {state!r}", status_code=400)
             self.handler.auth = self._timed if state == "on" else None
