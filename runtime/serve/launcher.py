@@ -236,15 +236,27 @@ class LocalServe:
 
     @property
     def dashboard_url(self) -> str | None:
-        """This server's Ray dashboard (where `serve deploy` sends a config), from the dashboard's command line."""
+        """This server's Ray dashboard (where `serve deploy` sends a config). Its command line names the port
+        asked for; when that one is taken (another Ray on this machine holds 8265), the dashboard moves up
+        to the next free one, so the port is the one our dashboard process listens on: a config is never
+        deployed to another server's dashboard."""
         for process in self.processes():
             try:
                 cmdline = process.cmdline()
+                if not any(arg.endswith("dashboard/dashboard.py") for arg in cmdline[:2]):
+                    continue
+                listening = {
+                    c.laddr.port for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+                }
             except psutil.Error:
                 continue
-            if any(arg.endswith("dashboard/dashboard.py") for arg in cmdline[:2]):
-                options = dict(arg[2:].split("=", 1) for arg in cmdline if arg.startswith("--") and "=" in arg)
-                return f"http://{options.get('host', '127.0.0.1')}:{options.get('port', '8265')}"
+            options = dict(arg[2:].split("=", 1) for arg in cmdline if arg.startswith("--") and "=" in arg)
+            asked, retries = int(options.get("port", 8265)), int(options.get("port-retries", 0))
+            port = min((p for p in listening if asked <= p <= asked + retries), default=None)
+            if port is None:
+                return None  # not listening yet
+            host = options.get("host", "127.0.0.1")
+            return f"http://{ {'0.0.0.0': '127.0.0.1', '::': '[::1]'}.get(host, host) }:{port}"
         return None
 
     def deploy(self, config: str | Path) -> None:
