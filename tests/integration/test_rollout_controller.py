@@ -57,9 +57,11 @@ class Load(threading.Thread):
         self.join(30)
 
 
-def settled_on(load, version, answers=5, timeout_s=30):
-    """Waits until the last few answers all came from one version: a slow request of the version before
-    may still be in flight when a rollback is reported, and its answer lands afterwards."""
+def settled_on(load, version, answers=30, timeout_s=30):
+    """Waits until the last `answers` answers all came from one version. A rollback the decision-maker has
+    reported reaches the replica with its next report (every 0.5 s, later on a loaded machine), and until
+    then the candidate still gets its share: 5 answers from stable in a row came by chance often enough at
+    a 50 % step to fail CI once (the candidate answered after them); 30 in a row is 1 in 10^9."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         recent = load.versions[-answers:]
@@ -166,7 +168,7 @@ def test_a_much_slower_candidate_is_rolled_back_on_p99(serving):
 
 def test_a_candidate_scoring_below_stable_is_refused_before_any_traffic(serving):
     port, load, _ = serving
-    settled_on(load, "1")  # the slow candidate of the test above may have had a request in flight
+    settled_on(load, "1")  # the rollback of the slow candidate above may not have reached the replica yet
     mark = len(load.versions)
     status, body = call(port, "POST", "/v2/models/seq/rollout", {"action": "start", "to": 5})
     assert status == 200 and body["state"] == "refused", body
