@@ -88,7 +88,9 @@ def serving(tmp_path_factory):
     sequence_model(repository / "seq" / "1")
     sequence_model(repository / "seq" / "2", scale=3.0)  # disagrees with v1
     sequence_model(repository / "seq" / "3")  # the same as v1
-    sequence_model(repository / "seq" / "4", slow_matmuls=64)  # the same answers, much slower
+    # The same answers, much slower: about 60 ms a row here, where a loaded CI machine's hiccups once put a 1 ms
+    # model's p99 past a third of a 15 ms candidate's (64 products) in two intervals running.
+    sequence_model(repository / "seq" / "4", slow_matmuls=256)
     sequence_model(repository / "seq" / "5", scale=-1.0, evaluated=True)  # scores 0 on its eval set, v1 1
     port = free_port()
     app = {
@@ -109,6 +111,10 @@ def serving(tmp_path_factory):
 
 
 FAST = {"interval_s": 2, "min_requests": 20, "failure_limit": 2}
+# A twin of stable judged on 20 requests an interval: its p99 is their slowest, and a scheduler hiccup on this
+# 2-core machine puts a 1 ms model's there at 5-10 ms (seen: stable's own p99 7.2 ms). Tests about something
+# else than latency widen the p99 slack; the slow candidate below is judged with the defaults.
+LENIENT_P99 = {"p99_slack_ms": 25}
 
 
 def test_a_disagreeing_candidate_under_shadow_is_rolled_back(serving):
@@ -128,11 +134,11 @@ def test_an_identical_candidate_under_canary_is_promoted_and_rollback_is_instant
     port, load, _ = serving
     seen_before = len(load.versions)
     status, body = call(
-        port, "POST", "/v2/models/seq/rollout", {"action": "start", "to": 3, "steps": [50, 100], **FAST}
+        port, "POST", "/v2/models/seq/rollout", {"action": "start", "to": 3, "steps": [50, 100], **FAST, **LENIENT_P99}
     )
     assert status == 200, body
     ended = wait_until_ended(port)
-    assert ended["state"] == "promoted", ended
+    assert ended["state"] == "promoted", json.dumps(ended)
     assert {"1", "3"} <= set(load.versions[seen_before:])  # both answered meanwhile
     started = time.monotonic()
     status, body = call(port, "POST", "/v2/models/seq/rollout", {"action": "rollback", "reason": "by hand"})
@@ -160,7 +166,7 @@ def test_a_much_slower_candidate_is_rolled_back_on_p99(serving):
     )
     assert status == 200, body
     ended = wait_until_ended(port)
-    assert ended["state"] == "rolled_back" and "p99" in ended["reason"], ended
+    assert ended["state"] == "rolled_back" and "p99" in ended["reason"], json.dumps(ended)  # in full, unabridged
     failed = [i for i in ended["intervals"] if i["outcome"] == "fail"]
     assert len(failed) == 2 and all(i["candidate"]["p99_ms"] > 1.5 * i["stable"]["p99_ms"] for i in failed)
     assert all(i["agreement"] == 1.0 for i in failed)  # same answers: it is the latency that failed
