@@ -21,6 +21,7 @@ INFER = "infer"  # inference and metadata: /v2, /v2/models/{m}[/versions/{v}][/r
 ADMIN = "admin"  # operations: rollouts, feedback, drift monitor, statistics
 SCOPES = (INFER, ADMIN)
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_SCOPE_LIKE = re.compile(r"^[a-z_]{1,16}$")  # what a mistyped scope looks like; a token is longer and mixed
 _BEARER = re.compile(r"^\s*bearer\s+(?P<token>\S+)\s*$", re.IGNORECASE)
 
 
@@ -60,16 +61,21 @@ class TokenTable:
             if not line:
                 continue
             fields = line.split()
+            # Messages name the line and what is wrong with it, never its contents: a token pasted in place of
+            # its digest would otherwise reach every replica's log.
             if len(fields) != 2:
-                raise TokensFileError(f"{source}:{number}: expected '<scope> <sha256 hex of the token>', got {line!r}")
+                raise TokensFileError(
+                    f"{source}:{number}: expected '<scope> <sha256 hex of the token>', got {len(fields)} fields"
+                )
             scope, hexdigest = fields[0], fields[1].lower()
             if scope not in SCOPES:
                 expected = ", ".join(SCOPES)
-                raise TokensFileError(f"{source}:{number}: unknown scope {scope!r}; expected one of {expected}")
+                named = f" {scope!r}" if _SCOPE_LIKE.match(scope) else ""  # a typo is shown, a secret is not
+                raise TokensFileError(f"{source}:{number}: unknown scope{named}; expected one of {expected}")
             if not _DIGEST.match(hexdigest):
                 raise TokensFileError(
-                    f"{source}:{number}: {fields[1][:12]!r}... is not a SHA-256 hex digest (64 hex digits); "
-                    "the file holds `trtserve token` digests, never tokens"
+                    f"{source}:{number}: the second field ({len(fields[1])} characters) is not a SHA-256 hex digest "
+                    "(64 hex digits); the file holds `trtserve token` digests, never tokens"
                 )
             entries.append((scope, bytes.fromhex(hexdigest)))
         if not entries:

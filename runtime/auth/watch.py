@@ -5,9 +5,11 @@ tokens file edited in place, same path, was never read again: a revoked token ke
 reads the file when it starts (a replacement started after an edit must not serve the tokens the app was
 built with) and every CHECK_EVERY_S after, and swaps its table in one assignment when the contents changed.
 The path is watched as given, symlinks unresolved: a Kubernetes Secret volume swaps a `..data` symlink and
-deletes the old target. A file that cannot be read or has a bad line leaves the last good table in force
-and is logged; a missing file (not on this node: replicas elsewhere were handed the digests read where the
-app was built) keeps the table it has.
+deletes the old target. A missing file (not on this node: replicas elsewhere were handed the digests read
+where the app was built) keeps the table the replica has. A file that is there but cannot be read or has a
+bad line fails closed: at a replica's start it is an error and the replica does not start (serving the
+tokens the app was built with could bring back a token revoked since); later it leaves the last good table,
+read from the file, in force, and is logged at ERROR once per distinct problem.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ CHECK_EVERY_S = 2.0
 
 def _contents(path: Path) -> bytes | None:
     """The file's bytes (a few lines: reading them is cheaper than trusting a modification time, which two
-    same-size edits within one clock tick share), or None when it cannot be read."""
+    same-size edits within one clock tick share), or None when there is no file. A file that is there but
+    cannot be read (permissions, a directory, an I/O error) is a TokensFileError."""
     try:
         return path.read_bytes()
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        raise TokensFileError(f"cannot read the tokens file {path}: {e.strerror or e}") from None
 
 
 class TokensFileWatcher:
@@ -43,32 +48,47 @@ class TokensFileWatcher:
         self.apply = apply
         self.every_s = every_s
         self.reloads = 0  # tables applied
-        self.refused = 0  # versions of the file that could not be parsed (the last good table stayed)
+        self.refused = 0  # problems met, each logged once: a bad version of the file, or a new read error
         self._seen: bytes | None = None  # the digest of the contents last looked at
+        self._problem: str | None = None  # the last problem logged, so that a lasting one is logged once
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trtserve-tokens-watch", daemon=True)
 
     def start(self) -> TokensFileWatcher:
-        if not self.check() and self._seen is None:
+        """The first look, strict: a file that is there must be readable and valid (TokensFileError)."""
+        if not self._look() and self._seen is None:
             log.info("tokens file %s is not on this node: the tokens the app was built with stay", self.path)
         self._thread.start()
         return self
 
     def check(self) -> bool:
-        """Look once; True when the file's table (new, or not yet applied) was applied."""
+        """Look once; True when the file's table (new, or not yet applied) was applied. A file that cannot be
+        read or parsed leaves the table in force, logged once per distinct problem."""
+        try:
+            applied = self._look()
+        except TokensFileError as e:
+            problem = str(e)
+            if problem != self._problem:
+                self.refused += 1
+                log.error("tokens file not applied, the last good tokens stay: %s", problem)
+            self._problem = problem
+            return False
+        self._problem = None
+        return applied
+
+    def _look(self) -> bool:
         contents = _contents(self.path)
         if contents is None:
             return False
         seen = hashlib.sha256(contents).digest()
         if seen == self._seen:
             return False
-        self._seen = seen
+        self._seen = seen  # a bad version is not parsed again: the next look waits for the next change
         try:
-            table = TokenTable.parse(contents.decode(), str(self.path))
-        except (TokensFileError, UnicodeDecodeError) as e:
-            self.refused += 1
-            log.error("tokens file changed but was not applied, the previous tokens stay: %s", e)
-            return False
+            text = contents.decode()
+        except UnicodeDecodeError:
+            raise TokensFileError(f"{self.path}: not UTF-8 text") from None
+        table = TokenTable.parse(text, str(self.path))
         self.apply(table)
         self.reloads += 1
         log.info("tokens file %s read: %d entries", self.path, len(table.entries))

@@ -114,6 +114,11 @@ def ports_to_bind(host: str, port: int, ingress: str, env: dict[str, str]) -> li
     return ports
 
 
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def port_in_use(host: str, port: int) -> bool:
     """Whether a listening socket already holds `port` on `host` (IPv4 or IPv6; `::` and `0.0.0.0` mean every
     interface, as they do to HAProxy and Ray)."""
@@ -121,7 +126,11 @@ def port_in_use(host: str, port: int) -> bool:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror:
         return False  # a host this machine cannot resolve: `serve run` will say so itself
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    try:
+        s = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        return False  # no such address family here (IPv6 off): `serve run` will say so itself
+    with s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a socket in TIME_WAIT does not count
         try:
             s.bind(address)
@@ -154,8 +163,11 @@ class LocalServe:
         http = doc.get("http_options") or {}
         self.tls = bool(http.get("ssl_certfile") and http.get("ssl_keyfile"))
         scheme = "https" if self.tls else "http"
-        self.host, self.port = str(http.get("host", "127.0.0.1")), int(http.get("port", 8000))
-        self.url = f"{scheme}://{self.host}:{self.port}"
+        self.host, port = str(http.get("host", "127.0.0.1")), http.get("port", 8000)
+        if isinstance(port, bool) or not isinstance(port, int | str) or not str(port).isdigit() or int(port) > 65535:
+            raise ValueError(f"{self.config}: http_options.port {port!r} is not a port number")
+        self.port = int(port)
+        self.url = f"{scheme}://{url_host(self.host)}:{self.port}"
         self.ingress = ingress or os.environ.get("TRTSERVE_INGRESS", "haproxy")
         serve_env(self.ingress)  # an unknown ingress fails here, before anything starts
         if self.tls and self.ingress != "proxy":
@@ -256,7 +268,7 @@ class LocalServe:
             if port is None:
                 return None  # not listening yet
             host = options.get("host", "127.0.0.1")
-            return f"http://{ {'0.0.0.0': '127.0.0.1', '::': '[::1]'}.get(host, host) }:{port}"
+            return f"http://{url_host({'0.0.0.0': '127.0.0.1', '::': '::1'}.get(host, host))}:{port}"
         return None
 
     def deploy(self, config: str | Path) -> None:

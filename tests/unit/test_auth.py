@@ -37,7 +37,9 @@ def test_parse_reads_scopes_and_digests_never_tokens():
     [
         ("infer", "tokens.txt:1: expected '<scope> <sha256 hex of the token>'"),
         (f"root {digest('x')}", "tokens.txt:1: unknown scope 'root'; expected one of infer, admin"),
-        ("infer my-secret-token", "tokens.txt:1: 'my-secret-to'... is not a SHA-256 hex digest"),
+        ("infer my-secret-token", "tokens.txt:1: the second field (15 characters) is not a SHA-256 hex digest"),
+        ("infer-my-secret-token", "tokens.txt:1: expected '<scope> <sha256 hex of the token>', got 1 fields"),
+        (f"Xk3-my-secret-token {digest('x')}", "tokens.txt:1: unknown scope; expected one of infer, admin"),
         (f"infer {digest('x')}\ninfer abc", "tokens.txt:2:"),
         ("# nothing\n\n", "tokens.txt: no tokens"),
     ],
@@ -46,6 +48,7 @@ def test_malformed_tokens_files_name_the_line(text, message):
     with pytest.raises(TokensFileError) as e:
         TokenTable.parse(text, "tokens.txt")
     assert str(e.value).startswith(message)
+    assert "secret" not in str(e.value)  # the line's contents are never echoed: it may be a pasted token
 
 
 def test_unreadable_tokens_file(tmp_path):

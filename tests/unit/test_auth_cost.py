@@ -14,8 +14,10 @@ def test_the_median_interval_of_16_pairs_is_the_4th_to_the_13th():
     assert median_interval(values) == (4.0, 13.0)
 
 
-def test_too_few_pairs_for_95_percent_give_the_whole_range():
-    assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) == (1.0, 5.0)
+def test_too_few_pairs_for_95_percent_are_refused_not_mislabelled():
+    with pytest.raises(ValueError, match="5 values give no 95% interval"):
+        median_interval([3.0, 1.0, 2.0, 5.0, 4.0])  # their whole range covers 93.75 %
+    assert median_interval([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)  # 96.9 %
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from runtime.serve.launcher import LocalServe, port_in_use, ports_to_bind
+from runtime.serve.launcher import LocalServe, port_in_use, ports_to_bind, url_host
 from tests.fixtures.ports import free_port
 
 
@@ -73,3 +73,26 @@ def test_a_taken_ipv6_port_is_seen():
         holder.listen()
         assert port_in_use("::1", holder.getsockname()[1])
         assert port_in_use("::", holder.getsockname()[1])
+
+
+@pytest.mark.parametrize("port", ["null", "eighty", "[8000]", "true", "-1", "70000"])
+def test_a_config_port_that_is_not_a_number_is_one_line(tmp_path, port):
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"http_options: {{host: 127.0.0.1, port: {port}}}\napplications: []\n")
+    with pytest.raises(ValueError, match=r"http_options\.port .* is not a port number"):
+        LocalServe(config)
+
+
+def test_an_address_family_this_host_lacks_is_left_to_serve_run(monkeypatch):
+    def no_family(*args, **kwargs):
+        raise OSError(97, "Address family not supported by protocol")
+
+    monkeypatch.setattr(socket, "socket", no_family)
+    assert not port_in_use("::1", 8000)
+
+
+def test_ipv6_hosts_are_written_in_brackets_in_urls(tmp_path):
+    config = tmp_path / "serve.yaml"
+    config.write_text("http_options: {host: '::1', port: 8000}\napplications: []\n")
+    assert LocalServe(config, ingress="proxy").url == "http://[::1]:8000"
+    assert url_host("127.0.0.1") == "127.0.0.1" and url_host("[::1]") == "[::1]"

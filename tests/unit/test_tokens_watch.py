@@ -1,13 +1,17 @@
 """A tokens file edited in place applies on the replica without a redeploy (Ray rebuilds an app only when its
 config changes); a replica started after an edit serves the file, not the tokens the app was built with; a
-bad edit leaves the last good tokens in force; a missing file changes nothing."""
+bad edit leaves the last good tokens in force; a missing file changes nothing; a replica never starts on a
+file that is there but bad (fail closed)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
-from runtime.auth.tokens import INFER, TokenTable, digest
+import pytest
+
+from runtime.auth.tokens import INFER, TokensFileError, TokenTable, digest
 from runtime.auth.watch import TokensFileWatcher
 
 
@@ -125,3 +129,40 @@ def test_the_app_watches_the_path_as_given_symlinks_kept(tmp_path, monkeypatch):
     auth = Auth(tokens_file="./sub/../tokens.txt")
     assert auth.tokens_path == tmp_path / "tokens.txt"  # absolute and normalized, not resolved to v1/
     assert auth.table.scopes_of("a-token") == {INFER}
+
+
+def test_a_replica_starting_on_a_bad_file_fails_closed_never_on_the_build_tokens(tmp_path):
+    # Built with a token revoked since; the file is now malformed as a replacement replica starts: serving the
+    # build's table would take the revoked token back.
+    path = tmp_path / "tokens.txt"
+    path.write_text("infer half-written\n")
+    _, watcher = _watched(path, built_with="revoked-token")
+    with pytest.raises(TokensFileError, match=r"tokens\.txt:1: the second field"):
+        watcher.start()
+    assert not watcher._thread.is_alive()
+
+
+def test_a_file_there_but_unreadable_fails_a_start_and_is_logged_once_later(tmp_path, caplog):
+    path = tmp_path / "tokens.txt"
+    path.mkdir()  # there, but not a readable file (root ignores permission bits, so a directory stands in)
+    held, watcher = _watched(path, built_with="built-token")
+    with pytest.raises(TokensFileError, match=r"cannot read the tokens file .*tokens\.txt: Is a directory"):
+        watcher.start()
+    path.rmdir()
+    path.write_text(_lines("good-token"))
+    assert watcher.check()
+    path.unlink()
+    path.mkdir()
+    with caplog.at_level(logging.ERROR, logger="trtserve.server"):
+        assert not watcher.check() and not watcher.check() and not watcher.check()
+    assert watcher.refused == 1 and len(caplog.records) == 1  # a lasting problem is logged once
+    assert "the last good tokens stay" in caplog.records[0].getMessage()
+    assert held["table"].scopes_of("good-token") == {INFER}
+
+
+def test_a_file_that_is_not_text_is_refused_with_a_line_of_reason(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_bytes(b"\xff\xfe infer")
+    _, watcher = _watched(path, built_with="built-token")
+    with pytest.raises(TokensFileError, match="not UTF-8 text"):
+        watcher.start()
