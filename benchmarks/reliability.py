@@ -11,6 +11,8 @@ latency (from its scheduled time) is kept:
   replaced, rolling.
 - `downscale`: the config deployed with one replica: one replica drained and stopped.
 - `kill_one`: one replica, SIGKILLed; the load runs until the replacement answers and beyond.
+- `kill_one_short_queue`: the same with `max_queued_requests: 16` (a `deployments:` override): callers
+  beyond what the fallback proxy holds get 503 + Retry-After at once instead of waiting.
 - `shutdown`: what SIGTERM to `trtserve serve` does (`LocalServe.stop`) under load: requests sent before it
   should all be answered; after it, the server is going away.
 Auth cost: closed loop at c=32, JSON, the same requests (with their token) to `secured` in windows that
@@ -49,12 +51,14 @@ RATE = 150.0  # requests/s: a fifth of what one cnn replica sustains here, so a 
 CONCURRENCY = 32
 TOKEN = "benchmark-infer-token"
 APP, SECURED = "trtserve", "secured"
+SHORT_QUEUE = 16  # max_queued_requests of the kill_one_short_queue scenario
 HALF_CPU = 0.5  # three replicas (and one more while one is replaced) scheduled on two cores
 
 
-def config(work: Path, repository: Path, replicas: int, generation: int = 0) -> Path:
+def config(work: Path, repository: Path, replicas: int, generation: int = 0, queued: int | None = None) -> Path:
     """Both applications; `generation` changes `trtserve`'s args (its max_body_mb), so deploying it again
-    replaces that application's replicas."""
+    replaces that application's replicas; `queued` sets its max_queued_requests through a `deployments:`
+    override, which Serve applies in place."""
     tokens = work / "tokens.txt"
     tokens.write_text(f"infer {digest(TOKEN)}\n")
     models = [{"name": "cnn", "version": 1}]
@@ -83,8 +87,10 @@ def config(work: Path, repository: Path, replicas: int, generation: int = 0) -> 
             },
         },
     ]
+    if queued is not None:
+        apps[0]["deployments"] = [{"name": APP, "max_queued_requests": queued}]
     doc = {"proxy_location": "EveryNode", "http_options": {"host": HOST, "port": PORT}, "applications": apps}
-    path = work / f"serve-{replicas}-{generation}.yaml"
+    path = work / f"serve-{replicas}-{generation}{'' if queued is None else f'-q{queued}'}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -290,6 +296,11 @@ def measure(repository: Path, results: Path, window_s: float = 6.0, pairs: int =
             file=sys.stderr,
         )
         run("kill_one", kill(server), at_s=5.0, duration_s=60.0)
+        wait_for_replicas(server, 1)
+        # The same with a short queue: callers beyond it are told 503 + Retry-After instead of waiting.
+        server.deploy(config(work, repository, 1, generation=1, queued=SHORT_QUEUE))
+        wait_for_replicas(server, 1)
+        run("kill_one_short_queue", kill(server), at_s=5.0, duration_s=30.0)
         wait_for_replicas(server, 1)
         run("shutdown", server.stop, at_s=5.0, duration_s=15.0)
     finally:

@@ -588,6 +588,7 @@ SCENARIOS = {
     "redeploy": "two replicas, redeployed with changed args (every replica replaced)",
     "downscale": "redeployed from two replicas to one",
     "kill_one": "one replica, SIGKILLed",
+    "kill_one_short_queue": "one replica with max_queued_requests 16, SIGKILLed",
     "shutdown": "SIGTERM to `trtserve serve` (`LocalServe.stop`)",
 }
 
@@ -620,7 +621,9 @@ def _auth_cost_measured(cost: dict) -> str:
 
 def _reliability(data: dict) -> list[str]:
     s, cost = data["scenarios"], data["auth_cost"]
-    one_statuses = set(s["kill_one"]["statuses"])
+    labels = {"kill_one": "", "kill_one_short_queue": "short queue: "}
+    lone = {label: s[name] for name, label in labels.items() if name in s}
+    one_statuses = set().union(*(r["statuses"] for r in lone.values()))
     drained = {name: s[name]["failed"] for name in ("redeploy", "downscale")}
     lines = [
         "## Reliability: replicas killed, replaced, scaled down and stopped under load; the cost of auth",
@@ -645,7 +648,8 @@ def _reliability(data: dict) -> list[str]:
         ),
         _row(
             f"a lone replica SIGKILLed under load: callers get only {' or '.join(targets.ONE_REPLICA_STATUSES)}",
-            f"statuses {s['kill_one']['statuses']} (0: connection failed or timed out)",
+            "; ".join(f"{label}statuses {r['statuses']}" for label, r in lone.items())
+            + " (0: connection failed or timed out)",
             one_statuses <= set(targets.ONE_REPLICA_STATUSES),
         ),
         _row(
@@ -670,6 +674,8 @@ def _reliability(data: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, label in SCENARIOS.items():
+        if name not in s:  # a run from before the scenario existed
+            continue
         r = s[name]
         span = "-" if r["first_failure_s"] is None else f"{r['first_failure_s']:+.1f} / {r['last_failure_s']:+.1f}"
         lines.append(

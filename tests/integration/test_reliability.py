@@ -6,6 +6,7 @@ logged; a bounded fuzz of the running server gets only 4xx answers and restarts 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -272,15 +273,25 @@ def test_a_replica_failing_its_health_check_costs_no_request(secured):
     assert victim not in after  # Serve replaced it
 
 
-def test_the_only_replica_killed_under_load_gets_callers_200_or_503(secured):
-    # One replica through a `deployments:` override (no rebuild): the replica count is the override's.
+@contextlib.contextmanager
+def one_replica(secured, **options):
+    """One replica through a `deployments:` override (no rebuild: the replica count and `options`, such as
+    max_queued_requests, are the override's); two again afterwards, for whatever runs next."""
     doc = dict(secured.config_doc)
-    doc["applications"] = [{**doc["applications"][0], "deployments": [{"name": "trtserve", "num_replicas": 1}]}]
+    override = {"name": "trtserve", "num_replicas": 1, **options}
+    doc["applications"] = [{**doc["applications"][0], "deployments": [override]}]
     path = secured.faults.parent / "serve-one.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     secured.deploy(path)
     try:
         (victim,) = wait_for_replicas(secured, 1)
+        yield victim
+    finally:
+        secured.deploy(secured.faults.parent / "serve.yaml")
+
+
+def test_the_only_replica_killed_under_load_gets_callers_200_or_503(secured):
+    with one_replica(secured) as victim:
         # An open loop (as in the reliability benchmark): HAProxy holds idle connections to the replica from
         # the load's bursts, and requests in flight at the kill are retried past those dead connections to
         # Ray's fallback proxy, which holds them until the replacement is up. They wait; nobody gets a 500 or
@@ -296,6 +307,32 @@ def test_the_only_replica_killed_under_load_gets_callers_200_or_503(secured):
             timer.cancel()
         assert set(result.statuses.tolist()) <= {200, 503}, result.summary()["statuses"]
         assert victim not in wait_for_replicas(secured, 1)
-    finally:
-        original = secured.faults.parent / "serve.yaml"
-        secured.deploy(original)  # two replicas again, for whatever runs after this
+
+
+def test_with_a_short_queue_callers_of_a_dead_lone_replica_get_503_retry_after_at_once(secured):
+    """What the README offers a caller who would rather be told than wait: `max_queued_requests` small. While
+    the replacement starts, the fallback proxy holds that many and answers the rest 503 + Retry-After."""
+    with one_replica(secured, max_queued_requests=4) as victim:
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1.0)  # HAProxy marks it down after about 0.5 s: new requests go to the fallback proxy
+        answers: list[tuple[int, dict, float]] = []
+
+        def one() -> None:
+            started = time.monotonic()
+            status, headers, _ = raw("POST", "/v2/models/cnn/infer", infer_body(), AUTH)
+            answers.append((status, headers, time.monotonic() - started))
+
+        callers = [threading.Thread(target=one) for _ in range(32)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(120)
+        assert len(answers) == 32 and {status for status, _, _ in answers} <= {200, 503}, answers
+        told = [(headers, took) for status, headers, took in answers if status == 503]
+        waited = [took for status, _, took in answers if status == 200]
+        assert told, f"every caller waited for the replacement: {sorted(waited)}"
+        assert all(headers.get("retry-after") == "1" for headers, _ in told), told
+        assert waited, "none held: the fallback proxy should hold up to max_queued_requests"
+        # Told at once: the 503s came before the replacement answered anyone the fallback held.
+        assert max(took for _, took in told) < min(waited), (sorted(t for _, t in told), sorted(waited))
+        assert victim not in wait_for_replicas(secured, 1)
