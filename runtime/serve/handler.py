@@ -65,6 +65,11 @@ def _error(status: int, message: str, **headers: str) -> HttpResponse:
     return HttpResponse(status, error_body(message), {"content-type": "application/json", **headers})
 
 
+def _unavailable(message: str) -> HttpResponse:
+    """503 with Retry-After: warming up or overloaded, worth trying again shortly."""
+    return _error(503, message, **{"retry-after": str(RETRY_AFTER_S)})
+
+
 class KServeHandler:
     def __init__(
         self,
@@ -127,11 +132,7 @@ class KServeHandler:
         if path == "/v2/health/live":  # open, with or without authentication: what probes call
             return _json(200, {"live": True})
         if path == "/v2/health/ready":
-            return (
-                _json(200, {"ready": True})
-                if self.ready
-                else _error(503, "models are warming up", **{"retry-after": str(RETRY_AFTER_S)})
-            )
+            return _json(200, {"ready": True}) if self.ready else _unavailable("models are warming up")
         match = _MODEL.match(path)
         if self.auth is not None:
             # Before anything else, unknown routes included: without a token nothing about the server shows.
@@ -183,7 +184,7 @@ class KServeHandler:
         if rest == "/ready":
             if model.ready:
                 return _json(200, {"name": model.name, "ready": True})
-            return _error(503, f"model {model.name!r} is warming up", **{"retry-after": str(RETRY_AFTER_S)})
+            return _unavailable(f"model {model.name!r} is warming up")
         if rest == "/config":
             return _json(200, triton.model_config(model))
         if rest == "/monitor":  # the last completed drift window of this version, in this replica
@@ -229,7 +230,7 @@ class KServeHandler:
         except FeedbackError as e:
             return _error(400, str(e))
         except OverflowError as e:
-            return _error(503, str(e), **{"retry-after": str(RETRY_AFTER_S)})
+            return _unavailable(str(e))
         return _json(200, {"accepted": accepted})
 
     def _reroute(self, name: str, versions, key: str) -> tuple[ServedModel, ServedModel | None]:
@@ -257,7 +258,7 @@ class KServeHandler:
             if len(body) > self.max_body_bytes:
                 response = _error(413, f"request body of {len(body)} bytes exceeds the limit of {self.max_body_bytes}")
             elif not model.ready:
-                response = _error(503, f"model {model.name!r} is warming up", **{"retry-after": str(RETRY_AFTER_S)})
+                response = _unavailable(f"model {model.name!r} is warming up")
             else:
                 with model.batcher.arriving():
                     length = headers.get(HEADER_LENGTH)
@@ -285,7 +286,7 @@ class KServeHandler:
         except InputError as e:
             response = _error(400, str(e))
         except Overloaded as e:
-            response = _error(503, f"model {model.name!r} is overloaded: {e}", **{"retry-after": str(RETRY_AFTER_S)})
+            response = _unavailable(f"model {model.name!r} is overloaded: {e}")
             self.traffic.ran(model, 503, 0.0)
         except TimedOut as e:
             response = _error(504, f"model {model.name!r} timed out: {e}")

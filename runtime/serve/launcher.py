@@ -103,15 +103,23 @@ def ports_to_bind(host: str, port: int, ingress: str, env: dict[str, str]) -> li
     if ingress == "haproxy":
         for variable, (what, default, bind_host) in HAPROXY_PORTS.items():
             value = env.get(variable) or str(default)
-            if not value.isdigit() or not 0 < int(value) < 65536:
+            number = port_number(value)
+            if number is None:
                 raise RuntimeError(f"{variable}={value!r} is not a port number ({what})")
-            ports.append((bind_host or host, int(value), f"{what}; {variable} moves it"))
+            ports.append((bind_host or host, number, f"{what}; {variable} moves it"))
     taken: dict[int, str] = {}
     for _, number, what in ports:
         if number in taken:
             raise RuntimeError(f"port {number} is named twice: {taken[number]}, and {what}")
         taken[number] = what
     return ports
+
+
+def port_number(value: object) -> int | None:
+    """`value` (a config's int, or an environment variable's string) as a TCP port, 1 to 65535, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        return None
+    return int(value) if 0 < int(value) < 65536 else None
 
 
 def url_host(host: str) -> str:
@@ -164,9 +172,9 @@ class LocalServe:
         self.tls = bool(http.get("ssl_certfile") and http.get("ssl_keyfile"))
         scheme = "https" if self.tls else "http"
         self.host, port = str(http.get("host", "127.0.0.1")), http.get("port", 8000)
-        if isinstance(port, bool) or not isinstance(port, int | str) or not str(port).isdigit() or int(port) > 65535:
+        self.port = port_number(port)
+        if self.port is None:
             raise ValueError(f"{self.config}: http_options.port {port!r} is not a port number")
-        self.port = int(port)
         self.url = f"{scheme}://{url_host(self.host)}:{self.port}"
         self.ingress = ingress or os.environ.get("TRTSERVE_INGRESS", "haproxy")
         serve_env(self.ingress)  # an unknown ingress fails here, before anything starts

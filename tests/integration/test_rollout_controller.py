@@ -88,7 +88,7 @@ def serving(tmp_path_factory):
     sequence_model(repository / "seq" / "1")
     sequence_model(repository / "seq" / "2", scale=3.0)  # disagrees with v1
     sequence_model(repository / "seq" / "3")  # the same as v1
-    # The same answers, much slower: about 60 ms a row here, where a loaded CI machine's hiccups once put a 1 ms
+    # The same answers, much slower: a p99 of 46-49 ms here, where a loaded CI machine's hiccups once put a 1 ms
     # model's p99 past a third of a 15 ms candidate's (64 products) in two intervals running.
     sequence_model(repository / "seq" / "4", slow_matmuls=256)
     sequence_model(repository / "seq" / "5", scale=-1.0, evaluated=True)  # scores 0 on its eval set, v1 1

@@ -75,7 +75,7 @@ def test_a_taken_ipv6_port_is_seen():
         assert port_in_use("::", holder.getsockname()[1])
 
 
-@pytest.mark.parametrize("port", ["null", "eighty", "[8000]", "true", "-1", "70000"])
+@pytest.mark.parametrize("port", ["null", "eighty", "[8000]", "true", "-1", "0", "70000"])
 def test_a_config_port_that_is_not_a_number_is_one_line(tmp_path, port):
     config = tmp_path / "serve.yaml"
     config.write_text(f"http_options: {{host: 127.0.0.1, port: {port}}}\napplications: []\n")
