@@ -18,8 +18,9 @@ from pathlib import Path
 from runtime.engine.errors import TrtserveError
 
 INFER = "infer"  # inference and metadata: /v2, /v2/models/{m}[/versions/{v}][/ready|/config|/infer]
-ADMIN = "admin"  # operations: rollouts, feedback, drift monitor, statistics
-SCOPES = (INFER, ADMIN)
+ADMIN = "admin"  # operations: rollouts, drift monitor, statistics
+FEEDBACK = "feedback"  # labels: /v2/models/{m}/feedback (a labelling service needs no more)
+SCOPES = (INFER, ADMIN, FEEDBACK)
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _SCOPE_LIKE = re.compile(r"^[a-z_]{1,16}$")  # what a mistyped scope looks like; a token is longer and mixed
 _BEARER = re.compile(r"^\s*bearer\s+(?P<token>\S+)\s*$", re.IGNORECASE)
@@ -54,7 +55,9 @@ class TokenTable:
     entries: tuple[tuple[str, bytes], ...]  # (scope, SHA-256 digest)
 
     @classmethod
-    def parse(cls, text: str, source: str = "tokens file") -> TokenTable:
+    def parse(cls, text: str, source: str = "tokens file", allow_empty: bool = False) -> TokenTable:
+        """The table of a tokens file's text; TokensFileError naming the line at fault. A file without a token
+        is an error unless `allow_empty` (a replica's watcher: an emptied file revokes every token)."""
         entries = []
         for number, line in enumerate(text.splitlines(), start=1):
             line = line.split("#", 1)[0].strip()
@@ -78,7 +81,7 @@ class TokenTable:
                     "(64 hex digits); the file holds `trtserve token` digests, never tokens"
                 )
             entries.append((scope, bytes.fromhex(hexdigest)))
-        if not entries:
+        if not entries and not allow_empty:
             raise TokensFileError(f"{source}: no tokens; every request would be refused")
         return cls(tuple(entries))
 

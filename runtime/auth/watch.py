@@ -1,15 +1,18 @@
 """A tokens file watched for changes, so a token added or revoked applies without a redeploy.
 
 Ray Serve rebuilds an application only when its config changes (import path, args, runtime_env), so a
-tokens file edited in place, same path, was never read again: a revoked token kept working. A replica now
-reads the file when it starts (a replacement started after an edit must not serve the tokens the app was
-built with) and every CHECK_EVERY_S after, and swaps its table in one assignment when the contents changed.
-The path is watched as given, symlinks unresolved: a Kubernetes Secret volume swaps a `..data` symlink and
-deletes the old target. A missing file (not on this node: replicas elsewhere were handed the digests read
-where the app was built) keeps the table the replica has. A file that is there but cannot be read or has a
-bad line fails closed: at a replica's start it is an error and the replica does not start (serving the
-tokens the app was built with could bring back a token revoked since); later it leaves the last good table,
-read from the file, in force, and is logged at ERROR once per distinct problem.
+tokens file edited in place, same path, was never read again: a revoked token kept working. A replica reads
+the file when it starts and every CHECK_EVERY_S after, and swaps its table in one assignment when the
+contents changed. The path is watched as given, symlinks unresolved: a Kubernetes Secret volume swaps a
+`..data` symlink and deletes the old target.
+
+Every doubt fails closed. A replica never serves the tokens the app was built with: the file must be on
+every node that runs a replica (README: how to mount it). A file that is not there, at a replica's start or
+after it existed, and a file emptied of tokens, mean no valid token: every request is refused (401) until a
+file with tokens is back, and that is logged at ERROR. A file that is there but cannot be read or has a bad
+line stops a replica from starting (its error surfaces in `trtserve serve`); later, while the replica runs,
+it leaves the last good table, read from the file, in force (a half-written edit must not lock every client
+out), logged at ERROR once per distinct problem.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from runtime.auth.tokens import TokensFileError, TokenTable
 
 log = logging.getLogger("trtserve.server")
 CHECK_EVERY_S = 2.0
+_MISSING = b"missing"  # what `_seen` holds while the file is not there (a digest is 32 bytes)
 
 
 def _contents(path: Path) -> bytes | None:
@@ -40,30 +44,30 @@ def _contents(path: Path) -> bytes | None:
 
 
 class TokensFileWatcher:
-    """Calls `apply(table)` with the file's table when the replica starts and each time it changes to a valid
-    one."""
+    """Calls `apply(table)` with the file's table when the replica starts and each time it changes: an empty
+    table when the file is missing or holds no token."""
 
     def __init__(self, path: str | os.PathLike, apply: Callable[[TokenTable], None], every_s: float = CHECK_EVERY_S):
         self.path = Path(path)
         self.apply = apply
         self.every_s = every_s
-        self.reloads = 0  # tables applied
+        self.reloads = 0  # tables applied (empty ones included)
         self.refused = 0  # problems met, each logged once: a bad version of the file, or a new read error
-        self._seen: bytes | None = None  # the digest of the contents last looked at
+        self._seen: bytes | None = None  # the digest of the contents last looked at, or _MISSING
         self._problem: str | None = None  # the last problem logged, so that a lasting one is logged once
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trtserve-tokens-watch", daemon=True)
 
     def start(self) -> TokensFileWatcher:
-        """The first look, strict: a file that is there must be readable and valid (TokensFileError)."""
-        if not self._look() and self._seen is None:
-            log.info("tokens file %s is not on this node: the tokens the app was built with stay", self.path)
+        """The first look, strict: a file that is there must be readable and valid (TokensFileError); one that
+        is not there refuses every request."""
+        self._look()
         self._thread.start()
         return self
 
     def check(self) -> bool:
-        """Look once; True when the file's table (new, or not yet applied) was applied. A file that cannot be
-        read or parsed leaves the table in force, logged once per distinct problem."""
+        """Look once; True when a new table was applied. A file that cannot be read or parsed leaves the table
+        in force, logged once per distinct problem."""
         try:
             applied = self._look()
         except TokensFileError as e:
@@ -79,7 +83,15 @@ class TokensFileWatcher:
     def _look(self) -> bool:
         contents = _contents(self.path)
         if contents is None:
-            return False
+            if self._seen == _MISSING:
+                return False
+            self._seen = _MISSING
+            self._apply(
+                TokenTable(()),
+                "tokens file %s is not on this node: every request is refused until it is (mount it on every node "
+                "that runs a replica)",
+            )
+            return True
         seen = hashlib.sha256(contents).digest()
         if seen == self._seen:
             return False
@@ -88,11 +100,17 @@ class TokensFileWatcher:
             text = contents.decode()
         except UnicodeDecodeError:
             raise TokensFileError(f"{self.path}: not UTF-8 text") from None
-        table = TokenTable.parse(text, str(self.path))
+        table = TokenTable.parse(text, str(self.path), allow_empty=True)
+        if table.entries:
+            self._apply(table, "tokens file %s read: " + f"{len(table.entries)} entries")
+        else:
+            self._apply(table, "tokens file %s holds no token: every request is refused until it does")
+        return True
+
+    def _apply(self, table: TokenTable, message: str) -> None:
         self.apply(table)
         self.reloads += 1
-        log.info("tokens file %s read: %d entries", self.path, len(table.entries))
-        return True
+        (log.info if table.entries else log.error)(message, self.path)
 
     def _run(self) -> None:
         while not self._stopped.wait(self.every_s):

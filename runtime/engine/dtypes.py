@@ -51,6 +51,16 @@ def from_numpy(dtype: np.dtype | type) -> DType:
         raise ValueError(f"unsupported numpy dtype {np.dtype(dtype)}; expected one of {', '.join(NAMES)}") from None
 
 
+def name_of(dtype: np.dtype | str) -> str:
+    """The dtype's name in this table (an Open Inference Protocol datatype or a numpy dtype), or, for one the
+    table lacks, its own name: what an error message shows."""
+    if isinstance(dtype, str):
+        known = _BY_KSERVE.get(dtype)
+        return known.name if known is not None else dtype
+    known = _BY_NUMPY.get(np.dtype(dtype))
+    return known.name if known is not None else str(np.dtype(dtype))
+
+
 def from_onnx(elem_type: int) -> DType:
     try:
         return _BY_ONNX[elem_type]

@@ -12,21 +12,25 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.engine.artifact import read_verified
 from runtime.engine.errors import InputError
 from runtime.engine.manifest import Manifest
-from runtime.engine.signature import Signature
 
 TEXT_INPUT = "text"
 
 
 class Tokenize:
-    def __init__(self, version_dir: Path, files: list[str], signature: Signature) -> None:
+    def __init__(self, version_dir: Path, manifest: Manifest) -> None:
         from tokenizers import Tokenizer
 
-        path = next((version_dir / f for f in files if f.endswith("tokenizer.json")), None)
-        if path is None:
+        files = manifest.preprocessing["tokenizer"].files
+        index = next((i for i, f in enumerate(files) if f.endswith("tokenizer.json")), None)
+        if index is None:
             raise InputError(f"{version_dir}: the tokenizer preprocessing has no tokenizer.json")
-        self._tokenizer = Tokenizer.from_file(str(path))
+        key = f"preprocessing.tokenizer.files[{index}]"
+        # Read as verified (confined, its sha256 checked as read): what is parsed is what was packaged.
+        self._tokenizer = Tokenizer.from_str(read_verified(version_dir, manifest, files[index], key).decode())
+        signature = manifest.signature
         ids = signature.input("input_ids")
         seq = ids.shape[1]
         self.max_length = signature.dims[seq].max if isinstance(seq, str) else int(seq)
@@ -60,5 +64,5 @@ def load(version_dir: Path, manifest: Manifest) -> Tokenize | None:
     """The preprocessing a version packages, ready to apply; None when it has none."""
     packaged = manifest.preprocessing or {}
     if "tokenizer" in packaged:
-        return Tokenize(version_dir, packaged["tokenizer"].files, manifest.signature)
+        return Tokenize(version_dir, manifest)
     return None

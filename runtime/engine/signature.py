@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,32 +59,34 @@ class Signature:
 
         Raises InputError naming the first offending input, so a server can answer 400 with it.
         """
+        for name, array in feed.items():
+            if not isinstance(array, np.ndarray):
+                raise InputError(f"input {name!r}: expected a numpy array, got {type(array).__name__}")
+        return self.check({name: (dtypes.name_of(a.dtype), a.shape) for name, a in feed.items()})
+
+    def check(self, declared: Mapping[str, tuple[str, Sequence[int]]]) -> dict[str, int]:
+        """`validate` on what a request declares, (dtype name, shape) by input name, before any data is
+        decoded."""
         expected = [s.name for s in self.inputs]
-        missing = [n for n in expected if n not in feed]
+        missing = [n for n in expected if n not in declared]
         if missing:
             raise InputError(f"missing input {missing[0]!r}; this model takes {', '.join(expected)}")
-        extra = [n for n in feed if n not in expected]
+        extra = [n for n in declared if n not in expected]
         if extra:
             raise InputError(f"unexpected input {extra[0]!r}; this model takes {', '.join(expected)}")
         bound: dict[str, tuple[int, str]] = {}
         for spec in self.inputs:
-            array = feed[spec.name]
-            want = dtypes.from_name(spec.dtype).numpy
-            if not isinstance(array, np.ndarray):
-                raise InputError(f"input {spec.name!r}: expected a numpy array, got {type(array).__name__}")
-            if array.dtype != want:
-                raise InputError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {array.dtype}")
-            if array.ndim != len(spec.shape):
+            dtype, shape = declared[spec.name]
+            if dtype != spec.dtype:
+                raise InputError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {dtype}")
+            if len(shape) != len(spec.shape):
                 raise InputError(
-                    f"input {spec.name!r}: expected rank {len(spec.shape)} {list(spec.shape)}, "
-                    f"got shape {list(array.shape)}"
+                    f"input {spec.name!r}: expected rank {len(spec.shape)} {list(spec.shape)}, got shape {list(shape)}"
                 )
-            for axis, (dim, size) in enumerate(zip(spec.shape, array.shape, strict=True)):
+            for axis, (dim, size) in enumerate(zip(spec.shape, shape, strict=True)):
                 if isinstance(dim, int):
                     if size != dim:
-                        raise InputError(
-                            f"input {spec.name!r}: dim {axis} must be {dim}, got shape {list(array.shape)}"
-                        )
+                        raise InputError(f"input {spec.name!r}: dim {axis} must be {dim}, got shape {list(shape)}")
                     continue
                 limits = self.dims[dim]
                 if not limits.min <= size <= limits.max:

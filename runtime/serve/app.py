@@ -8,6 +8,7 @@ they measurably use (runtime.serve.placement), sets up scaling, and binds the de
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from ray import serve
@@ -76,8 +77,10 @@ def build_app_with(args: dict[str, Any], deployment) -> serve.Application:
         {spec.name: repository for spec in args.models},
     )
     server = deployment.options(**deployment_options(args))
-    # Digests, read here: replicas on other nodes need no copy of the file. Ray rebuilds the app only when
-    # its config changes, so each replica also watches the file (runtime.auth.watch) where it can see it.
-    tokens = args.auth.table.lines() if args.auth is not None else None
+    # Read here to check it (AppArgs); each replica reads and watches it on its own node (runtime.auth.watch),
+    # never serving a table read elsewhere.
     tokens_file = str(args.auth.tokens_path) if args.auth is not None else None
-    return server.bind(repository, versions, args.models, args.max_body_mb, rollouts, tokens, tokens_file)
+    # One secret per application build, the same on every replica (a request's records, answered and
+    # mirrored, are kept or dropped together): a client cannot pick ids that are captured.
+    sampling_key = secrets.token_bytes(32)
+    return server.bind(repository, versions, args.models, args.max_body_mb, rollouts, tokens_file, sampling_key)

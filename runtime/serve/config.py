@@ -41,6 +41,10 @@ class ModelOptions(Schema):
     # Below this much available memory (host, or the GPU's for a CUDA engine) the batch limit halves,
     # back up above twice it. Default: 5% of that memory, at least 256 MiB; 0 turns it off.
     memory_low_water_mb: NonNegative | None = None
+    # Text a request of a model with a tokenizer may carry, in bytes, checked before tokenizing (which costs
+    # about 1 ms per 1-2 KB here). Default: 16 bytes per token the request's batch can hold
+    # (max_batch_size x the longest sequence); the tokenizer truncates to that many tokens anyway.
+    max_text_bytes: PositiveInt | None = None
 
     def engine_options(self) -> EngineOptions:
         return EngineOptions(intra_op_threads=self.intra_op_threads, spin=self.spin)
@@ -93,6 +97,13 @@ class Capture(Schema):
     redact: Redact = Field(default_factory=Redact)
     rotate: Rotate = Field(default_factory=Rotate)
     queue_max_rows: PositiveInt = 10_000  # 10 s at 1,000 requests/s; beyond it records are dropped, counted
+    # The memory records waiting to be written may hold (their tensors' bytes); beyond it they are dropped,
+    # counted. Feedback has its own queue of the same bounds.
+    queue_max_bytes: PositiveInt = 256 << 20
+    # Captured rows reach disk (an in-progress file, flushed to the OS, not fsynced) within this many
+    # seconds: older rows survive a crash of the replica, made Parquet by the next writer started on the
+    # destination. Feedback is fsynced before /feedback answers 200, whatever this says.
+    flush_s: Positive = 5.0
 
     @model_validator(mode="after")
     def _where(self) -> Capture:

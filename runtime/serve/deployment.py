@@ -11,14 +11,16 @@ import logging
 from pathlib import Path
 
 from ray import serve
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from runtime.auth.tokens import TokenTable
 from runtime.auth.watch import TokensFileWatcher
+from runtime.engine.credentials import ScrubCredentials
 from runtime.engine.memory import gpu_free_total, host_available_bytes, host_rss_bytes
 from runtime.engine.repository import version_dir
 from runtime.serve import autoscaling
+from runtime.serve.body import Body, BodyBudget, BodyIncomplete
 from runtime.serve.capture import CaptureSink
 from runtime.serve.config import ModelSpec
 from runtime.serve.handler import KServeHandler
@@ -30,6 +32,7 @@ from runtime.serve.versions import VersionManager
 
 log = logging.getLogger("trtserve.server")
 STUCK_ENGINE_S = 60.0  # an engine call longer than this (or twice the model's timeout) is a wedged engine
+BODIES_IN_FLIGHT = 4  # a replica holds at most this many max_body_mb of request bodies at once; beyond: 503
 
 
 @serve.deployment(name="trtserve", max_ongoing_requests=512)
@@ -41,8 +44,8 @@ class KServeServer:
         models: list[ModelSpec],
         max_body_mb: float = 64,
         rollouts=None,
-        tokens: list[str] | None = None,  # tokens-file lines (digests); None: no authentication
-        tokens_file: str | None = None,  # where they were read: re-read here when it changes on this node
+        tokens_file: str | None = None,  # bearer tokens, read on this node and watched; None: no authentication
+        sampling_key: bytes = b"",  # the application's secret that decides which requests are captured
     ) -> None:
         _log_like_ray_serve()
         self._telemetry = RayTelemetry()
@@ -51,7 +54,7 @@ class KServeServer:
         for spec in models:
             settings = spec.capture_settings
             if settings is not None and settings.destination is not None:
-                self._captures[spec.name] = CaptureSink(spec.name, settings)
+                self._captures[spec.name] = CaptureSink(spec.name, settings, sampling_key)
                 self._telemetry.watch_capture(spec.name, self._captures[spec.name])
         self._models = []
         for version, spec in zip(versions, models, strict=True):
@@ -68,8 +71,10 @@ class KServeServer:
             rollout_command=self._rollout_command if rollouts is not None else None,
             monitor=self._monitor,
             captures=self._captures,
-            auth=TokenTable.parse("\n".join(tokens), "auth.tokens_file") if tokens is not None else None,
+            # Until the watcher's first look (below, before any request) every token is refused.
+            auth=TokenTable(()) if tokens_file else None,
         )
+        self._bodies = BodyBudget(BODIES_IN_FLIGHT * self.handler.max_body_bytes)
         self._tokens_watch = TokensFileWatcher(tokens_file, self._use_tokens).start() if tokens_file else None
         self._last_batches: dict[str, tuple[int, int]] = {}
         specs = {spec.name: (spec, repository) for spec in models}
@@ -163,18 +168,33 @@ class KServeServer:
         for sink in self._captures.values():
             sink.close()
         self._versions.close()
+        self.handler.close()
         for model in self._models:
             model.close()
 
     async def __call__(self, request: Request) -> Response:
         self._ensure_reporting()
-        body = await request.body()
+        # The body is read by the handler, once it knows the route and the caller (runtime.serve.body).
+        body = Body(lambda: _chunks(request), request.headers.get("content-length"), self._bodies)
         request_id = _ray_request_id()
         path = app_path(request.scope)
-        result = await self.handler.handle(request.method, path, request.headers, body, request_id)
+        try:
+            result = await self.handler.handle(request.method, path, request.headers, body, request_id)
+        finally:
+            body.release()
         if request_id:  # Ray echoes X-Request-ID (or the one it generated) itself
             result.headers.pop("x-request-id", None)
         return Response(result.body, status_code=result.status, headers=result.headers)
+
+
+async def _chunks(request: Request):
+    """The body as it arrives; a client gone before its end is BodyIncomplete (a 400 nobody reads)."""
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise BodyIncomplete("the client went away before sending its whole body") from None
 
 
 def app_path(scope: dict) -> str:
@@ -197,9 +217,14 @@ def _ray_request_id() -> str | None:
 
 
 def _log_like_ray_serve() -> None:
-    """Send the trtserve loggers through the replica's Serve handlers (JSON, per LoggingConfig)."""
+    """Send the trtserve loggers through the replica's Serve handlers (JSON, per LoggingConfig), each
+    scrubbing credentials from what it writes (Serve's own records included: a repository URI may hold
+    them)."""
     serve_logger = logging.getLogger("ray.serve")
     ours = logging.getLogger("trtserve")
+    for handler in serve_logger.handlers:
+        if not any(isinstance(f, ScrubCredentials) for f in handler.filters):
+            handler.addFilter(ScrubCredentials())
     ours.handlers = list(serve_logger.handlers)
     ours.setLevel(serve_logger.level or logging.INFO)
     ours.propagate = False

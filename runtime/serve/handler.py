@@ -4,24 +4,45 @@ both drive it through `handle`."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import orjson
 
-from runtime.auth.tokens import ADMIN, INFER, TokenTable
-from runtime.engine.errors import InputError, TrtserveError
+from runtime.auth.tokens import ADMIN, FEEDBACK, INFER, TokenTable
+from runtime.engine.credentials import scrub
+from runtime.engine.errors import InputError
 from runtime.serve import triton
 from runtime.serve.batcher import Overloaded, TimedOut
+from runtime.serve.body import (
+    FEEDBACK_LIMIT,
+    SMALL_LIMIT,
+    BodiesInFlightFull,
+    Body,
+    BodyIncomplete,
+    BodyTooLarge,
+    BufferedBody,
+)
 from runtime.serve.capture import CaptureSink, FeedbackError
 from runtime.serve.model import ServedModel
 from runtime.serve.monitoring import DriftMonitor
-from runtime.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response, error_body
+from runtime.serve.protocol import (
+    HEADER_LENGTH,
+    MAX_ID_BYTES,
+    InferRequest,
+    ProtocolError,
+    decode_inputs,
+    encode_response,
+    error_body,
+    parse_request,
+)
 from runtime.serve.telemetry import Telemetry
 from runtime.serve.traffic import Traffic
 
@@ -30,8 +51,9 @@ log = logging.getLogger("trtserve.server")
 SERVER_NAME = "trtserve"
 RETRY_AFTER_S = 1  # what a 503 (warming up, overloaded) asks a client to wait before trying again
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
-# Routes that need the admin scope (with /v2/models/stats); every other one but health needs infer.
-ADMIN_ROUTES = frozenset({"/rollout", "/feedback", "/monitor", "/stats"})
+# Routes that need a scope other than infer (/v2/models/stats needs admin too); health routes need none.
+ROUTE_SCOPES = {"/rollout": ADMIN, "/monitor": ADMIN, "/stats": ADMIN, "/feedback": FEEDBACK}
+DECODING_THREADS = 2  # large requests are decoded and tokenized here, off the event loop
 _REFUSALS = {
     "missing": "authentication required: send Authorization: Bearer <token>",
     "malformed": "the Authorization header must be 'Bearer <token>'",
@@ -62,12 +84,36 @@ def _json(status: int, doc) -> HttpResponse:
 
 
 def _error(status: int, message: str, **headers: str) -> HttpResponse:
-    return HttpResponse(status, error_body(message), {"content-type": "application/json", **headers})
+    # Scrubbed of credentials (a repository URI may carry some) whatever raised it: no answer shows them.
+    return HttpResponse(status, error_body(scrub(message)), {"content-type": "application/json", **headers})
 
 
 def _unavailable(message: str) -> HttpResponse:
     """503 with Retry-After: warming up or overloaded, worth trying again shortly."""
     return _error(503, message, **{"retry-after": str(RETRY_AFTER_S)})
+
+
+def _internal_error(request_id: str) -> HttpResponse:
+    """A 500 says nothing of its cause (which is in the log, under the request id)."""
+    return _error(500, f"internal error; request id {request_id}")
+
+
+def error_response(error: Exception, request_id: str) -> HttpResponse:
+    """The one mapping of what the request path raises to an HTTP answer; anything not listed is a 500 that
+    names only the request id (the caller logs the details)."""
+    if isinstance(error, ProtocolError):
+        return _error(error.status, str(error))
+    if isinstance(error, InputError | FeedbackError | BodyIncomplete):
+        return _error(400, str(error))
+    if isinstance(error, LookupError):
+        return _error(404, str(error.args[0]) if error.args else "not found")
+    if isinstance(error, BodyTooLarge):
+        return _error(413, str(error))
+    if isinstance(error, Overloaded | BodiesInFlightFull | OverflowError):
+        return _unavailable(str(error))
+    if isinstance(error, TimedOut):
+        return _error(504, str(error))
+    return _internal_error(request_id)
 
 
 class KServeHandler:
@@ -93,6 +139,7 @@ class KServeHandler:
         self.captures = captures or {}
         self.auth = auth
         self.version = _package_version()
+        self._decoding = ThreadPoolExecutor(DECODING_THREADS, thread_name_prefix="trtserve-decode")
 
     def add(self, model: ServedModel) -> None:
         """Serve one more version (a rollout's candidate, loaded and warm) beside those already here."""
@@ -120,63 +167,87 @@ class KServeHandler:
     def ready(self) -> bool:
         return all(m.ready for m in self._all())
 
+    def close(self) -> None:
+        self._decoding.shutdown(wait=False, cancel_futures=True)
+
     async def handle(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes, request_id: str | None = None
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | Body = b"",
+        request_id: str | None = None,
     ) -> HttpResponse:
+        """Answer one request. `body` is read only once the route is known and the caller's token checked,
+        and only up to the route's limit (runtime.serve.body)."""
         request_id = request_id or headers.get("x-request-id") or uuid.uuid4().hex
-        response = await self._route(method, path.rstrip("/") or "/", headers, body, request_id)
+        if len(request_id.encode(errors="surrogateescape")) > MAX_ID_BYTES:
+            response = _error(400, f"X-Request-ID is longer than {MAX_ID_BYTES} bytes")
+            request_id = uuid.uuid4().hex
+        else:
+            source = body if isinstance(body, Body) else BufferedBody(body)
+            try:
+                response = await self._route(method, path.rstrip("/") or "/", headers, source, request_id)
+            except Exception as e:
+                response = error_response(e, request_id)
+                if response.status == 500:
+                    log.exception("%s %s failed", method, path, extra={"request_id": request_id})
         response.headers["x-request-id"] = request_id
         return response
 
-    async def _route(self, method, path, headers, body, request_id) -> HttpResponse:
+    def _refusal(self, method: str, path: str, scope: str, headers, request_id: str) -> HttpResponse | None:
+        """401/403 unless the Authorization header holds a token with `scope`; decided from the headers alone,
+        before any of the body is read."""
+        verdict = self.auth.check(headers.get("authorization"), scope)
+        if verdict.allowed:
+            return None
+        self.telemetry.auth_failed(verdict.reason)
+        log.info(
+            "refused %s %s: %s (scope %s)",
+            method,
+            path,
+            verdict.reason,
+            scope,
+            extra={"request_id": request_id, "status": verdict.status},
+        )
+        message = _REFUSALS[verdict.reason].format(scope=scope)
+        return _error(verdict.status, message, **{"www-authenticate": verdict.challenge})
+
+    async def _route(self, method: str, path: str, headers, body: Body, request_id: str) -> HttpResponse:
         if path == "/v2/health/live":  # open, with or without authentication: what probes call
             return _json(200, {"live": True})
         if path == "/v2/health/ready":
             return _json(200, {"ready": True}) if self.ready else _unavailable("models are warming up")
         match = _MODEL.match(path)
+        rest = (match["rest"] or "") if match else ""
         if self.auth is not None:
             # Before anything else, unknown routes included: without a token nothing about the server shows.
-            scope = ADMIN if path == "/v2/models/stats" or (match and match["rest"] in ADMIN_ROUTES) else INFER
-            verdict = self.auth.check(headers.get("authorization"), scope)
-            if not verdict.allowed:
-                self.telemetry.auth_failed(verdict.reason)
-                log.info(
-                    "refused %s %s: %s (scope %s)",
-                    method,
-                    path,
-                    verdict.reason,
-                    scope,
-                    extra={"request_id": request_id, "status": verdict.status},
-                )
-                message = _REFUSALS[verdict.reason].format(scope=scope)
-                return _error(verdict.status, message, **{"www-authenticate": verdict.challenge})
+            scope = ADMIN if path == "/v2/models/stats" else ROUTE_SCOPES.get(rest, INFER)
+            refusal = self._refusal(method, path, scope, headers, request_id)
+            if refusal is not None:
+                return refusal
         if path == "/v2":
             return _json(200, {"name": SERVER_NAME, "version": self.version, "extensions": EXTENSIONS})
         if path == "/v2/models/stats":
             return _json(200, {"model_stats": [triton.statistics(m) for m in self._all()]})
         if not match:
             return _error(404, f"no route {method} {path}")
-        rest = match["rest"] or ""
         if rest == "/rollout":
-            return await self._rollout(method, match["name"], body)
+            return await self._rollout(method, match["name"], body, request_id)
         if rest == "/feedback" and match["version"] is None:
-            return self._feedback(method, match["name"], body)
-        try:
-            if rest == "/infer":
-                # Sticky on the request's key: its X-Request-ID (Ray Serve passes it on as its own) until the
-                # body is read, then the body's "id" where it has one (_infer routes again on it).
-                versions = self._versions(match["name"])
-                model, route = self.traffic.route(match["name"], versions, request_id, match["version"])
-            else:
-                model = self._model(match["name"], match["version"])
-        except LookupError as e:
-            return _error(404, str(e))
+            return await self._feedback(method, match["name"], body)
         if rest == "/infer":
+            # Sticky on the request's key: its X-Request-ID (Ray Serve passes it on as its own) until the body
+            # is read, then the body's "id" where it has one (_infer routes again on it).
+            versions = self._versions(match["name"])
+            model, route = self.traffic.route(match["name"], versions, request_id, match["version"])
             if method != "POST":
                 return _error(405, "infer takes POST")
             mirror = self.models[model.name].get(route.mirror) if route.mirror else None
-            reroute = None if match["version"] else functools.partial(self._reroute, model.name, versions)
-            return await self._infer(model, headers, body, request_id, mirror, reroute)
+            pinned = match["version"] is not None
+            reroute = None if pinned else functools.partial(self._reroute, model.name, versions)
+            return await self._infer(model, headers, body, request_id, mirror, reroute, pinned)
+        model = self._model(match["name"], match["version"])
         if method != "GET":
             return _error(405, f"{path} takes GET")
         if rest == "":
@@ -196,7 +267,7 @@ class KServeHandler:
             return _json(200, {"model_stats": [triton.statistics(m) for m in versions]})
         return _error(404, f"no route {method} {path}")
 
-    async def _rollout(self, method: str, name: str, body: bytes) -> HttpResponse:
+    async def _rollout(self, method: str, name: str, body: Body, request_id: str) -> HttpResponse:
         """GET: the rollout's status; POST {"action": start|pause|resume|promote|rollback|history, ...}."""
         if self.rollout_command is None:
             return _error(404, "this application has no rollout decision-maker")
@@ -204,125 +275,117 @@ class KServeHandler:
             action, args = "status", {}
         elif method == "POST":
             try:
-                args = orjson.loads(body or b"{}")
-                action = args.pop("action")
-            except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError):
-                return _error(400, 'a rollout command is JSON with an "action"')
+                args = orjson.loads(await body.read(SMALL_LIMIT) or b"{}")
+            except orjson.JSONDecodeError as e:
+                return _error(400, f"malformed JSON: {e}")
+            if not isinstance(args, dict) or not isinstance(args.get("action"), str):
+                return _error(400, 'a rollout command is a JSON object with an "action" string')
+            action = args.pop("action")
         else:
             return _error(405, "rollout takes GET or POST")
-        result = await self.rollout_command(name, action, args)
-        return _json(result["status"], result["body"])
+        try:
+            result = await self.rollout_command(name, action, args)
+        except Exception:  # the decision-maker unreachable or failing: nothing of it reaches the client
+            log.exception("rollout command %s on %s failed", action, name, extra={"request_id": request_id})
+            return _internal_error(request_id)
+        # The decision-maker's answers name versions and reasons, which may quote a repository URI: scrubbed.
+        body = scrub(orjson.dumps(result["body"]).decode()).encode()
+        return HttpResponse(result["status"], body, {"content-type": "application/json"})
 
-    def _feedback(self, method: str, name: str, body: bytes) -> HttpResponse:
-        """POST {"id", "label", "time"?} or a list of them: labels to join with the captures by id."""
+    async def _feedback(self, method: str, name: str, body: Body) -> HttpResponse:
+        """POST {"id", "label", "time"?} or a list of them: labels to join with the captures by id. A 200 means
+        they are on this node's disk (runtime.serve.capture)."""
         if method != "POST":
             return _error(405, "feedback takes POST")
+        self._versions(name)
+        sink = self.captures.get(name)
+        if sink is None:
+            raise LookupError(f"model {name!r} has no capture destination for feedback; set capture.destination")
         try:
-            self._versions(name)
-            sink = self.captures.get(name)
-            if sink is None:
-                raise LookupError(f"model {name!r} has no capture destination for feedback; set capture.destination")
-            accepted = sink.add_feedback(orjson.loads(body))
-        except LookupError as e:
-            return _error(404, str(e))
+            doc = orjson.loads(await body.read(FEEDBACK_LIMIT))
         except orjson.JSONDecodeError as e:
             return _error(400, f"malformed JSON: {e}")
-        except FeedbackError as e:
-            return _error(400, str(e))
-        except OverflowError as e:
-            return _unavailable(str(e))
-        return _json(200, {"accepted": accepted})
+        return _json(200, {"accepted": await sink.add_feedback(doc)})
 
     def _reroute(self, name: str, versions, key: str) -> tuple[ServedModel, ServedModel | None]:
         model, route = self.traffic.route(name, versions, key)
         return model, (versions.get(route.mirror) if route.mirror else None)
 
+    def _prepare(
+        self,
+        model: ServedModel,
+        mirror: ServedModel | None,
+        body: bytes | bytearray,
+        header_length: int | None,
+        request_id: str,
+        reroute: Callable[[str], tuple[ServedModel, ServedModel | None]] | None,
+    ) -> tuple[ServedModel, ServedModel | None, InferRequest, dict]:
+        """Parse, check against the model, then decode and tokenize: nothing that grows with the request's
+        size runs before its head passed the model's checks. Pure of the event loop: large requests run it in
+        a decoding thread."""
+        head = parse_request(body, header_length)
+        if reroute is not None and head.id is not None and head.id != request_id:
+            model, mirror = reroute(head.id)
+        model.admit(head)
+        request = decode_inputs(head)
+        return model, mirror, request, model.feed_from(request)
+
     async def _infer(
         self,
         model: ServedModel,
         headers,
-        body: bytes,
+        body: Body,
         request_id: str,
         mirror: ServedModel | None = None,
         reroute: Callable[[str], tuple[ServedModel, ServedModel | None]] | None = None,
+        pinned: bool = False,
     ) -> HttpResponse:
         """Answer from `model`; with `mirror`, the same request also runs there after the answer is sent.
-        With `reroute`, a body whose "id" differs from the request id is routed again on that id."""
+        With `reroute`, a body whose "id" differs from the request id is routed again on that id. A `pinned`
+        request (its path named the version) is counted apart from the rollout's evidence."""
         started = time.perf_counter()
         queue_s = compute_s = 0.0
         rows = timing_rows = 0
-        request = outputs = None
+        request = outputs = feed = None
         arrived = model  # counted in flight where it arrived, whichever version answers
         self.telemetry.in_flight(arrived, +1)
         try:
-            if len(body) > self.max_body_bytes:
-                response = _error(413, f"request body of {len(body)} bytes exceeds the limit of {self.max_body_bytes}")
-            elif not model.ready:
+            if not model.ready:
                 response = _unavailable(f"model {model.name!r} is warming up")
             else:
+                data = await body.read(self.max_body_bytes)
                 with model.batcher.arriving():
-                    length = headers.get(HEADER_LENGTH)
-                    try:
-                        header_length = int(length) if length is not None else None
-                    except ValueError:
-                        raise ProtocolError(f"Inference-Header-Content-Length {length!r} is not an integer") from None
-                    request = decode_request(body, header_length)
-                    if reroute is not None and request.id is not None and request.id != request_id:
-                        model, mirror = reroute(request.id)
-                    feed = model.feed_from(request)
+                    prepare = (self._prepare, model, mirror, data, _header_length(headers), request_id, reroute)
+                    if len(data) >= model.offload_bytes:
+                        prepared = await asyncio.get_running_loop().run_in_executor(self._decoding, *prepare)
+                    else:
+                        prepared = prepare[0](*prepare[1:])
+                    model, mirror, request, feed = prepared
                     rows = next(iter(feed.values())).shape[0]
                     pending = model.batcher.submit(feed, model.work_of(feed), model.options.timeout_s)
                 # Awaited outside `arriving()`: once queued, the request no longer counts as on its way.
                 outputs, timing = await pending
-                self.traffic.ran(model, 200, timing.get("compute_s", 0.0))
+                self.traffic.ran(model, 200, timing.get("compute_s", 0.0), pinned=pinned)
                 queue_s, compute_s = timing.get("queue_s", 0.0), timing.get("compute_s", 0.0)
                 timing_rows = timing.get("batch_rows", rows)
                 payload, extra = encode_response(model.name, model.version, outputs, request)
                 response = HttpResponse(200, payload, extra)
                 if mirror is not None:
                     self.traffic.mirror(model, mirror, feed, outputs)
-        except ProtocolError as e:
-            response = _error(e.status, str(e))
-        except InputError as e:
-            response = _error(400, str(e))
-        except Overloaded as e:
-            response = _unavailable(f"model {model.name!r} is overloaded: {e}")
-            self.traffic.ran(model, 503, 0.0)
-        except TimedOut as e:
-            response = _error(504, f"model {model.name!r} timed out: {e}")
-            self.traffic.ran(model, 504, time.perf_counter() - started)
-        except TrtserveError as e:
-            log.warning("%s: %s", model.name, e, extra={"request_id": request_id})
-            response = _error(500, str(e))
-            self.traffic.ran(model, 500, time.perf_counter() - started)
-        except Exception as e:  # an engine failure: this request fails, the replica keeps serving
-            log.exception("inference failed", extra={"request_id": request_id, "model": model.name})
-            response = _error(500, f"inference failed: {type(e).__name__}: {e}")
-            self.traffic.ran(model, 500, time.perf_counter() - started)
+        except Exception as e:
+            response = error_response(e, request_id)
+            if response.status >= 500:
+                if response.status == 500:
+                    log.exception("inference failed", extra={"request_id": request_id, "model": model.name})
+                ran_s = 0.0 if isinstance(e, Overloaded) else time.perf_counter() - started
+                self.traffic.ran(model, response.status, ran_s, pinned=pinned)
         finally:
             self.telemetry.in_flight(arrived, -1)
         seconds = time.perf_counter() - started
-        sink = self.captures.get(model.name)
-        if sink is not None and request is not None:
-            inference_id = request.id or request_id
-            scored = model.manifest.evaluation
-            if outputs is not None and scored is not None and scored.metric == "accuracy":
-                sink.remember(inference_id, model.version, outputs[scored.output])
-            if sink.wants(inference_id):
-                returned = outputs
-                if outputs is not None and request.outputs is not None:
-                    returned = {o.name: outputs[o.name] for o in request.outputs}
-                sink.record(
-                    inference_id,
-                    model.version,
-                    self.traffic.role(model),
-                    response.status,
-                    seconds,
-                    request.inputs,
-                    returned,
-                )
+        if feed is not None:  # only requests that passed the model's checks are remembered or captured
+            self._capture(model, request, outputs, response.status, seconds, request_id)
         model.counts.record(response.status == 200, seconds, rows)
-        self.traffic.answered(model, response.status, seconds)
+        self.traffic.answered(model, response.status, seconds, pinned=pinned)
         self.telemetry.request(model, response.status, seconds, queue_s, compute_s)
         log.info(
             "%s v%s %d in %.2f ms",
@@ -344,3 +407,29 @@ class KServeHandler:
             },
         )
         return response
+
+    def _capture(self, model: ServedModel, request: InferRequest, outputs, status: int, seconds: float, request_id):
+        sink = self.captures.get(model.name)
+        if sink is None:
+            return
+        inference_id = request.id or request_id
+        scored = model.manifest.evaluation
+        if outputs is not None and scored is not None and scored.metric == "accuracy":
+            sink.remember(inference_id, model.version, outputs[scored.output])
+        if sink.wants(inference_id):
+            returned = outputs
+            if outputs is not None and request.outputs is not None:
+                returned = {o.name: outputs[o.name] for o in request.outputs}
+            sink.record(
+                inference_id, model.version, self.traffic.role(model), status, seconds, request.inputs, returned
+            )
+
+
+def _header_length(headers) -> int | None:
+    length = headers.get(HEADER_LENGTH)
+    if length is None:
+        return None
+    try:
+        return int(length)
+    except ValueError:
+        raise ProtocolError(f"Inference-Header-Content-Length {length!r} is not an integer") from None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.engine import preprocessing
+from runtime.engine import dtypes, preprocessing
 from runtime.engine.artifact import verify_version_dir
 from runtime.engine.errors import InputError
 from runtime.engine.loader import engine_for
@@ -20,10 +20,13 @@ from runtime.serve import batching
 from runtime.serve.batcher import DynamicBatcher
 from runtime.serve.config import ModelOptions
 from runtime.serve.memory_pressure import MemoryPressure
-from runtime.serve.protocol import InferRequest
+from runtime.serve.protocol import InferRequest, RequestHead, text_bytes
 from runtime.serve.telemetry import Telemetry
 
 log = logging.getLogger("trtserve.server")
+TEXT_BYTES_PER_TOKEN = 16  # the default text budget: a token of English is 4 to 5 bytes
+OFFLOAD_BYTES = 64 << 10
+TEXT_OFFLOAD_BYTES = 2 << 10
 
 
 @dataclass
@@ -84,6 +87,12 @@ class ServedModel:
             on_batch=self._after_batch,
             granularity=1 if self.engine.device == "cpu" else 8,
         )
+        self.max_text_bytes = self.options.max_text_bytes or (
+            TEXT_BYTES_PER_TOKEN * self.max_batch_size * self.preprocess.max_length if self.preprocess else 0
+        )
+        # Requests at least this large are decoded (and tokenized) off the event loop: about a millisecond of
+        # work, measured here (tokenizing: 1 ms per 1-2 KB of text; numeric JSON: far less per byte).
+        self.offload_bytes = TEXT_OFFLOAD_BYTES if self.preprocess else OFFLOAD_BYTES
         self.ready = False
         self.warmup_s: float | None = None
         self.counts = RequestCounts()
@@ -146,23 +155,50 @@ class ServedModel:
         self.batcher.calibrate(best_of(1, 5), best_of(rows, 3), rows, elements)
         log.info("%s: one engine call costs about %.0f padded elements", self.label, self.batcher.call_cost)
 
-    def feed_from(self, request: InferRequest) -> dict[str, np.ndarray]:
-        """The engine feed for a request: text tokenized where the model has a tokenizer, then checked."""
-        inputs = dict(request.inputs)
-        if preprocessing.TEXT_INPUT in inputs and self.preprocess is not None:
-            if len(inputs) > 1:
-                others = sorted(set(inputs) - {preprocessing.TEXT_INPUT})
-                raise InputError(f"input 'text' replaces {', '.join(self.preprocess.produces)}; also got {others}")
-            inputs = self.preprocess(inputs[preprocessing.TEXT_INPUT])
-        self.signature.validate(inputs)
-        rows = next(iter(inputs.values())).shape[0]
-        if rows > self.max_batch_size:
-            raise InputError(f"batch of {rows} exceeds this model's max_batch_size {self.max_batch_size}")
-        if request.outputs is not None:
+    def admit(self, head: RequestHead) -> None:
+        """Check a request against this model before any of its elements is decoded or tokenized: inputs
+        (names, datatypes, shapes against the signature's dims, the batch against max_batch_size, text
+        against max_text_bytes) and the outputs it asks for. InputError names what is wrong."""
+        if self.preprocess is not None and any(i.name == preprocessing.TEXT_INPUT for i in head.inputs):
+            self._admit_text(head)
+        else:
+            self.signature.check({i.name: (dtypes.name_of(i.datatype), i.shape) for i in head.inputs})
+            self._check_rows(head.inputs[0].shape[0] if head.inputs[0].shape else 0)
+        if head.outputs is not None:
             known = [o.name for o in self.signature.outputs]
-            for out in request.outputs:
+            for out in head.outputs:
                 if out.name not in known:
                     raise InputError(f"unknown output {out.name!r}; this model returns {', '.join(known)}")
+
+    def _admit_text(self, head: RequestHead) -> None:
+        if len(head.inputs) > 1:
+            others = sorted(i.name for i in head.inputs if i.name != preprocessing.TEXT_INPUT)
+            raise InputError(f"input 'text' replaces {', '.join(self.preprocess.produces)}; also got {others}")
+        text = head.inputs[0]
+        if text.datatype != "BYTES" or len(text.shape) != 1 or text.shape[0] == 0:
+            raise InputError(
+                f"input 'text': expected BYTES of shape [batch] with batch >= 1, got {text.datatype} {list(text.shape)}"
+            )
+        self._check_rows(text.shape[0])
+        size = text_bytes(text)
+        if size > self.max_text_bytes:
+            raise InputError(
+                f"input 'text': {size} bytes of text; this model takes at most {self.max_text_bytes} per request "
+                "(max_text_bytes)"
+            )
+
+    def _check_rows(self, rows: int) -> None:
+        if rows > self.max_batch_size:
+            raise InputError(f"batch of {rows} exceeds this model's max_batch_size {self.max_batch_size}")
+
+    def feed_from(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """The engine feed for an admitted request: text tokenized where the model has a tokenizer, then
+        checked."""
+        inputs = dict(request.inputs)
+        if preprocessing.TEXT_INPUT in inputs and self.preprocess is not None:
+            inputs = self.preprocess(inputs[preprocessing.TEXT_INPUT])
+        self.signature.validate(inputs)
+        self._check_rows(next(iter(inputs.values())).shape[0])
         return inputs
 
     def work_of(self, feed: dict[str, np.ndarray]) -> batching.Work:

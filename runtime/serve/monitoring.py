@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.monitor.reference import read_reference
+from runtime.monitor.reference import read_version_reference
 from runtime.monitor.window import DriftWindow, WindowClock, WindowResult
 from runtime.serve.telemetry import Telemetry
 
@@ -75,7 +75,7 @@ class DriftMonitor:
         record = model.manifest.reference
         if record is None or (options is not None and not options.enabled):
             return False
-        reference = read_reference(model.version_dir / record.file)
+        reference = read_version_reference(model.version_dir, model.manifest)
         clock = WindowClock(options.window_s, options.min_rows) if options else WindowClock()
         clock.start = time.time() if now is None else now
         with self._lock:

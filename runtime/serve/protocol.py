@@ -12,6 +12,8 @@ import orjson
 
 HEADER_LENGTH = "inference-header-content-length"  # lower-case: HTTP header names are case-insensitive
 MAX_DIMS = 64  # NumPy's limit (NPY_MAXDIMS); no model has more
+MAX_DIM = 2**31 - 1  # one dimension's size at most (TensorRT's and ONNX Runtime's int32 sizes)
+MAX_ID_BYTES = 256  # a request id (the body's "id", or X-Request-ID) at most: ids are remembered and captured
 
 NUMPY_DTYPES = {  # Open Inference Protocol datatype -> numpy dtype (BYTES: object arrays)
     "BOOL": np.dtype(np.bool_),
@@ -45,6 +47,30 @@ class RequestedOutput:
     binary: bool
 
 
+@dataclass(frozen=True)
+class InputHead:
+    """One input as its request declares it, before any element is decoded."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    count: int  # elements the shape holds
+    binary: memoryview | None  # its binary data (the binary tensor data extension), or
+    data: object = None  # its JSON `data`, as parsed
+
+
+@dataclass
+class RequestHead:
+    """An infer request parsed and checked for shape, nothing decoded yet: what a model's limits are
+    checked against before any work that grows with the request's size."""
+
+    inputs: list[InputHead]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None  # None: every output
+    binary_output: bool = False  # request-level default for outputs not listed
+    parameters: dict = field(default_factory=dict)
+
+
 @dataclass
 class InferRequest:
     inputs: dict[str, np.ndarray]
@@ -60,17 +86,25 @@ def datatype_of(array: np.ndarray) -> str:
     try:
         return _DATATYPE[array.dtype]
     except KeyError:
-        raise ProtocolError(f"dtype {array.dtype} has no Open Inference Protocol datatype", 500) from None
+        raise TypeError(f"dtype {array.dtype} has no Open Inference Protocol datatype") from None
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Parse an infer request; raise ProtocolError (400) naming the input at fault."""
+    """Parse and decode an infer request; raise ProtocolError (400) naming the input at fault. (The server
+    parses first, checks the head against the model, then decodes: `parse_request`, `decode_inputs`.)"""
+    return decode_inputs(parse_request(body, header_length))
+
+
+def parse_request(body: bytes | bytearray, header_length: int | None = None) -> RequestHead:
+    """The request's JSON header, checked: inputs named once with a known datatype and a sane shape whose
+    elements the body can hold, outputs named once, an id of at most MAX_ID_BYTES. No element is decoded."""
     if header_length is not None:
         if not 0 < header_length <= len(body):
             raise ProtocolError(
                 f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes"
             )
-        header, binary = body[:header_length], memoryview(body)[header_length:]
+        view = memoryview(body)
+        header, binary = view[:header_length], view[header_length:]
     else:
         header, binary = body, memoryview(b"")
     try:
@@ -83,12 +117,14 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("the request needs a non-empty 'inputs' list")
 
-    inputs: dict[str, np.ndarray] = {}
+    inputs: list[InputHead] = []
+    seen: set[str] = set()
     offset = 0
     for index, spec in enumerate(raw_inputs):
         name, shape, datatype, params = _input_header(spec, index)
-        if name in inputs:
+        if name in seen:
             raise ProtocolError(f"input {name!r} is given twice")
+        seen.add(name)
         count = prod(shape)
         size = params.get("binary_data_size")
         if size is not None:
@@ -99,36 +135,68 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
                     f"input {name!r}: binary_data_size {size} runs past the end of the binary data "
                     f"({len(binary) - offset} bytes left)"
                 )
-            inputs[name] = _from_binary(name, datatype, shape, count, binary[offset : offset + size])
+            minimum = 4 * count if datatype == "BYTES" else count * NUMPY_DTYPES[datatype].itemsize
+            if (datatype == "BYTES" and size < minimum) or (datatype != "BYTES" and size != minimum):
+                needs = f"at least {minimum}" if datatype == "BYTES" else str(minimum)
+                raise ProtocolError(
+                    f"input {name!r}: shape {list(shape)} of {datatype} needs {needs} bytes, binary_data_size is {size}"
+                )
+            inputs.append(InputHead(name, datatype, shape, count, binary[offset : offset + size]))
             offset += size
         elif "data" in spec:
-            inputs[name] = _from_json(name, datatype, shape, count, spec["data"])
+            if count > len(header):  # every JSON element takes at least a byte: a shape no body could fill
+                raise ProtocolError(
+                    f"input {name!r}: shape {list(shape)} holds {count} elements, more than the "
+                    f"{len(header)}-byte request could carry"
+                )
+            inputs.append(InputHead(name, datatype, shape, count, None, spec["data"]))
         else:
             raise ProtocolError(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
     if offset != len(binary):
         raise ProtocolError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
 
-    outputs = None
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError("'parameters' must be an object")
     binary_default = bool(params.get("binary_data_output", False))
-    if doc.get("outputs") is not None:
-        if not isinstance(doc["outputs"], list):
-            raise ProtocolError("'outputs' must be a list")
-        outputs = []
-        for spec in doc["outputs"]:
-            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                raise ProtocolError("each requested output needs a 'name'")
-            out_params = spec.get("parameters") or {}
-            if not isinstance(out_params, dict):
-                raise ProtocolError(f"output {spec['name']!r}: 'parameters' must be an object")
-            outputs.append(RequestedOutput(spec["name"], bool(out_params.get("binary_data", binary_default))))
-    request_id = doc.get("id")
-    return InferRequest(inputs, str(request_id) if request_id is not None else None, outputs, binary_default, params)
+    outputs = _outputs(doc.get("outputs"), binary_default)
+    return RequestHead(inputs, _request_id(doc.get("id")), outputs, binary_default, params)
 
 
-def _input_header(spec, index: int) -> tuple[str, list[int], str, dict]:
+def _request_id(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ProtocolError("'id' must be a string")
+    text = str(value)
+    size = len(text.encode())  # orjson refuses lone surrogates: every parsed string encodes
+    if size > MAX_ID_BYTES:
+        raise ProtocolError(f"'id' is {size} bytes; at most {MAX_ID_BYTES}")
+    return text
+
+
+def _outputs(value: object, binary_default: bool) -> list[RequestedOutput] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ProtocolError("'outputs' must be a list")
+    outputs: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for spec in value:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ProtocolError("each requested output needs a 'name'")
+        name = spec["name"]
+        if name in seen:  # each would be serialised again: a small request, a response many times its size
+            raise ProtocolError(f"output {name!r} is requested twice")
+        seen.add(name)
+        out_params = spec.get("parameters") or {}
+        if not isinstance(out_params, dict):
+            raise ProtocolError(f"output {name!r}: 'parameters' must be an object")
+        outputs.append(RequestedOutput(name, bool(out_params.get("binary_data", binary_default))))
+    return outputs
+
+
+def _input_header(spec, index: int) -> tuple[str, tuple[int, ...], str, dict]:
     if not isinstance(spec, dict):
         raise ProtocolError(f"inputs[{index}] must be an object")
     name = spec.get("name")
@@ -139,20 +207,71 @@ def _input_header(spec, index: int) -> tuple[str, list[int], str, dict]:
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     if len(shape) > MAX_DIMS:
         raise ProtocolError(f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    if any(d > MAX_DIM for d in shape):
+        raise ProtocolError(f"input {name!r}: shape {shape} has a dimension above {MAX_DIM}")
     datatype = spec.get("datatype")
     if datatype not in DATATYPES:
         raise ProtocolError(f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
     params = spec.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError(f"input {name!r}: 'parameters' must be an object")
-    return name, shape, datatype, params
+    return name, tuple(shape), datatype, params
 
 
-def _from_binary(name: str, datatype: str, shape: list[int], count: int, raw: memoryview) -> np.ndarray:
-    if datatype == "BYTES":
+def decode_inputs(head: RequestHead) -> InferRequest:
+    """Every input's elements as an array of its declared shape (ProtocolError naming the input): the work
+    that grows with the request, done once the head passed the model's checks."""
+    inputs = {}
+    for item in head.inputs:
+        if item.binary is not None:
+            inputs[item.name] = _from_binary(item)
+        else:
+            inputs[item.name] = _from_json(item)
+    return InferRequest(inputs, head.id, head.outputs, head.binary_output, head.parameters)
+
+
+def text_bytes(item: InputHead) -> int:
+    """The bytes of text a BYTES input carries (what tokenizing it costs grows with), read without decoding
+    any element: its binary data's size less the length prefixes, or its JSON strings' lengths. A JSON
+    `data` that is not strings counts as 0 here and is refused when decoded."""
+    if item.binary is not None:
+        return len(item.binary) - 4 * item.count
+    total = 0
+    for leaf in _leaves(item):
+        if isinstance(leaf, str):
+            total += len(leaf)
+    return total
+
+
+def _leaves(item: InputHead) -> list:
+    """The JSON data's elements in row-major order, from nested lists (as deep as the shape at most) or a flat
+    list; ProtocolError naming the input for data nested deeper than its shape or ragged. Walks level by
+    level, never recursing (a body nested a thousand deep is a 400, not a RecursionError), and looks at each
+    level's first element only: a list among values is refused when the values are converted."""
+    data = item.data
+    if not isinstance(data, list):
+        return [data]
+    level = data
+    for _ in range(len(item.shape)):
+        if not level or not isinstance(level[0], list):
+            return level
+        try:
+            level = [x for sub in level for x in sub]
+        except TypeError:  # a value among lists
+            raise ProtocolError(f"input {item.name!r}: data is ragged (lists and values at one level)") from None
+    if level and isinstance(level[0], list):
+        raise ProtocolError(f"input {item.name!r}: data is nested deeper than its shape {list(item.shape)}")
+    return level
+
+
+def _from_binary(item: InputHead) -> np.ndarray:
+    name, raw, count = item.name, item.binary, item.count
+    if item.datatype == "BYTES":
         items = []
         pos = 0
         while pos < len(raw):
+            if len(items) == count:
+                raise ProtocolError(f"input {name!r}: shape {list(item.shape)} needs {count} BYTES elements, got more")
             if pos + 4 > len(raw):
                 raise ProtocolError(f"input {name!r}: BYTES element {len(items)} has a truncated length prefix")
             (length,) = struct.unpack_from("<I", raw, pos)
@@ -162,47 +281,38 @@ def _from_binary(name: str, datatype: str, shape: list[int], count: int, raw: me
             items.append(bytes(raw[pos : pos + length]))
             pos += length
         if len(items) != count:
+            shape = list(item.shape)
             raise ProtocolError(f"input {name!r}: shape {shape} needs {count} BYTES elements, got {len(items)}")
-        return np.array(items, dtype=object).reshape(shape)
-    dtype = NUMPY_DTYPES[datatype]
-    if len(raw) != count * dtype.itemsize:
-        raise ProtocolError(
-            f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
-            f"binary_data_size is {len(raw)}"
-        )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        array = np.empty(count, dtype=object)
+        array[:] = items
+        return array.reshape(item.shape)
+    return np.frombuffer(raw, dtype=NUMPY_DTYPES[item.datatype]).reshape(item.shape)
 
 
-def _from_json(name: str, datatype: str, shape: list[int], count: int, data) -> np.ndarray:
-    if not isinstance(data, list):
-        data = [data]
+def _from_json(item: InputHead) -> np.ndarray:
+    name, datatype, count = item.name, item.datatype, item.count
+    flat = _leaves(item)
+    if len(flat) != count:
+        raise ProtocolError(f"input {name!r}: shape {list(item.shape)} needs {count} elements, got {len(flat)}")
     if datatype == "BYTES":
-        flat = list(_flatten(data))
         if not all(isinstance(x, str) for x in flat):
             raise ProtocolError(f"input {name!r}: BYTES data must be strings")
-        if len(flat) != count:
-            raise ProtocolError(f"input {name!r}: shape {shape} needs {count} elements, got {len(flat)}")
-        return np.array([x.encode() for x in flat], dtype=object).reshape(shape)
+        array = np.empty(count, dtype=object)
+        array[:] = [x.encode() for x in flat]
+        return array.reshape(item.shape)
+    dtype = NUMPY_DTYPES[datatype]
+    if dtype.kind in "iu" and any(isinstance(x, float) for x in flat):
+        raise ProtocolError(f"input {name!r}: {datatype} data must be integers")
     try:
         with np.errstate(over="raise", invalid="raise"):
-            array = np.asarray(data, dtype=NUMPY_DTYPES[datatype])
+            array = np.asarray(flat, dtype=dtype)
     except FloatingPointError:  # JSON has no infinities: a value too large for FP16 or FP32
         raise ProtocolError(f"input {name!r}: a value is out of the range of {datatype}") from None
     except (ValueError, TypeError, OverflowError):
         raise ProtocolError(f"input {name!r}: data is not a (nested) list of {datatype} values") from None
-    if array.size != count:
-        raise ProtocolError(f"input {name!r}: shape {shape} needs {count} elements, got {array.size}")
-    if datatype != "BOOL" and array.dtype.kind in "iu" and any(isinstance(x, float) for x in _flatten(data)):
-        raise ProtocolError(f"input {name!r}: {datatype} data must be integers")
-    return array.reshape(shape)
-
-
-def _flatten(items):
-    for item in items:
-        if isinstance(item, list):
-            yield from _flatten(item)
-        else:
-            yield item
+    if array.shape != (count,):
+        raise ProtocolError(f"input {name!r}: data is not a (nested) list of {datatype} values")
+    return array.reshape(item.shape)
 
 
 def encode_response(

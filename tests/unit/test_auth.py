@@ -5,16 +5,18 @@ import asyncio
 import orjson
 import pytest
 
-from runtime.auth.tokens import ADMIN, INFER, TokensFileError, TokenTable, digest, new_token
+from runtime.auth.tokens import ADMIN, FEEDBACK, INFER, TokensFileError, TokenTable, digest, new_token
 from runtime.serve.handler import KServeHandler
 from runtime.serve.model import ServedModel
 from runtime.serve.telemetry import Telemetry
 from tests.fixtures.artifacts import sequence_model
 
 INFER_TOKEN, ADMIN_TOKEN, BOTH_TOKEN = "infer-token-123", "admin-token-456", "both-token-789"
+LABELS_TOKEN = "labels-token-012"
 TOKENS = f"""# scope digest
 infer {digest(INFER_TOKEN)}
 admin {digest(ADMIN_TOKEN)}
+feedback {digest(LABELS_TOKEN)}
 infer {digest(BOTH_TOKEN)}
 admin {digest(BOTH_TOKEN).upper()}
 
@@ -121,23 +123,24 @@ ROUTES = [  # method, path, body, the scope it needs
     ("GET", "/v2/models/seq/stats", b"", ADMIN),
     ("GET", "/v2/models/seq/versions/1/monitor", b"", ADMIN),
     ("GET", "/v2/models/seq/rollout", b"", ADMIN),
-    ("POST", "/v2/models/seq/feedback", b"[]", ADMIN),
+    ("POST", "/v2/models/seq/feedback", b"[]", FEEDBACK),
 ]
+TOKEN_OF = {INFER: INFER_TOKEN, ADMIN: ADMIN_TOKEN, FEEDBACK: LABELS_TOKEN}
 
 
 @pytest.mark.parametrize(("method", "path", "body", "scope"), ROUTES)
 def test_every_route_needs_its_scope(secured, method, path, body, scope):
     handler, telemetry = secured
-    other = ADMIN_TOKEN if scope == INFER else INFER_TOKEN
-    right = INFER_TOKEN if scope == INFER else ADMIN_TOKEN
-    missing, wrong, lacking = call(handler, method, path, None, body), call(handler, method, path, "x", body), None
-    lacking = call(handler, method, path, other, body)
-    assert (missing.status, wrong.status, lacking.status) == (401, 401, 403)
+    missing, wrong = call(handler, method, path, None, body), call(handler, method, path, "x", body)
+    # Scopes imply nothing: every token holding another scope alone is refused (an admin token cannot label,
+    # a labelling service cannot roll out).
+    lacking = [call(handler, method, path, TOKEN_OF[other], body) for other in TOKEN_OF if other != scope]
+    assert (missing.status, wrong.status, *(r.status for r in lacking)) == (401, 401, 403, 403)
     assert missing.headers["www-authenticate"] == 'Bearer realm="trtserve"'
     assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
-    assert scope in orjson.loads(lacking.body)["error"]
-    assert telemetry.reasons == ["missing", "invalid", "scope"]
-    allowed = call(handler, method, path, right, body)
+    assert all(repr(scope) in orjson.loads(r.body)["error"] for r in lacking)
+    assert telemetry.reasons == ["missing", "invalid", "scope", "scope"]
+    allowed = call(handler, method, path, TOKEN_OF[scope], body)
     assert allowed.status not in (401, 403), allowed.body  # 404 where this handler has no rollouts
 
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from runtime.engine.manifest import file_record
 from runtime.monitor.features import TensorFeatures
 from runtime.monitor.reference import compute_reference, write_reference
 from runtime.monitor.window import DriftWindow, WindowClock
@@ -31,7 +32,10 @@ def _model(tmp_path, specs, arrays):
         version="1",
         version_dir=tmp_path,
         options=SimpleNamespace(monitor=Monitor(window_s=3600, min_rows=1)),
-        manifest=SimpleNamespace(reference=SimpleNamespace(file="reference.json")),
+        manifest=SimpleNamespace(
+            reference=SimpleNamespace(file="reference.json"),
+            files={"reference.json": file_record(tmp_path / "reference.json")},  # read as verified
+        ),
         batcher=SimpleNamespace(on_results=None),
     )
     return model, reference

@@ -4,7 +4,14 @@ import numpy as np
 import orjson
 import pytest
 
-from runtime.serve.protocol import HEADER_LENGTH, InferRequest, ProtocolError, decode_request, encode_response
+from runtime.serve.protocol import (
+    HEADER_LENGTH,
+    InferRequest,
+    ProtocolError,
+    decode_request,
+    encode_response,
+    parse_request,
+)
 
 
 def binary_body(header: dict, *chunks: bytes) -> tuple[bytes, int]:
@@ -171,3 +178,57 @@ def test_binary_response_round_trips():
     doc = orjson.loads(body[:length])
     assert doc["outputs"][0]["parameters"]["binary_data_size"] == y.nbytes
     np.testing.assert_array_equal(np.frombuffer(body[length:], np.float32).reshape(2, 3), y)
+
+
+def _nested(depth: int, leaf: bytes) -> bytes:
+    return b"[" * depth + leaf + b"]" * depth
+
+
+@pytest.mark.parametrize(("datatype", "leaf"), [("BYTES", b'"a"'), ("FP32", b"1.0"), ("INT64", b"1")])
+def test_data_nested_deeper_than_its_shape_is_a_400_never_a_recursion_error(datatype, leaf):
+    body = b'{"inputs":[{"name":"t","datatype":"%s","shape":[1],"data":%s}]}' % (datatype.encode(), _nested(1000, leaf))
+    with pytest.raises(ProtocolError, match=r"input 't': data is nested deeper than its shape \[1\]"):
+        decode_request(body)
+
+
+def test_flat_and_nested_data_decode_alike_and_ragged_data_is_refused():
+    flat = decode_request(
+        orjson.dumps({"inputs": [{"name": "t", "datatype": "INT32", "shape": [2, 2], "data": [1, 2, 3, 4]}]})
+    )
+    nested = decode_request(
+        orjson.dumps({"inputs": [{"name": "t", "datatype": "INT32", "shape": [2, 2], "data": [[1, 2], [3, 4]]}]})
+    )
+    assert np.array_equal(flat.inputs["t"], nested.inputs["t"]) and flat.inputs["t"].shape == (2, 2)
+    with pytest.raises(ProtocolError, match="ragged"):
+        decode_request(
+            orjson.dumps({"inputs": [{"name": "t", "datatype": "INT32", "shape": [2, 2], "data": [[1, 2], 3, 4]}]})
+        )
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [([0, 2**62], "has a dimension above"), ([2**31 - 1, 2**31 - 1], "more than the"), ([10**6], "more than the")],
+)
+def test_a_shape_no_body_could_fill_is_refused_before_anything_is_allocated(shape, message):
+    with pytest.raises(ProtocolError, match=message):
+        parse_request(orjson.dumps({"inputs": [{"name": "t", "datatype": "FP32", "shape": shape, "data": []}]}))
+
+
+def test_binary_bytes_elements_beyond_the_shape_stop_the_decoding_at_once():
+    raw = b"".join(len(b"ab").to_bytes(4, "little") + b"ab" for _ in range(100_000))
+    header = orjson.dumps(
+        {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(raw)}}]}
+    )
+    with pytest.raises(ProtocolError, match=r"needs 2 BYTES elements, got more"):
+        decode_request(header + raw, len(header))
+
+
+def test_outputs_named_twice_and_overlong_ids_are_refused():
+    inputs = [{"name": "t", "datatype": "FP32", "shape": [1], "data": [1.0]}]
+    with pytest.raises(ProtocolError, match="output 'y' is requested twice"):
+        parse_request(orjson.dumps({"inputs": inputs, "outputs": [{"name": "y"}, {"name": "y"}]}))
+    with pytest.raises(ProtocolError, match="'id' is 257 bytes; at most 256"):
+        parse_request(orjson.dumps({"inputs": inputs, "id": "é" * 128 + "x"}))
+    with pytest.raises(ProtocolError, match="'id' must be a string"):
+        parse_request(orjson.dumps({"inputs": inputs, "id": {"a": 1}}))
+    assert parse_request(orjson.dumps({"inputs": inputs, "id": 7})).id == "7"

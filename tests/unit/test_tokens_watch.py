@@ -1,7 +1,7 @@
 """A tokens file edited in place applies on the replica without a redeploy (Ray rebuilds an app only when its
 config changes); a replica started after an edit serves the file, not the tokens the app was built with; a
-bad edit leaves the last good tokens in force; a missing file changes nothing; a replica never starts on a
-file that is there but bad (fail closed)."""
+bad edit leaves the last good tokens in force; a missing or emptied file refuses every token, at a replica's
+start and later; a replica never starts on a file that is there but bad (fail closed)."""
 
 from __future__ import annotations
 
@@ -74,14 +74,57 @@ def test_a_bad_edit_keeps_the_last_good_tokens_until_it_is_fixed(tmp_path):
     assert held["table"].scopes_of("fixed-token") == {INFER}
 
 
-def test_a_missing_file_changes_nothing_and_its_return_applies(tmp_path):
+def test_a_replica_starting_without_the_file_refuses_every_token_until_it_comes(tmp_path, caplog):
     path = tmp_path / "tokens.txt"
     held, watcher = _watched(path, built_with="built-token")
-    assert not watcher.check()  # not on this node
-    assert held["table"].scopes_of("built-token") == {INFER}
-    path.write_text(_lines("b-token"))
+    with caplog.at_level(logging.ERROR, logger="trtserve.server"):
+        watcher.start()  # not on this node: never the build's tokens
+    try:
+        assert held["table"].scopes_of("built-token") == frozenset() and not held["table"].entries
+        assert "not on this node" in caplog.records[0].getMessage()
+        assert not watcher.check()  # still missing: nothing new, logged once
+        assert len(caplog.records) == 1
+        path.write_text(_lines("b-token"))
+        assert watcher.check()
+        assert held["table"].scopes_of("b-token") == {INFER}
+    finally:
+        watcher.stop()
+
+
+def test_a_file_deleted_after_it_existed_refuses_every_token(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text(_lines("a-token"))
+    held, watcher = _watched(path, built_with="a-token")
+    assert watcher.check() and held["table"].scopes_of("a-token") == {INFER}
+    path.unlink()
     assert watcher.check()
-    assert held["table"].scopes_of("b-token") == {INFER}
+    assert held["table"].scopes_of("a-token") == frozenset()
+
+
+@pytest.mark.parametrize("emptied", ["", "\n", "# every token revoked\n"])
+def test_an_emptied_file_refuses_every_token(tmp_path, emptied):
+    path = tmp_path / "tokens.txt"
+    path.write_text(_lines("a-token"))
+    held, watcher = _watched(path, built_with="a-token")
+    watcher.check()
+    path.write_text(emptied)
+    assert watcher.check() and watcher.refused == 0  # applied, not refused as a bad edit
+    assert held["table"].scopes_of("a-token") == frozenset()
+
+
+def test_the_watcher_thread_revokes_within_its_interval(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text(_lines("a-token"))
+    held = {"table": TokenTable.parse(_lines("a-token"))}
+    watcher = TokensFileWatcher(path, lambda table: held.update(table=table), every_s=0.05).start()
+    try:
+        path.write_text("")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and held["table"].scopes_of("a-token"):
+            time.sleep(0.05)
+        assert held["table"].scopes_of("a-token") == frozenset()
+    finally:
+        watcher.stop()
 
 
 def test_a_kubernetes_secret_update_applies(tmp_path):

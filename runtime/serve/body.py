@@ -1,0 +1,115 @@
+"""Request bodies read against a limit, chunk by chunk, after the request was admitted.
+
+A body is never read before the handler knows its route and has checked the caller's token, and never past
+its route's limit: a declared Content-Length above the limit is refused before a byte is read, and a chunked
+body is refused as soon as the running count passes it. The bytes every request of a replica holds at once
+are bounded too (`BodyBudget`): past that, a request is told 503 and to retry, rather than the replica
+growing until it is killed for its memory. What a request holds is one buffer of at most its limit plus the
+chunk being read (the buffer is handed on as it is, never copied into another).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+INFER_LIMIT_DEFAULT = 64 << 20  # max_body_mb's default
+FEEDBACK_LIMIT = 8 << 20  # 10,000 labels of a few hundred bytes each
+SMALL_LIMIT = 64 << 10  # rollout commands, and any body sent to a route that takes none
+
+
+class BodyTooLarge(Exception):
+    """A body over its route's limit (413)."""
+
+    def __init__(self, limit: int, declared: int | None = None) -> None:
+        size = f"of {declared} bytes " if declared is not None else ""
+        super().__init__(f"request body {size}exceeds the limit of {limit} bytes for this route")
+        self.limit = limit
+
+
+class BodyIncomplete(Exception):
+    """The client went away before its whole body came (400, for the log: nobody reads the answer)."""
+
+
+class BodiesInFlightFull(Exception):
+    """The replica holds as many body bytes as it may at once (503, retry)."""
+
+
+class BodyBudget:
+    """The bytes of request bodies a replica holds at once. One event loop owns it: no lock."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.max_bytes:
+            raise BodiesInFlightFull(
+                f"this replica holds {self.held} bytes of request bodies, its limit is {self.max_bytes}; retry shortly"
+            )
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+class Body:
+    """A request's body, not yet read: `read(limit)` returns it whole, or raises BodyTooLarge /
+    BodiesInFlightFull having read no more than the limit and one chunk. Whatever it took from the budget
+    is given back by `release()` (the deployment calls it once the response is built)."""
+
+    def __init__(
+        self,
+        chunks: Callable[[], AsyncIterator[bytes]],
+        declared: str | None = None,  # the Content-Length header, as sent
+        budget: BodyBudget | None = None,
+    ) -> None:
+        self._chunks = chunks
+        self._declared = declared
+        self._budget = budget
+        self._taken = 0
+
+    async def read(self, limit: int) -> bytearray:
+        declared = _declared_length(self._declared)
+        if declared is not None and declared > limit:
+            raise BodyTooLarge(limit, declared)
+        buffer = bytearray()
+        if declared == 0:
+            return buffer
+        async for chunk in self._chunks():
+            if len(buffer) + len(chunk) > limit:
+                raise BodyTooLarge(limit)
+            if self._budget is not None:
+                self._budget.take(len(chunk))
+                self._taken += len(chunk)
+            buffer += chunk
+        return buffer
+
+    def release(self) -> None:
+        if self._budget is not None and self._taken:
+            self._budget.give_back(self._taken)
+            self._taken = 0
+
+
+class BufferedBody(Body):
+    """A body already in memory (tests, and callers that have it whole)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(self._one, str(len(data)))
+        self._data = data
+
+    async def _one(self) -> AsyncIterator[bytes]:
+        if self._data:
+            yield self._data
+
+    async def read(self, limit: int) -> bytearray | bytes:
+        if len(self._data) > limit:
+            raise BodyTooLarge(limit, len(self._data))
+        return self._data
+
+
+def _declared_length(value: str | None) -> int | None:
+    """Content-Length as an integer; one that is not a number is left to the server (which refuses it) and
+    the running count."""
+    if value is None or not value.isdigit():
+        return None
+    return int(value)

@@ -1,0 +1,88 @@
+"""Request bodies are read against their route's limit, chunk by chunk, and no further than the limit and one
+chunk; a replica's bodies together are bounded in bytes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from runtime.serve.body import BodiesInFlightFull, Body, BodyBudget, BodyTooLarge, BufferedBody
+
+CHUNK = 64 << 10
+
+
+class Stream:
+    """A client's body: `total` bytes in CHUNK-sized chunks, made only as they are read."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.sent = 0
+
+    async def chunks(self):
+        while self.sent < self.total:
+            size = min(CHUNK, self.total - self.sent)
+            self.sent += size
+            yield b"x" * size
+
+
+def read(body: Body, limit: int):
+    return asyncio.run(body.read(limit))
+
+
+def test_a_body_within_its_limit_is_read_whole():
+    stream = Stream(3 * CHUNK + 5)
+    assert len(read(Body(stream.chunks, None), 1 << 20)) == 3 * CHUNK + 5
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_a_byte_is_read():
+    stream = Stream(1 << 30)
+    with pytest.raises(BodyTooLarge, match=r"request body of 1073741824 bytes exceeds the limit of 1048576"):
+        read(Body(stream.chunks, str(1 << 30)), 1 << 20)
+    assert stream.sent == 0
+
+
+def test_a_chunked_body_is_refused_once_the_running_count_passes_the_limit():
+    stream = Stream(1 << 30)  # no Content-Length: a gigabyte, chunked
+    with pytest.raises(BodyTooLarge, match=r"exceeds the limit of 1048576 bytes"):
+        read(Body(stream.chunks, None), 1 << 20)
+    assert stream.sent <= (1 << 20) + CHUNK  # the limit and the chunk that passed it, never more
+
+
+def test_a_body_longer_than_it_declared_is_still_cut_at_the_limit():
+    stream = Stream(1 << 30)
+    with pytest.raises(BodyTooLarge):
+        read(Body(stream.chunks, "10"), 1 << 20)
+    assert stream.sent <= (1 << 20) + CHUNK
+
+
+def test_the_replica_holds_a_bounded_number_of_body_bytes_and_gets_them_back():
+    budget = BodyBudget(4 * CHUNK)
+    first = Body(Stream(3 * CHUNK).chunks, None, budget)
+    assert len(read(first, 1 << 20)) == 3 * CHUNK and budget.held == 3 * CHUNK
+    second = Body(Stream(2 * CHUNK).chunks, None, budget)
+    with pytest.raises(BodiesInFlightFull, match="retry shortly"):
+        read(second, 1 << 20)
+    second.release()
+    first.release()
+    assert budget.held == 0
+    third = Body(Stream(4 * CHUNK).chunks, None, budget)
+    assert len(read(third, 1 << 20)) == 4 * CHUNK
+    third.release()
+    third.release()  # twice is harmless
+    assert budget.held == 0
+
+
+def test_a_refused_body_gives_back_what_it_took():
+    budget = BodyBudget(1 << 30)
+    body = Body(Stream(1 << 30).chunks, None, budget)
+    with pytest.raises(BodyTooLarge):
+        read(body, 1 << 20)
+    body.release()
+    assert budget.held == 0
+
+
+def test_a_buffered_body_keeps_to_the_limit_too():
+    assert read(BufferedBody(b"abc"), 3) == b"abc"
+    with pytest.raises(BodyTooLarge, match="request body of 4 bytes"):
+        read(BufferedBody(b"abcd"), 3)
