@@ -1,16 +1,20 @@
 """Payload capture and feedback of one model in a replica (the files: runtime.monitor.capture_writer).
 
-The handler asks `wants(id)` (a hash of the inference id, runtime.monitor.sampling) and hands the
+The handler asks `wants(id)` (a keyed hash of the inference id, runtime.monitor.sampling) and hands the
 request's tensors over as they are: redaction, conversion and writing all happen in the writer's
 thread, so a request never waits on capture, and a dropped input never reaches the writer's output.
+Captures are flushed to the OS every `capture.flush_s`; they survive a crash of the replica, not a power
+loss. Feedback is durable when acknowledged: `add_feedback` returns once its labels are fsynced.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
-from datetime import datetime
+from collections import Counter
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -18,9 +22,11 @@ from runtime.engine.errors import TrtserveError
 from runtime.monitor.capture_writer import (
     CAPTURE_PARQUET,
     CAPTURE_SCHEMA,
+    FEEDBACK_DIR,
     FEEDBACK_SCHEMA,
     PartitionedWriter,
     Rotate,
+    WriterStopped,
     capture_partition,
     capture_table,
     feedback_partition,
@@ -28,8 +34,15 @@ from runtime.monitor.capture_writer import (
 )
 from runtime.monitor.labels import RecentPredictions
 from runtime.monitor.redaction import Redactor
-from runtime.monitor.sampling import sampled
+from runtime.monitor.sampling import MAX_KEY_BYTES, sampled
 from runtime.serve.config import Capture
+from runtime.serve.protocol import MAX_ID_BYTES
+
+MAX_FEEDBACK_ENTRIES = 10_000  # labels in one POST
+FEEDBACK_WAIT_S = 30.0  # for the labels' fsync; beyond it the POST is answered 503, to be retried
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
+AHEAD_S = 86_400.0  # a label's time may be this far in the future (clocks differ), no further
+SHOWN_CHARS = 40  # of a bad value, quoted in an error
 
 
 class CaptureError(TrtserveError):
@@ -40,10 +53,21 @@ class FeedbackError(ValueError):
     """A feedback body that is not what the endpoint takes; the message names the entry at fault."""
 
 
+class FeedbackUnavailable(OverflowError):
+    """Feedback cannot be taken now: its queue is full, or its labels could not be written to local disk
+    (the writer failed or stopped). Nothing was acknowledged; the sender retries (503 + Retry-After)."""
+
+
 class CaptureSink:
-    def __init__(self, model: str, settings: Capture) -> None:
+    def __init__(self, model: str, settings: Capture, sampling_key: bytes) -> None:
         self.model = model
         self.settings = settings
+        if settings.sampling_percent > 0 and not 0 < len(sampling_key) <= MAX_KEY_BYTES:
+            raise CaptureError(
+                f"{model}: capture sampling needs a secret key of 1 to {MAX_KEY_BYTES} bytes, "
+                f"got {len(sampling_key)} bytes"
+            )
+        self.sampling_key = sampling_key
         redact = settings.redact
         key = os.environ.get(redact.key_env, "").encode()
         if redact.hash and not key:
@@ -53,16 +77,22 @@ class CaptureSink:
         self.redactor = Redactor(frozenset(redact.drop), frozenset(redact.hash), key)
         destination = settings.destination_path
         rotate = Rotate(settings.rotate.max_rows, settings.rotate.max_bytes, settings.rotate.max_age_s)
+        bounds = {
+            "rotate": rotate,
+            "queue_max_rows": settings.queue_max_rows,
+            "queue_max_bytes": settings.queue_max_bytes,
+            "flush_s": settings.flush_s,
+        }
         self.records = (
             PartitionedWriter(
                 destination,
                 CAPTURE_SCHEMA,
                 self._table,
                 capture_partition,
-                rotate,
-                settings.queue_max_rows,
                 name=f"capture-{model}",
                 parquet_options=CAPTURE_PARQUET,
+                scope=f"model={model}",
+                **bounds,
             )
             if settings.sampling_percent > 0
             else None
@@ -73,9 +103,10 @@ class CaptureSink:
                 FEEDBACK_SCHEMA,
                 feedback_table,
                 feedback_partition,
-                rotate,
-                settings.queue_max_rows,
                 name=f"feedback-{model}",
+                durable=True,
+                scope=f"{FEEDBACK_DIR}/model={model}",
+                **bounds,
             )
             if destination is not None
             else None
@@ -85,7 +116,7 @@ class CaptureSink:
         self.judged: dict[tuple[str, str], int] = {}
 
     def wants(self, inference_id: str) -> bool:
-        return self.records is not None and sampled(inference_id, self.settings.sampling_percent)
+        return self.records is not None and sampled(inference_id, self.settings.sampling_percent, self.sampling_key)
 
     def record(
         self,
@@ -113,34 +144,61 @@ class CaptureSink:
         )
 
     def _table(self, records: list[dict]):
-        """Runs in the writer's thread: redaction first, then Arrow."""
-        for r in records:
-            if r["inputs"] is not None:
-                r["inputs"] = self.redactor.tensors(r["inputs"])
-            if r["outputs"] is not None:
-                r["outputs"] = self.redactor.tensors(r["outputs"], redact=False)
-        return capture_table(records)
+        """Runs in the writer's thread: redaction first, then Arrow. The records are left as they are (the
+        writer tries them one by one when a batch of them fails)."""
+        return capture_table(
+            [
+                {
+                    **r,
+                    "inputs": None if r["inputs"] is None else self.redactor.tensors(r["inputs"]),
+                    "outputs": None if r["outputs"] is None else self.redactor.tensors(r["outputs"], redact=False),
+                }
+                for r in records
+            ]
+        )
 
-    def add_feedback(self, body: object) -> int:
-        """Queue every entry of a feedback body (one object or a list), or none: FeedbackError naming the
-        first bad entry, OverflowError when the queue has no room for all of them."""
+    async def add_feedback(self, body: object) -> int:
+        """Write every entry of a feedback body (one object or a list) to local disk, or none: returns once
+        they are fsynced (the writer's thread syncs; this only awaits it). FeedbackError names the first
+        bad entry; FeedbackUnavailable when they cannot be written now (nothing was acknowledged).
+        Checking and judging take about 10 us a label: done off the event loop."""
         if self.feedback is None:
             raise LookupError(f"model {self.model!r} has no capture destination for feedback; set capture.destination")
+        records = await asyncio.to_thread(self._feedback_records, body)
+        try:
+            written = self.feedback.submit_all(records)
+        except OverflowError:
+            raise FeedbackUnavailable("the feedback queue is full; retry later") from None
+        except WriterStopped:
+            raise FeedbackUnavailable("feedback cannot be written now (its writer stopped); retry later") from None
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(written), FEEDBACK_WAIT_S)
+        except Exception:  # a write error or the time-out; the cause is in the replica's log, not for the sender
+            raise FeedbackUnavailable("feedback could not be written to disk; retry later") from None
+        for key, count in (await asyncio.to_thread(self._judge, records)).items():
+            self.judged[key] = self.judged.get(key, 0) + count
+        return len(records)
+
+    def _feedback_records(self, body: object) -> list[dict]:
         entries = body if isinstance(body, list) else [body]
         if not entries:
             raise FeedbackError("feedback is an object {id, label, time?} or a non-empty list of them")
+        if len(entries) > MAX_FEEDBACK_ENTRIES:
+            raise FeedbackError(
+                f"feedback: {len(entries)} entries; at most {MAX_FEEDBACK_ENTRIES} in one POST, send the rest in more"
+            )
         now = time.time()
-        records = [
+        return [
             self._feedback_record(entry, i if isinstance(body, list) else None, now) for i, entry in enumerate(entries)
         ]
-        if self.feedback.room() < len(records):
-            raise OverflowError("the feedback queue is full; retry later")
+
+    def _judge(self, records: list[dict]) -> Counter[tuple[str, str]]:
+        """(version, outcome) -> labels, against the answers this replica remembers."""
+        judged: Counter[tuple[str, str]] = Counter()
         for record in records:
-            self.feedback.submit(record)
             version, outcome = self.recent.judge(record["inference_id"], record["label"])
-            key = (version or "", outcome)
-            self.judged[key] = self.judged.get(key, 0) + 1
-        return len(records)
+            judged[(version or "", outcome)] += 1
+        return judged
 
     def remember(self, inference_id: str, version: str, output: np.ndarray) -> None:
         """A classifier's answer to a request, judged when its label comes (runtime.monitor.labels)."""
@@ -153,17 +211,25 @@ class CaptureSink:
             raise FeedbackError(f"feedback{where}: expected an object {{id, label, time?}}")
         unknown = sorted(set(entry) - {"id", "label", "time"})
         if unknown:
-            raise FeedbackError(f"feedback{where}: unknown key {unknown[0]!r}; expected id, label, time")
+            raise FeedbackError(f"feedback{where}: unknown key {_shown(unknown[0])}; expected id, label, time")
         inference_id = entry.get("id")
         if not isinstance(inference_id, str) or not inference_id:
             raise FeedbackError(f"feedback{where}.id: expected the inference id (a non-empty string)")
+        try:
+            id_bytes = len(inference_id.encode())
+        except UnicodeEncodeError:
+            raise FeedbackError(f"feedback{where}.id: not valid UTF-8 (a lone surrogate)") from None
+        if id_bytes > MAX_ID_BYTES:
+            raise FeedbackError(
+                f"feedback{where}.id: {id_bytes} bytes; an inference id is at most {MAX_ID_BYTES} bytes (UTF-8)"
+            )
         label = entry.get("label")
         values = label if isinstance(label, list) else [label]
-        if not values or not all(_finite_number(v) for v in values):
-            raise FeedbackError(f"feedback{where}.label: expected a number or a list of numbers, got {label!r}")
+        if not values or not all(_finite(v) is not None for v in values):
+            raise FeedbackError(f"feedback{where}.label: expected a number or a list of numbers, got {_shown(label)}")
         return {
             "inference_id": inference_id,
-            "time": _time(entry.get("time", now), f"feedback{where}.time"),
+            "time": _time(entry.get("time", now), f"feedback{where}.time", now),
             "model": self.model,
             "label": [float(v) for v in values],
         }
@@ -174,19 +240,45 @@ class CaptureSink:
                 writer.close()
 
 
-def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _finite(value: object) -> float | None:
+    """A JSON number as a float; None for anything else (booleans, NaN, infinities, or too large)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
 
 
-def _time(value: object, key: str) -> float:
-    if _finite_number(value):
-        return float(value)
+def _time(value: object, key: str, now: float) -> float:
+    """Seconds since the epoch, from a number of them or an ISO 8601 time with a zone, between 2000-01-01
+    and a day from now: a time outside would land in a partition nobody reads, or none."""
+    latest = now + AHEAD_S
+    expected = f"{key}: expected seconds since the epoch or an ISO 8601 time with a zone, got {_shown(value)}"
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(value)
         except ValueError:
-            pass
-        else:
-            if parsed.tzinfo is not None:
-                return parsed.timestamp()
-    raise FeedbackError(f"{key}: expected seconds since the epoch or an ISO 8601 time with a zone, got {value!r}")
+            raise FeedbackError(expected) from None
+        if parsed.tzinfo is None:
+            raise FeedbackError(f"{key}: {_shown(value)} has no time zone; add one (Z for UTC, or +hh:mm)")
+        seconds = parsed.timestamp()
+    else:
+        seconds = _finite(value)
+        if seconds is None:
+            raise FeedbackError(expected)
+        if latest < seconds and EARLIEST <= seconds / 1000 <= latest:
+            raise FeedbackError(
+                f"{key}: {_shown(value)} looks like milliseconds since the epoch (Date.now()); send seconds"
+                f" ({seconds / 1000:.3f})"
+            )
+    if not EARLIEST <= seconds <= latest:
+        raise FeedbackError(f"{key}: {_shown(value)} is not between 2000-01-01 and a day from now")
+    return seconds
+
+
+def _shown(value: object) -> str:
+    """A value quoted in an error, cut short: the body it came from may be large."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."

@@ -1,10 +1,14 @@
-"""Payload capture without Ray: sampling by id, redaction, the Parquet writer's rotation, atomic files and
-bounded queue, feedback validation, and the offline report joining captures with labels."""
+"""Payload capture without Ray: sampling by a keyed hash of the id, redaction, the Parquet writer's
+rotation, atomic files and bounded queue, feedback validation, and the offline report joining captures
+with labels."""
 
+import asyncio
+import hashlib
 import threading
 import time
 
 import numpy as np
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,14 +27,34 @@ from runtime.serve.config import Capture, parse_args
 
 # sampling by id
 
+KEY = b"deployment-secret-0123456789abcdef"
+
 
 def test_sampling_by_id_is_stable_and_close_to_the_percent():
     ids = [f"req-{i}" for i in range(20_000)]
-    kept = [sampled(i, 10) for i in ids]
+    kept = [sampled(i, 10, KEY) for i in ids]
     assert 0.09 <= sum(kept) / len(ids) <= 0.11
-    assert kept == [sampled(i, 10) for i in ids]  # the same id is decided alike, every time
-    assert all(sampled(i, 100) for i in ids[:100]) and not any(sampled(i, 0) for i in ids[:100])
-    assert {i for i, k in zip(ids, kept, strict=True) if k} <= {i for i in ids if sampled(i, 50)}
+    assert kept == [sampled(i, 10, KEY) for i in ids]  # the same id and key are decided alike, every time
+    assert all(sampled(i, 100, KEY) for i in ids[:100]) and not any(sampled(i, 0, KEY) for i in ids[:100])
+    assert {i for i, k in zip(ids, kept, strict=True) if k} <= {i for i in ids if sampled(i, 50, KEY)}
+
+
+def test_sampling_is_keyed_so_a_client_cannot_compute_which_ids_are_kept():
+    ids = [f"req-{i}" for i in range(4_000)]
+    kept = {i for i in ids if sampled(i, 10, KEY)}
+    other = {i for i in ids if sampled(i, 10, b"another deployment's secret")}
+    # The unkeyed hash of before: public, so a client could pick ids that are (or are not) captured.
+    public = {
+        i
+        for i in ids
+        if int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8, person=b"trtserve-cap").digest(), "big")
+        / 2**64
+        * 100
+        < 10
+    }
+    assert len(kept & other) < len(kept) / 3  # about 10 % of them by chance
+    assert len(kept & public) < len(kept) / 3
+    assert kept == {i for i in ids if sampled(i, 10, KEY)}
 
 
 # redaction
@@ -80,6 +104,10 @@ def _writer(root, **rotate):
     return PartitionedWriter(root, CAPTURE_SCHEMA, capture_table, capture_partition, Rotate(**rotate), flush_s=0.05)
 
 
+def _await(coroutine):
+    return asyncio.run(coroutine)
+
+
 def _parquet(root):
     return sorted(root.rglob("*.parquet"))
 
@@ -124,11 +152,12 @@ def test_a_file_is_closed_at_max_bytes(tmp_path):
 
 
 def test_files_are_complete_or_hidden_and_closed_by_age_without_more_records(tmp_path):
-    writer = _writer(tmp_path, max_age_s=0.5)
+    writer = _writer(tmp_path, max_age_s=2)
     writer.submit(_record(0))
     writer.flush()
-    (hidden,) = list(tmp_path.rglob(".part-*.inprogress"))
+    (hidden,) = list(tmp_path.rglob(".part-*.inprogress.arrows"))
     assert _parquet(tmp_path) == []  # being written: no name a Parquet reader takes
+    assert ds.dataset(tmp_path, format="parquet").count_rows() == 0  # nor a dataset reader of the destination
     deadline = time.monotonic() + 10
     while not _parquet(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -165,7 +194,7 @@ def test_a_full_queue_drops_and_counts_and_never_waits(tmp_path):
 
 def _sink(tmp_path, monkeypatch, **settings):
     monkeypatch.setenv("TRTSERVE_CAPTURE_KEY", "secret")
-    return CaptureSink("m", Capture(destination=str(tmp_path), **settings))
+    return CaptureSink("m", Capture(destination=str(tmp_path), **settings), KEY)
 
 
 def test_a_dropped_input_never_reaches_disk(tmp_path, monkeypatch):
@@ -188,7 +217,7 @@ def test_a_dropped_input_never_reaches_disk(tmp_path, monkeypatch):
 def test_hashing_needs_its_key(tmp_path, monkeypatch):
     monkeypatch.delenv("TRTSERVE_CAPTURE_KEY", raising=False)
     with pytest.raises(CaptureError, match=r"TRTSERVE_CAPTURE_KEY, which is not set"):
-        CaptureSink("m", Capture(destination=str(tmp_path), sampling_percent=1, redact={"hash": ["ids"]}))
+        CaptureSink("m", Capture(destination=str(tmp_path), sampling_percent=1, redact={"hash": ["ids"]}), KEY)
 
 
 def test_the_mode_decides_which_tensors_are_kept(tmp_path, monkeypatch):
@@ -210,20 +239,35 @@ def test_the_mode_decides_which_tensors_are_kept(tmp_path, monkeypatch):
         ({"id": "a", "label": 1, "extra": 2}, r"unknown key 'extra'"),
         ({"id": "a", "label": 1, "time": "yesterday"}, r"\.time: expected seconds"),
         ([{"id": "a", "label": 1}, 5], r"feedback\[1\]: expected an object"),
+        # times that would kill the writer, or land in a partition nobody reads
+        ({"id": "a", "label": 1, "time": 1_780_000_000_000}, r"\.time: 1780000000000 looks like milliseconds"),
+        ({"id": "a", "label": 1, "time": 1e20}, r"\.time: 1e\+20 is not between 2000-01-01 and a day from now"),
+        ({"id": "a", "label": 1, "time": 10**400}, r"\.time: expected seconds since the epoch"),
+        ({"id": "a", "label": 1, "time": float("nan")}, r"\.time: expected seconds"),
+        ({"id": "a", "label": 1, "time": True}, r"\.time: expected seconds"),
+        ({"id": "a", "label": 1, "time": -1}, r"\.time: -1 is not between"),
+        ({"id": "a", "label": 1, "time": "2026-05-28T20:00:00"}, r"\.time: '2026-05-28T20:00:00' has no time zone"),
+        ({"id": "a", "label": 1, "time": "9999-12-31T23:00:00Z"}, r"\.time: '9999-12-31T23:00:00Z' is not between"),
+        ({"id": "a", "label": 10**400}, r"\.label: expected a number"),
+        # ids: at most 256 bytes of UTF-8, and the entry named
+        ([{"id": "a", "label": 1}, {"id": "é" * 129, "label": 1}], r"feedback\[1\]\.id: 258 bytes; .* at most 256"),
+        ({"id": "\ud800", "label": 1}, r"\.id: not valid UTF-8"),
+        ({"id": "a", "label": 1, "x" * 10_000: 1}, r"unknown key 'x{36}\.\.\.; expected"),
+        ([{"id": "a", "label": 1}] * 10_001, r"10001 entries; at most 10000 in one POST"),
     ],
 )
 def test_bad_feedback_is_named_and_nothing_of_it_is_kept(tmp_path, monkeypatch, body, message):
     sink = _sink(tmp_path, monkeypatch)
     with pytest.raises(FeedbackError, match=message):
-        sink.add_feedback(body)
+        _await(sink.add_feedback(body))
     sink.close()
     assert _parquet(tmp_path) == []
 
 
 def test_feedback_without_a_destination_is_refused(monkeypatch):
-    sink = CaptureSink("m", Capture())
+    sink = CaptureSink("m", Capture(), KEY)
     with pytest.raises(LookupError, match="no capture destination"):
-        sink.add_feedback({"id": "a", "label": 1})
+        _await(sink.add_feedback({"id": "a", "label": 1}))
 
 
 def test_the_report_gives_the_planted_accuracy_per_version(tmp_path, monkeypatch):
@@ -239,8 +283,9 @@ def test_the_report_gives_the_planted_accuracy_per_version(tmp_path, monkeypatch
         if i % 5 != 4:  # 80 % labelled
             labels.append({"id": f"r{i}", "label": predicted if right else (predicted + 1) % 5})
     sink.record("failed", "1", "stable", 500, 0.01, {"x": np.ones((1, 2))}, None)
-    assert sink.add_feedback(labels) == len(labels)
-    assert sink.add_feedback({"id": "r0", "label": 4.0, "time": 1.0}) == 1  # older: the later label stands
+    assert _await(sink.add_feedback(labels)) == len(labels)
+    older = {"id": "r0", "label": 4.0, "time": 1_000_000_000.0}
+    assert _await(sink.add_feedback(older)) == 1  # the later label stands
     sink.close()
     assert len(read_feedback(tmp_path, "m")) == len(labels)
     report = build_report(tmp_path, "m")
@@ -288,11 +333,11 @@ def test_capturing_without_a_destination_is_named(cnn_repository):
 
 def test_feedback_is_judged_against_the_answers_this_replica_remembers(tmp_path, monkeypatch):
     sink = _sink(tmp_path, monkeypatch)
-    sink.recent.max_ids = 2
     sink.remember("a", "1", np.array([[0.1, 0.9, 0.0]]))
     sink.remember("b", "2", np.array([[0.8, 0.1, 0.1], [0.0, 0.0, 1.0]]))
+    sink.recent.max_bytes = sink.recent.held_bytes  # room for these two answers, no more
     sink.remember("c", "2", np.array([[0.0, 1.0]]))  # "a" is forgotten: the oldest goes first
-    sink.add_feedback([{"id": "a", "label": 1}, {"id": "b", "label": [0, 2]}, {"id": "c", "label": 0}])
-    sink.add_feedback({"id": "b", "label": [0, 1]})  # one row of two wrong: the request is wrong
+    _await(sink.add_feedback([{"id": "a", "label": 1}, {"id": "b", "label": [0, 2]}, {"id": "c", "label": 0}]))
+    _await(sink.add_feedback({"id": "b", "label": [0, 1]}))  # one row of two wrong: the request is wrong
     sink.close()
     assert sink.judged == {("", "unmatched"): 1, ("2", "correct"): 1, ("2", "wrong"): 2}

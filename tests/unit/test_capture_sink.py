@@ -1,0 +1,194 @@
+"""A model's capture sink without Ray: feedback is acknowledged only once fsynced, concurrent POSTs share
+fsyncs, the event loop never waits on the disk, and what cannot be written is a 503, never a 200."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+import runtime.monitor.capture_writer as capture_writer
+from runtime.monitor.report import read_feedback
+from runtime.serve.capture import CaptureError, CaptureSink, FeedbackUnavailable
+from runtime.serve.config import Capture
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = b"deployment-secret-0123456789abcdef"
+
+
+def _sink(tmp_path, **settings) -> CaptureSink:
+    return CaptureSink("m", Capture(destination=str(tmp_path), flush_s=0.05, **settings), KEY)
+
+
+def _label(i: int) -> dict:
+    return {"id": f"id-{i}", "label": i % 3}
+
+
+class SlowFsync:
+    """os.fsync that takes `seconds` (a disk under load) and counts its calls."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls, self.real = seconds, 0, os.fsync
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        time.sleep(self.seconds)
+        self.real(fd)
+
+
+def test_concurrent_posts_share_fsyncs_and_each_returns_after_its_labels_are_synced(tmp_path, monkeypatch):
+    sink = _sink(tmp_path)
+    asyncio.run(sink.add_feedback(_label(-1)))  # the stream and its directory exist: what follows is steady
+    fsync = SlowFsync(0.2)
+    monkeypatch.setattr(capture_writer.os, "fsync", fsync)
+
+    async def post(i: int) -> tuple[int, int]:
+        synced_before = fsync.calls
+        await sink.add_feedback([_label(i), _label(i + 100)])
+        return synced_before, fsync.calls
+
+    async def posts():
+        return await asyncio.gather(*(post(i) for i in range(20)))
+
+    results = asyncio.run(posts())
+    assert all(after > before for before, after in results)  # none answered before an fsync after it came
+    assert fsync.calls <= 4  # 20 POSTs: group commit, not 20 fsyncs of 0.2 s
+    sink.close()
+    assert len(read_feedback(tmp_path, "m")) == 41
+
+
+def test_the_event_loop_keeps_running_while_labels_are_synced(tmp_path, monkeypatch):
+    sink = _sink(tmp_path)
+    asyncio.run(sink.add_feedback(_label(-1)))
+    release = threading.Event()
+    real = os.fsync
+
+    def stuck(fd):  # a disk that takes its time
+        release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(capture_writer.os, "fsync", stuck)
+
+    async def scenario():
+        post = asyncio.ensure_future(sink.add_feedback(_label(0)))
+        ticks = 0
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not post.done()  # not acknowledged while its fsync has not returned
+        release.set()
+        assert await asyncio.wait_for(post, 10) == 1
+        return ticks
+
+    assert asyncio.run(scenario()) == 20  # the loop ticked all along
+    sink.close()
+
+
+def test_labels_that_cannot_be_synced_are_a_503_and_the_next_post_succeeds(tmp_path, monkeypatch):
+    sink = _sink(tmp_path)
+    asyncio.run(sink.add_feedback(_label(-1)))
+    real = os.fsync
+    broken = {"on": True}
+
+    def fsync(fd):
+        if broken["on"]:
+            raise OSError(28, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(capture_writer.os, "fsync", fsync)
+    with pytest.raises(FeedbackUnavailable, match=r"could not be written to disk; retry later$"):
+        asyncio.run(sink.add_feedback(_label(0)))
+    broken["on"] = False
+    assert asyncio.run(sink.add_feedback(_label(1))) == 1
+    assert sink.feedback.stats.failed == 1
+    sink.close()
+
+
+def test_a_dead_feedback_writer_is_a_503_not_a_200(tmp_path, monkeypatch):
+    sink = _sink(tmp_path)
+    dead = threading.Event()
+
+    def broken(now):  # a bug in the writer's thread, outside every per-record guard
+        dead.set()
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sink.feedback, "_rotate_aged", broken)
+    assert dead.wait(10)
+    sink.feedback._thread.join(10)
+    with pytest.raises(FeedbackUnavailable, match="its writer stopped"):
+        asyncio.run(sink.add_feedback(_label(0)))
+
+
+def test_a_full_feedback_queue_is_a_503(tmp_path):
+    sink = _sink(tmp_path, queue_max_rows=3)
+    with pytest.raises(FeedbackUnavailable, match="queue is full"):
+        asyncio.run(sink.add_feedback([_label(i) for i in range(4)]))
+    sink.close()
+
+
+def test_labels_acknowledged_right_before_a_sigkill_reach_parquet_at_the_next_start(tmp_path):
+    """The replica answers 200 and is killed at once: the next sink on the destination makes them Parquet."""
+    script = textwrap.dedent(
+        """
+        import asyncio, os, signal, sys
+        from runtime.serve.capture import CaptureSink
+        from runtime.serve.config import Capture
+        sink = CaptureSink("m", Capture(destination=sys.argv[1]), b"k")
+        asyncio.run(sink.add_feedback([{"id": f"id-{i}", "label": 1} for i in range(500)]))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    child = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert read_feedback(tmp_path, "m") == {}  # only the in-progress stream so far
+    sink = _sink(tmp_path)
+    assert sink.feedback.flush()
+    assert sorted(read_feedback(tmp_path, "m")) == sorted(f"id-{i}" for i in range(500))
+    sink.close()
+
+
+def test_a_models_writer_recovers_its_own_files_only(tmp_path):
+    script = textwrap.dedent(
+        """
+        import asyncio, os, signal, sys
+        from runtime.serve.capture import CaptureSink
+        from runtime.serve.config import Capture
+        sink = CaptureSink("other", Capture(destination=sys.argv[1]), b"k")
+        asyncio.run(sink.add_feedback({"id": "a", "label": 1}))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, timeout=60).returncode < 0
+    sink = _sink(tmp_path)
+    assert sink.feedback.flush()
+    assert read_feedback(tmp_path, "other") == {}  # another model's files: its writer's schema and options
+    sink.close()
+    other = CaptureSink("other", Capture(destination=str(tmp_path), flush_s=0.05), KEY)
+    assert other.feedback.flush()
+    assert {i: list(v) for i, v in read_feedback(tmp_path, "other").items()} == {"a": [1.0]}
+    other.close()
+
+
+def test_sampling_needs_a_key(tmp_path):
+    with pytest.raises(CaptureError, match=r"m: capture sampling needs a secret key of 1 to 64 bytes, got 0"):
+        CaptureSink("m", Capture(destination=str(tmp_path), sampling_percent=10), b"")
+
+
+def test_captures_reach_readable_parquet_files_and_only_those_are_listed(tmp_path):
+    sink = _sink(tmp_path, sampling_percent=100)
+    for i in range(5):
+        sink.record(f"r{i}", "1", "stable", 200, 0.01, {"x": np.ones((1, 2))}, {"y": np.ones((1, 1))})
+    assert sink.records.flush()
+    assert ds.dataset(tmp_path, format="parquet").count_rows() == 0  # in progress: hidden from readers
+    sink.close()
+    assert ds.dataset(tmp_path, format="parquet").count_rows() == 5
