@@ -13,11 +13,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from runtime.engine.manifest import Evaluation, Manifest
 
 
 class GateInputError(ValueError):
     """A gate asked for with what cannot judge it (e.g. a profile of another version)."""
+
+
+class _Read(BaseModel):
+    """The keys of a report that a gate reads, typed; the report's other keys are not read."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ProfilePoint(_Read):
+    sizes: dict[str, int]
+    p99_ms: float | None = Field(None, ge=0)
+
+
+class ProfileReport(_Read):
+    """A `python -m benchmarks profile` report of one version (benchmarks/profile.py writes it)."""
+
+    model: str
+    version: int | str
+    opt_sizes: dict[str, int]
+    points: list[ProfilePoint]
 
 
 @dataclass(frozen=True)
@@ -55,18 +77,17 @@ def eval_failures(candidate: Evaluation, stable_score: float) -> list[str]:
     ]
 
 
-def profile_p99_ms(profile: dict, candidate: Manifest) -> float:
+def profile_p99_ms(profile: ProfileReport, candidate: Manifest) -> float:
     """The engine p99 at the serving batch limit (other dims at their opt sizes) in a profile report."""
-    if profile.get("model") != candidate.name or str(profile.get("version")) != str(candidate.version):
+    if profile.model != candidate.name or str(profile.version) != str(candidate.version):
         raise GateInputError(
-            f"the profile is of {profile.get('model')} version {profile.get('version')}, "
+            f"the profile is of {profile.model!r} version {profile.version!r}, "
             f"not of the candidate {candidate.name} version {candidate.version}"
         )
     limit = candidate.serving.max_batch_size
-    base = profile.get("opt_sizes", {})
-    for point in profile.get("points", []):
-        if point.get("sizes") == {**base, "batch": limit} and point.get("p99_ms") is not None:
-            return float(point["p99_ms"])
+    for point in profile.points:
+        if point.sizes == {**profile.opt_sizes, "batch": limit} and point.p99_ms is not None:
+            return point.p99_ms
     raise GateInputError(f"the profile has no p99 at the serving batch limit ({limit}); rerun `benchmarks profile`")
 
 
@@ -79,7 +100,7 @@ def latency_failures(p99_ms: float, budget_ms: float, batch: int) -> list[str]:
 def judge_gates(
     candidate: Manifest,
     stable_score: float | None = None,
-    profile: dict | None = None,
+    profile: ProfileReport | None = None,
     latency_budget_ms: float | None = None,
 ) -> GateResult:
     """All gates at once; stable_score is needed when the candidate carries an eval set."""

@@ -2,7 +2,9 @@
 
 Each replica reports its cumulative counts of every version's runs (answered or mirrored: the model's
 own work, runtime.serve.traffic.Traffic.ran) (runtime.serve.traffic.Traffic.report) for a model; the
-decision-maker keeps each replica's report from the interval's start. An interval's figures are the sum
+figures read only the runs the routing chose (`{version}/ran`): requests pinned to a version are reported
+apart and never read here, nor are client errors (runtime.rollout.window.judged). The decision-maker
+keeps each replica's report from the interval's start. An interval's figures are the sum
 over replicas of (latest - at start); a replica that appeared during the interval started from nothing,
 and one whose counts went backwards (restarted with the same id) is counted from nothing again.
 """

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runtime.engine.errors import TrtserveError
+from runtime.engine.schema import invalid
 from runtime.rollout.analysis import Agreement, Thresholds, Verdict, VersionWindow, judge
 from runtime.rollout.routing import Routing, Strategy
 
@@ -32,29 +33,34 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RolloutSpec(_Record):
-    model: str
-    stable: str
-    candidate: str
+class RolloutOptions(_Record):
+    """How a rollout moves: what `trtserve rollout start` may choose (runtime.rollout.commands)."""
+
     strategy: Strategy = "canary"
-    steps: list[float] = Field(default_factory=lambda: [10.0, 50.0, 100.0], min_length=1)
+    steps: list[float] = Field(default_factory=lambda: [10.0, 50.0, 100.0], min_length=1, max_length=100)
     interval_s: float = Field(30.0, gt=0)
     failure_limit: int = Field(2, ge=1)
     shadow_percent: float = Field(100.0, gt=0, le=100)
-    keep_previous_s: float = Field(1800.0, ge=0)
-    thresholds: Thresholds = Field(default_factory=Thresholds)
 
     @field_validator("steps")
     @classmethod
     def _increasing(cls, steps: list[float]) -> list[float]:
         if any(not 0 < s <= 100 for s in steps) or any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError(f"steps must increase within (0, 100], got {steps}")
+            raise invalid(f"expected percents increasing within (0, 100], got {steps}")
         return steps
+
+
+class RolloutSpec(RolloutOptions):
+    model: str
+    stable: str
+    candidate: str
+    keep_previous_s: float = Field(1800.0, ge=0)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
 
     @model_validator(mode="after")
     def _two_versions(self) -> RolloutSpec:
         if self.stable == self.candidate:
-            raise ValueError(f"the candidate is version {self.candidate}, which is already stable")
+            raise invalid(f"version {self.candidate} is already stable", key="candidate")
         return self
 
 

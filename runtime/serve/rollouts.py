@@ -23,16 +23,17 @@ from runtime.engine.errors import TrtserveError
 from runtime.engine.evaluation import score_version
 from runtime.engine.manifest import read_manifest
 from runtime.engine.repository import version_dir
-from runtime.rollout.analysis import Thresholds
-from runtime.rollout.gates import judge_gates, stable_score_on_file
+from runtime.rollout.commands import CommandError, Rollback, Start, Wait, parse
+from runtime.rollout.gates import GateInputError, judge_gates, profile_p99_ms, stable_score_on_file
 from runtime.rollout.intervals import interval_figures
-from runtime.rollout.steps import Rollout, RolloutError, RolloutSpec
+from runtime.rollout.steps import Rollout, RolloutError
 
 log = logging.getLogger("trtserve.rollouts")
 
 LIVE_S = 5.0  # a replica that reported within this long is live
 TICK_S = 0.5
 NAMESPACE = "trtserve"
+_MOVES = {"pause": Rollout.pause, "resume": Rollout.resume, "promote": Rollout.promote}  # by hand, no arguments
 
 
 def _kv():
@@ -73,37 +74,37 @@ class RolloutController:
 
     # --- commands ---------------------------------------------------------------------------------------
 
-    async def command(self, model: str, action: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Carry out a `trtserve rollout` command: (HTTP status, body)."""
+    async def command(self, model: str, action: Any, args: Any) -> dict[str, Any]:
+        """Carry out a `trtserve rollout` command: {"status": HTTP status, "body": ...}. Its arguments are
+        checked whole before anything else (runtime.rollout.commands), so an answer other than 200 means
+        nothing changed; an unexpected failure is logged and answered as an internal error, without its text."""
         self._ensure_loop()
         try:
-            if model not in self._configured:
-                raise RolloutError(f"this application serves no model {model!r}")
-            now = time.time()
+            return await self._command(model, action, args)
+        except (TrtserveError, CommandError, GateInputError) as e:  # RolloutError is a TrtserveError
+            return {"status": 409 if isinstance(e, RolloutError) else 400, "body": {"error": str(e)}}
+        except Exception:
+            log.exception("a rollout command on model %.100r failed", model)
+            return {"status": 500, "body": {"error": "internal error"}}
+
+    async def _command(self, model: str, action: Any, args: Any) -> dict[str, Any]:
+        parsed = parse(action, args)
+        if model not in self._configured:
+            raise RolloutError(f"this application serves no model {model!r}")
+        if not isinstance(parsed, Wait):  # status and history read; every other command moves the rollout
             if action == "status":
                 return {"status": 200, "body": self.status(model)}
-            if action == "history":
-                rollout = self._rollout(model)
-                return {"status": 200, "body": [e.model_dump(mode="json") for e in rollout.history]}
-            if action == "start":
-                rollout = await self._start(model, args, now)
-            else:
-                current = self._rollout(model)
-                if action == "pause":
-                    rollout = current.pause(now)
-                elif action == "resume":
-                    rollout = current.resume(now)
-                elif action == "promote":
-                    rollout = current.promote(now)
-                elif action == "rollback":
-                    rollout = current.rollback(now, args.get("reason") or "rolled back by hand")
-                else:
-                    raise RolloutError(f"unknown action {action!r}")
-            self._set(model, rollout)
-            applied = await self._wait_applied(timeout_s=float(args.get("timeout_s", 10.0)))
-            return {"status": 200, "body": {**self.status(model), "applied_everywhere": applied}}
-        except (RolloutError, TrtserveError, ValueError) as e:  # GateInputError is a ValueError
-            return {"status": 409 if isinstance(e, RolloutError) else 400, "body": {"error": str(e)}}
+            return {"status": 200, "body": [e.model_dump(mode="json") for e in self._rollout(model).history]}
+        now = time.time()
+        if isinstance(parsed, Start):
+            rollout = await self._start(model, parsed, now)
+        elif isinstance(parsed, Rollback):
+            rollout = self._rollout(model).rollback(now, parsed.reason)
+        else:
+            rollout = _MOVES[action](self._rollout(model), now)
+        self._set(model, rollout)
+        applied = await self._wait_applied(timeout_s=parsed.timeout_s)
+        return {"status": 200, "body": {**self.status(model), "applied_everywhere": applied}}
 
     def status(self, model: str) -> dict[str, Any]:
         rollout = self.rollouts.get(model)
@@ -133,7 +134,7 @@ class RolloutController:
             "intervals": rollout.intervals,
         }
 
-    async def _start(self, model: str, args: dict[str, Any], now: float) -> Rollout:
+    async def _start(self, model: str, args: Start, now: float) -> Rollout:
         current = self.rollouts.get(model)
         if current is not None and not current.ended:
             raise RolloutError(f"a rollout of {model} to version {current.spec.candidate} is {current.state}")
@@ -145,18 +146,13 @@ class RolloutController:
         finally:
             self._judging.discard(model)
 
-    async def _judge_start(self, model: str, args: dict[str, Any], now: float) -> Rollout:
+    async def _judge_start(self, model: str, args: Start, now: float) -> Rollout:
         stable = self._stable(model)
-        candidate = str(args["to"])
-        directory = version_dir(self._repositories[model], model, candidate)  # ArtifactError: not there
-        thresholds = Thresholds(**{k: args[k] for k in Thresholds.model_fields if args.get(k) is not None})
-        options = {
-            k: args[k]
-            for k in ("strategy", "steps", "interval_s", "failure_limit", "shadow_percent")
-            if args.get(k) is not None
-        }
-        spec = RolloutSpec(model=model, stable=stable, candidate=candidate, thresholds=thresholds, **options)
+        spec = args.spec(model, stable)
+        directory = version_dir(self._repositories[model], model, spec.candidate)  # ArtifactError: not there
         manifest = read_manifest(directory)
+        if args.profile is not None and args.latency_budget_ms is not None:
+            profile_p99_ms(args.profile, manifest)  # a profile of another version: refused before any scoring
         stable_dir = version_dir(self._repositories[model], model, stable)
         stable_score = None
         if manifest.evaluation is not None:
@@ -168,11 +164,10 @@ class RolloutController:
                 except TrtserveError:
                     raise
                 except Exception as e:  # an engine failure: the gate cannot be judged, nothing starts
-                    raise ValueError(f"eval gate: scoring version {stable} failed: {type(e).__name__}: {e}") from e
-        budget = args.get("latency_budget_ms")
-        gates = judge_gates(manifest, stable_score, args.get("profile"), float(budget) if budget else None)
+                    raise GateInputError(f"eval gate: scoring version {stable} failed: {type(e).__name__}: {e}") from e
+        gates = judge_gates(manifest, stable_score, args.profile, args.latency_budget_ms)
         if not gates.passed:
-            reason = f"gate: version {candidate}: " + "; ".join(gates.reasons)
+            reason = f"gate: version {spec.candidate}: " + "; ".join(gates.reasons)
             return Rollout.refuse(spec, now, reason, figures={"gates": gates.figures})
         return Rollout.begin(spec, now, figures={"gates": gates.figures})
 
@@ -222,23 +217,21 @@ class RolloutController:
 
     def _set(self, model: str, rollout: Rollout) -> None:
         before = self.rollouts.get(model)
+        moved = before is None or before.routing() != rollout.routing() or before.state != rollout.state
+        generation = self.generation + 1 if moved else self.generation
+        self._checkpoint(generation, {**self.rollouts, model: rollout})  # first: a failed write changes nothing
         self.rollouts[model] = rollout
-        if before is None or before.routing() != rollout.routing() or before.state != rollout.state:
-            self.generation += 1
-            if before is None or before.state != rollout.state:
-                log.info("%s: rollout %s (%s)", model, rollout.state, rollout.reason)
+        self.generation = generation
+        if before is None or before.state != rollout.state:
+            log.info("%s: rollout %s (%s)", model, rollout.state, rollout.reason)
         if before is None or rollout.interval_started != before.interval_started:
             self._at_start[model] = {r: reports.get(model, {}) for r, (_, _, reports) in self._latest.items()}
-        self._checkpoint()
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, generation: int, rollouts: dict[str, Rollout]) -> None:
         kv = _kv()
         if kv is None:
             return
-        doc = {
-            "generation": self.generation,
-            "rollouts": {m: r.model_dump(mode="json") for m, r in self.rollouts.items()},
-        }
+        doc = {"generation": generation, "rollouts": {m: r.model_dump(mode="json") for m, r in rollouts.items()}}
         kv._internal_kv_put(self._key, json.dumps(doc).encode(), overwrite=True, namespace=NAMESPACE)
 
     def _restore(self) -> None:

@@ -2,6 +2,10 @@
 decision-maker set, runtime.rollout.routing), the requests that also run on a second version after the
 answer is sent, what each version answered, and how often the two versions agreed.
 
+Only what the routing sent a version is its rollout's evidence (runtime.rollout.intervals reads `ran`):
+a request pinned to a version (`/versions/{v}/infer`) is counted apart, under `pinned_answered` and
+`pinned_ran`, and never mirrored, so a client choosing the version cannot steer the rollout's verdict.
+
 Mirrored runs (shadowed requests on the candidate, canaried ones on stable) never delay an answer: they
 start after it, gathered for a few milliseconds so they share engine calls, off the event loop, and at
 most `max_mirrored` are gathered or running at once per replica; beyond that, or when the other
@@ -26,12 +30,13 @@ from runtime.serve.model import ServedModel
 log = logging.getLogger("trtserve.server")
 
 ANSWERED, RAN = "answered", "ran"  # what the client got; the model's own work, answered or mirrored
+PINNED = "pinned_"  # the prefix of both roles for requests that named their version
 
 
 class Traffic:
     def __init__(self, max_mirrored: int = 64, mirror_delay_s: float = 0.02) -> None:
         self.routing: dict[str, Routing] = {}
-        self.counts: dict[tuple[str, str, str], VersionCounts] = {}  # (model, version, answered|ran)
+        self.counts: dict[tuple[str, str, str], VersionCounts] = {}  # (model, version, [pinned_]answered|ran)
         self.agreement: dict[tuple[str, str, str], AgreementCounter] = {}  # (model, stable, candidate)
         self.dropped: dict[str, int] = {}  # model -> mirrored runs dropped
         self.max_mirrored = max_mirrored  # mirrored requests gathered or running at once, per replica
@@ -48,7 +53,8 @@ class Traffic:
         self, name: str, versions: Mapping[str, ServedModel], key: str | None, pinned: str | None = None
     ) -> tuple[ServedModel, Route]:
         """The version that answers and the route it came from. A pinned version must be loaded
-        (LookupError otherwise); a routed one that is not loaded (yet) falls back to stable, then the latest."""
+        (LookupError otherwise) and is never mirrored; a routed one that is not loaded (yet) falls back to
+        stable, then the latest."""
         if pinned is not None:
             if pinned not in versions:
                 raise LookupError(f"model {name!r} has no version {pinned!r}; serving {', '.join(sorted(versions))}")
@@ -76,16 +82,17 @@ class Traffic:
         routing = self.routing.get(model.name)
         return "canary" if routing is not None and routing.candidate == model.version else "stable"
 
-    def answered(self, model: ServedModel, status: int, seconds: float) -> None:
-        """A response to a client, as it saw it (the handler's whole time)."""
-        self._counts(model, ANSWERED).observe(status, seconds * 1e3)
+    def answered(self, model: ServedModel, status: int, seconds: float, pinned: bool = False) -> None:
+        """A response to a client, as it saw it (the handler's whole time); `pinned`: the client named the
+        version, so the routing had no say."""
+        self._counts(model, PINNED + ANSWERED if pinned else ANSWERED).observe(status, seconds * 1e3)
 
-    def ran(self, model: ServedModel, status: int, seconds: float) -> None:
+    def ran(self, model: ServedModel, status: int, seconds: float, pinned: bool = False) -> None:
         """One run of the model: the engine call that computed it (the elapsed time for a failure). What a
         rollout compares, measured alike for answered and mirrored runs: a mirrored run waits behind the
         next requests, an answered one does not, so time in queues would say more about the mirroring
-        than about the version."""
-        self._counts(model, RAN).observe(status, seconds * 1e3)
+        than about the version. A `pinned` run is counted apart and never compared."""
+        self._counts(model, PINNED + RAN if pinned else RAN).observe(status, seconds * 1e3)
 
     def mirror(
         self,

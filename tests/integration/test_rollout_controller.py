@@ -1,8 +1,9 @@
 """Rollouts judged by the decision-maker on real Ray Serve, under steady load: a candidate whose outputs
 disagree is rolled back under shadow, an identical one is promoted under canary with answers from both
 versions meanwhile, a rollback after promotion is instant, a much slower one is rolled back on p99, one
-scoring below stable on its eval set is refused before any traffic, pause and resume hold the routing, a
-killed decision-maker comes back with the rollout, and every response is 200."""
+scoring below stable on its eval set is refused before any traffic, a command with a bad argument is
+refused naming it and changes nothing, pause and resume hold the routing, a killed decision-maker comes
+back with the rollout, and every response is 200."""
 
 from __future__ import annotations
 
@@ -157,6 +158,19 @@ def test_commands_that_do_not_fit_are_refused_with_a_reason(serving):
     assert status == 400 and "no version 9" in body["error"]
     status, body = call(port, "POST", "/v2/models/nope/rollout", {"action": "status"})
     assert status == 409 and "serves no model 'nope'" in body["error"]
+    _, before = call(port, "GET", "/v2/models/seq/rollout")
+    for doc, named in [
+        ({"action": "start", "to": {}}, "start: to: "),
+        ({"action": "start", "to": 3, "steps": "x"}, "start: steps: "),
+        ({"action": "start", "to": 3, "max_error_ratio": "0.1"}, "start: max_error_ratio: "),
+        ({"action": "start", "to": 3, "keep_previous_s": 0}, "start: keep_previous_s: unknown key"),
+        ({"action": "rollback", "reason": 5}, "rollback: reason: "),
+        ({"action": "pause", "timeout_s": "x"}, "pause: timeout_s: "),
+    ]:
+        status, body = call(port, "POST", "/v2/models/seq/rollout", doc)
+        assert status == 400 and body["error"].startswith(named), (doc, body)
+    _, after = call(port, "GET", "/v2/models/seq/rollout")
+    assert after == before  # a 400 changed nothing
 
 
 def test_a_much_slower_candidate_is_rolled_back_on_p99(serving):

@@ -1,16 +1,23 @@
 """The decision-maker without Ray: gates judged at start (stable scored offline when it has no score on
 the candidate's eval set), the state checkpointed after every change and resumed by a new instance
-(what a restarted controller replica does), the interval cut short by the restart counted afresh."""
+(what a restarted controller replica does), the interval cut short by the restart counted afresh, and
+every command checked whole before anything changes: a refusal is a 400 or 409 that changed nothing, and
+no body is a 500."""
 
 import asyncio
+import functools
 import json
 import time
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from runtime.serve import rollouts
 from tests.fixtures.artifacts import sequence_model
+from tests.fixtures.fuzz import json_values
 
 
 class FakeKV:
@@ -41,7 +48,9 @@ def controller(tmp_path, monkeypatch):
 
 
 def command(c, action, **args):
-    return asyncio.run(c.command("seq", action, {"timeout_s": 0.1, **args}))
+    """A command as the handler passes it; those that change the rollout wait at most 0.1 s for replicas."""
+    waits = {"timeout_s": 0.1} if action not in ("status", "history") else {}
+    return asyncio.run(c.command("seq", action, {**waits, **args}))
 
 
 def test_a_candidate_scoring_below_stable_is_refused_with_the_figure(controller):
@@ -56,7 +65,8 @@ def test_a_candidate_scoring_below_stable_is_refused_with_the_figure(controller)
 
 def test_a_latency_budget_without_a_matching_profile_is_a_bad_request(controller):
     make, _ = controller
-    result = command(make(), "start", to="2", latency_budget_ms=5, profile={"model": "seq", "version": 1})
+    profile = {"model": "seq", "version": 1, "opt_sizes": {"batch": 1}, "points": []}
+    result = command(make(), "start", to="2", latency_budget_ms=5, profile=profile)
     assert result["status"] == 400 and "not of the candidate seq version 2" in result["body"]["error"]
 
 
@@ -94,3 +104,179 @@ def test_a_second_start_while_the_first_judges_its_gates_is_refused(controller):
     first, second = asyncio.run(both())
     assert first["body"]["state"] == "refused"  # its eval gate
     assert second["status"] == 409 and "being started" in second["body"]["error"]
+
+
+# --- commands: checked whole before anything changes -------------------------------------------------
+
+
+def in_state(make, state):
+    """A decision-maker whose rollout of seq (1 -> 2) is in `state` (None: never started)."""
+    c = make()
+    if state is not None:
+        assert command(c, "start", to="2", steps=[50, 100])["status"] == 200
+    if state == "paused":
+        assert command(c, "pause")["status"] == 200
+    if state == "promoted":
+        assert command(c, "promote")["status"] == 200
+    return c
+
+
+def snapshot(c, kv):
+    """Everything a command may change: the rollouts, the generation, the checkpoint."""
+    rollouts = {m: r.model_dump(mode="json") for m, r in c.rollouts.items()}
+    return rollouts, c.generation, dict(kv.store), set(c._judging)
+
+
+NOT_A_MAPPING = [[], "x", 3, None]
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "args"),
+    [
+        *[
+            (None, "start", args)
+            for args in [
+                {"to": {}},
+                {"to": "2", "steps": "x"},
+                {"to": "2", "steps": [50, 10]},
+                {"to": "2", "bogus": 1},
+                {"to": "2", "max_error_ratio": "0.1"},
+                {"to": "2", "min_requests": 0},
+                {"to": "2", "strategy": 1},
+                {"to": "2", "timeout_s": "x"},
+                {"to": "2", "latency_budget_ms": 5},
+                {
+                    "to": "2",
+                    "latency_budget_ms": 5,
+                    "profile": {"model": "a\nb", "version": 2, "opt_sizes": {}, "points": []},
+                },
+                {"to": "1"},  # already stable
+                {"to": "9"},  # not in the repository
+                *NOT_A_MAPPING,
+            ]
+        ],
+        *[
+            (state, action, args)
+            for state, action in [("progressing", "pause"), ("paused", "resume"), ("progressing", "promote")]
+            for args in [{"timeout_s": "x"}, {"timeout_s": -1}, {"timeout_s": 1e9}, {"x": 1}, *NOT_A_MAPPING]
+        ],
+        *[
+            ("progressing", "rollback", args)
+            for args in [{"reason": 5}, {"reason": "a\nb"}, {"reason": "x" * 10_000}, {"timeout_s": "x"}]
+        ],
+        *[
+            ("progressing", action, args)
+            for action in ("status", "history")
+            for args in [{"timeout_s": 1}, {"x": 1}, *NOT_A_MAPPING]
+        ],
+        ("progressing", "stop", {}),
+        ("progressing", ["pause"], {}),
+    ],
+)
+def test_a_bad_command_is_a_bad_request_that_changes_nothing(controller, state, action, args):
+    make, kv = controller
+    c = in_state(make, state)
+    before = snapshot(c, kv)
+    result = asyncio.run(c.command("seq", action, args))
+    assert result["status"] == 400, result
+    assert result["body"]["error"] and "\n" not in result["body"]["error"]
+    assert snapshot(c, kv) == before
+
+
+def test_a_pause_with_a_bad_timeout_does_not_pause(controller):
+    """The review's case: answered 400 and paused anyway."""
+    make, _ = controller
+    c = in_state(make, "progressing")
+    result = asyncio.run(c.command("seq", "pause", {"timeout_s": "x"}))
+    assert result == {"status": 400, "body": {"error": "pause: timeout_s: Input should be a valid number"}}
+    assert c.rollouts["seq"].state == "progressing"
+
+
+def test_an_unexpected_failure_is_an_internal_error_that_changes_nothing(controller, monkeypatch, caplog):
+    make, kv = controller
+    c = in_state(make, None)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret /srv/models detail")
+
+    monkeypatch.setattr(rollouts, "read_manifest", broken)
+    before = snapshot(c, kv)
+    result = asyncio.run(c.command("seq", "start", {"to": "2", "timeout_s": 0.1}))
+    assert result == {"status": 500, "body": {"error": "internal error"}}
+    assert snapshot(c, kv) == before
+    logged = [r for r in caplog.records if r.name == "trtserve.rollouts" and r.exc_info]
+    assert logged and "secret /srv/models detail" in str(logged[0].exc_info[1])
+
+
+def test_a_checkpoint_that_cannot_be_written_changes_nothing(controller, monkeypatch):
+    make, kv = controller
+    c = in_state(make, "progressing")
+    before = snapshot(c, kv)
+
+    def unwritable(*args, **kwargs):
+        raise ConnectionError("GCS unreachable")
+
+    monkeypatch.setattr(kv, "_internal_kv_put", unwritable)
+    assert command(c, "pause") == {"status": 500, "body": {"error": "internal error"}}
+    assert snapshot(c, kv) == before
+
+
+ACTIONS = ["start", "status", "pause", "resume", "promote", "rollback", "history"]
+KEYS = ["to", "strategy", "steps", "interval_s", "failure_limit", "shadow_percent", "min_requests", "max_p99_ms"]
+KEYS += ["max_error_ratio", "latency_budget_ms", "profile", "timeout_s", "reason", "action", "keep_previous_s"]
+PLAUSIBLE = st.sampled_from(
+    ["1", "2", "3", "9", "02", 1, 2, 0, -1, 0.5, 50, 100, 1e9, True, "", "x", [50, 100], [100], [], "canary", "shadow"]
+)
+
+
+def mostly(real, other):
+    """`real` four times in five, else `other`."""
+    return st.integers(0, 4).flatmap(lambda n: other if n == 0 else real)
+
+
+# Mostly real actions with real keys, so that commands get past the parsing too (and some are carried out).
+ACTION = mostly(st.sampled_from(ACTIONS), json_values)
+ARGS = mostly(
+    st.dictionaries(st.sampled_from(KEYS), PLAUSIBLE, max_size=3)
+    | st.fixed_dictionaries({"to": st.sampled_from(["1", "2", 2, "9"])})  # starts that can be carried out
+    | st.fixed_dictionaries({"to": st.just("2"), "steps": PLAUSIBLE, "timeout_s": PLAUSIBLE}),
+    st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), PLAUSIBLE | json_values, max_size=6)
+    | json_values,
+)
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz") / "repo"
+    sequence_model(root / "seq" / "1")
+    sequence_model(root / "seq" / "2")
+    return root
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    state=st.sampled_from([None, "progressing", "paused", "promoted"]),
+    action=ACTION,
+    args=ARGS,
+)
+def test_no_command_body_is_a_server_error_and_a_refusal_changes_nothing(repository, state, action, args):
+    kv = FakeKV()
+    context = SimpleNamespace(app_name="app")
+    controller = rollouts.RolloutController.func_or_class
+    with (
+        patch.object(rollouts, "_kv", lambda: kv),
+        patch.object(rollouts.serve, "get_replica_context", lambda: context),
+        patch.object(controller, "_wait_applied", no_wait),  # whatever timeout_s asks: no replica reports here
+    ):
+        c = in_state(functools.partial(controller, {"seq": "1"}, {"seq": str(repository)}), state)
+        before = snapshot(c, kv)
+        result = asyncio.run(c.command("seq", action, args))
+    event(f"{action if isinstance(action, str) else 'junk'} {result['status']}")
+    assert result["status"] in (200, 400, 409), result
+    if result["status"] != 200:
+        assert snapshot(c, kv) == before
+        assert result["body"]["error"] and "\n" not in result["body"]["error"]
+
+
+async def no_wait(self, timeout_s: float) -> bool:
+    return False

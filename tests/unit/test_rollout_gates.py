@@ -3,7 +3,7 @@
 import pytest
 
 from runtime.engine.manifest import ParityRecord, read_manifest
-from runtime.rollout.gates import GateInputError, judge_gates, profile_p99_ms, stable_score_on_file
+from runtime.rollout.gates import GateInputError, ProfileReport, judge_gates, profile_p99_ms, stable_score_on_file
 from tests.fixtures.artifacts import sequence_model
 
 
@@ -18,12 +18,15 @@ def manifests(tmp_path):
 
 def profile(model="seq", version=2, p99=4.0, batch=8):
     sizes = {"batch": batch, "seq": 8}
-    return {
-        "model": model,
-        "version": version,
-        "opt_sizes": {"batch": 4, "seq": 8},
-        "points": [{"batch": batch, "sizes": sizes, "p99_ms": p99}, {"batch": 1, "sizes": {**sizes, "batch": 1}}],
-    }
+    return ProfileReport.model_validate(
+        {
+            "model": model,
+            "version": version,
+            "opt_sizes": {"batch": 4, "seq": 8},
+            "points": [{"batch": batch, "sizes": sizes, "p99_ms": p99}, {"batch": 1, "sizes": {**sizes, "batch": 1}}],
+            "machine": {"cpu": "the report's other keys are not read"},
+        }
+    )
 
 
 def test_a_candidate_without_an_eval_set_passes_on_parity_alone(manifests):

@@ -111,8 +111,8 @@ def test_state_round_trips_through_json():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"steps": [50, 10]}, "steps must increase"),
-        ({"steps": [0, 50]}, "steps must increase"),
+        ({"steps": [50, 10]}, "percents increasing within"),
+        ({"steps": [0, 50]}, "percents increasing within"),
         ({"candidate": "1"}, "already stable"),
         ({"failure_limit": 0}, "greater than or equal to 1"),
     ],

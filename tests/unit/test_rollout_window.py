@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from runtime.rollout import window
 from runtime.rollout.window import VersionCounts
 
 
@@ -20,9 +21,37 @@ def test_p99_within_a_bucket_of_the_exact_figure():
     assert exact <= got <= exact * 1.06
 
 
-def test_server_errors_are_5xx_only():
-    c = counts([1, 1, 1, 1], [200, 400, 503, 500])
-    assert (c.requests, c.server_errors) == (4, 2) and c.window().error_ratio == 0.5
+def test_server_errors_are_5xx_only_and_client_errors_are_not_judged():
+    c = counts([1, 1, 1, 1, 1], [200, 400, 503, 500, 404])
+    assert (c.requests, c.server_errors, c.client_errors) == (3, 2, 2)
+    assert c.window().error_ratio == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    ("status", "judged", "server_error"),
+    [
+        (200, True, False),
+        (400, False, False),
+        (413, False, False),
+        (499, False, False),
+        (500, True, True),
+        (503, True, True),
+        (504, True, True),
+    ],
+)
+def test_what_a_rollout_judges(status, judged, server_error):
+    assert window.judged(status) is judged and window.server_error(status) is server_error
+
+
+def test_client_errors_add_nothing_to_the_latency():
+    c = counts([5] * 99 + [10_000] * 50, [200] * 99 + [400] * 50)  # slow refusals
+    assert c.requests == 99 and c.percentile_ms(99) == pytest.approx(5, rel=0.06)
+
+
+def test_reports_without_client_errors_still_read():
+    doc = counts([1, 1]).to_json()
+    del doc["client_errors"]  # a replica started before they were counted apart
+    assert VersionCounts.from_json(doc) == counts([1, 1])
 
 
 def test_replicas_add_up_and_intervals_subtract():
@@ -30,9 +59,10 @@ def test_replicas_add_up_and_intervals_subtract():
     total = a.plus(b)
     assert total.requests == 100 and total.percentile_ms(99) == pytest.approx(100, rel=0.06)
     snapshot = VersionCounts.from_json(total.to_json())
-    later = total.plus(counts([1000] * 100))
+    later = total.plus(counts([1000] * 100)).plus(counts([1] * 3, [400] * 3))
     interval = later.since(snapshot)
     assert interval.requests == 100 and interval.percentile_ms(50) == pytest.approx(1000, rel=0.06)
+    assert interval.client_errors == 3
 
 
 def test_nothing_counted_has_no_p99():

@@ -1,5 +1,6 @@
 """A replica's part in a rollout, through the HTTP handler without a web server: routing between loaded
-versions, pinned paths, mirrored runs compared after the answer, bounded mirror work."""
+versions, pinned paths, mirrored runs compared after the answer, bounded mirror work, and only routed
+requests that were not the client's error in the figures a rollout is judged on."""
 
 import asyncio
 
@@ -7,6 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
+from runtime.rollout.analysis import VersionWindow
+from runtime.rollout.intervals import interval_figures
 from runtime.rollout.routing import Routing
 from runtime.serve.handler import KServeHandler
 from runtime.serve.model import ServedModel
@@ -93,14 +96,67 @@ def test_mirror_work_beyond_the_bound_is_dropped_and_counted(versions):
     assert traffic.report("seq")["dropped"] == 10 and traffic.report("seq")["agreement"] == {}
 
 
-def test_answers_are_counted_per_version_with_server_errors(versions):
+def test_answers_are_counted_per_version_and_client_errors_apart(versions):
     handler = KServeHandler(versions[:1])
     asyncio.run(infer(handler, 3))
     bad = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0]}]})
     assert asyncio.run(handler.handle("POST", "/v2/models/seq/infer", {}, bad)).status == 400
     counts = handler.traffic.report("seq")["counts"]["1/answered"]
-    assert counts["requests"] == 4 and counts["server_errors"] == 0  # a 400 is the client's
-    np.testing.assert_equal(sum(counts["buckets"].values()), 4)
+    assert counts["requests"] == 3 and counts["server_errors"] == 0 and counts["client_errors"] == 1
+    np.testing.assert_equal(sum(counts["buckets"].values()), 3)  # a 400 is the client's: no latency either
+
+
+def figures(traffic: Traffic, stable="1", candidate="2"):
+    """What the decision-maker would judge from this replica's report alone: (candidate, stable) windows."""
+    candidate_window, stable_window, _, _ = interval_figures({"replica": traffic.report("seq")}, {}, stable, candidate)
+    return candidate_window, stable_window
+
+
+def test_pinned_requests_are_reported_apart_and_never_judged(versions):
+    """A client with only the infer scope pins the candidate with failing or slow requests: the rollout's
+    figures do not move; the same requests routed to it do count."""
+    stable, candidate = versions[:2]
+    traffic = Traffic()
+    traffic.set_routing("seq", Routing("1", "2", weight=50))
+    for _ in range(50):
+        traffic.ran(candidate, 500, 9.0, pinned=True)
+        traffic.answered(candidate, 500, 9.0, pinned=True)
+    report = traffic.report("seq")
+    assert report["counts"]["2/pinned_ran"]["requests"] == report["counts"]["2/pinned_answered"]["requests"] == 50
+    assert figures(traffic) == (VersionWindow(), VersionWindow())
+    traffic.ran(candidate, 500, 9.0)
+    traffic.ran(stable, 200, 0.001)
+    candidate_window, stable_window = figures(traffic)
+    assert (candidate_window.requests, candidate_window.server_errors, stable_window.requests) == (1, 1, 1)
+
+
+def test_client_errors_are_never_judged_and_overload_is(versions):
+    candidate = versions[1]
+    traffic = Traffic()
+    for status in (400, 404, 413, 422):
+        traffic.ran(candidate, status, 30.0)  # slow refusals: neither requests, errors nor latency
+    assert figures(traffic)[0] == VersionWindow()
+    traffic.ran(candidate, 200, 0.001)
+    traffic.ran(candidate, 503, 0.0)
+    traffic.ran(candidate, 504, 1.0)
+    window = figures(traffic)[0]
+    assert (window.requests, window.server_errors) == (3, 2) and window.p99_ms < 1100
+
+
+def test_through_the_handler_only_routed_requests_reach_the_figures(versions):
+    handler = KServeHandler(versions[:2])
+    handler.traffic.set_routing("seq", Routing("1", "2", weight=100))
+    asyncio.run(infer(handler, 5, "/v2/models/seq/versions/2/infer"))
+    asyncio.run(infer(handler, 5, "/v2/models/seq/versions/1/infer"))
+    bad = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0]}]})
+    for _ in range(5):
+        assert asyncio.run(handler.handle("POST", "/v2/models/seq/infer", {}, bad)).status == 400
+    candidate_window, stable_window = figures(handler.traffic)
+    assert (candidate_window.requests, stable_window.requests) == (0, 0)
+    counts = handler.traffic.report("seq")["counts"]
+    assert counts["2/pinned_answered"]["requests"] == counts["1/pinned_ran"]["requests"] == 5
+    assert asyncio.run(infer(handler, 7)) == ["2"] * 7  # routed: the candidate answers, and is judged
+    assert figures(handler.traffic)[0].requests == 7
 
 
 def test_canary_is_sticky_on_the_body_id_whatever_the_request_id(versions):
@@ -122,3 +178,13 @@ def test_canary_is_sticky_on_the_body_id_whatever_the_request_id(versions):
     per_id = [asyncio.run(answers_for(f"req-{i}")) for i in range(30)]
     assert all(len(seen) == 1 for seen in per_id)
     assert {v for seen in per_id for v in seen} == {"1", "2"}  # and the ids still split between the versions
+
+
+def test_a_pinned_request_is_never_mirrored(versions):
+    handler = KServeHandler([versions[0], versions[2]])
+    handler.traffic.set_routing("seq", Routing("1", "3", weight=50, shadow_percent=100))
+    assert asyncio.run(infer(handler, 10, "/v2/models/seq/versions/1/infer")) == ["1"] * 10
+    assert asyncio.run(infer(handler, 10, "/v2/models/seq/versions/3/infer")) == ["3"] * 10
+    report = handler.traffic.report("seq")
+    assert report["agreement"] == {} and report["dropped"] == 0
+    assert {key for key in report["counts"] if key.endswith("/ran")} == set()
