@@ -157,7 +157,8 @@ def build(config_path: str | Path, options: BuildOptions | None = None) -> Build
                 "reference": reference_stats,
             },
         )
-        final = target.publish(staging, version)
+        # Without --version a build that lost its number to another meanwhile takes the next one.
+        final, manifest = target.publish(staging, version, take_next=options.version is None)
     log.info("published %s", final)
     return BuildResult(final, manifest, results, skipped)
 

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from runtime.engine.credentials import ScrubCredentials, scrub
 from runtime.engine.errors import TrtserveError
 
 EXIT_INTERNAL = 4
@@ -70,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(ScrubCredentials())  # a repository URI's credentials never reach the log
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("trtserve").setLevel(level)
     try:
         return {"build": _build, "check": _check, "inspect": _inspect}[args.command](args)
@@ -82,13 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"convert {args.command}: interrupted; nothing was published", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug, not bad input: one line, the traceback on request
+    except Exception as e:  # a bug, not bad input: one line, the (scrubbed) traceback on request
         if args.verbose:
-            raise
-        print(
-            f"convert {args.command}: internal error: {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
-            file=sys.stderr,
-        )
+            logging.getLogger("trtserve").exception("traceback:")
+        hint = "" if args.verbose else " (rerun with --verbose for the traceback)"
+        print(scrub(f"convert {args.command}: internal error: {type(e).__name__}: {e}{hint}"), file=sys.stderr)
         return EXIT_INTERNAL
 
 

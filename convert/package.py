@@ -1,11 +1,14 @@
 """Writing a version directory: staged in a hidden temp dir, published by one rename, never overwritten
-(in an object store: staged locally, uploaded with the manifest last).
-(Its manifest is written by runtime.engine.manifest.write_manifest, the one writer of that contract.)"""
+(in an object store: staged locally, uploaded, committed by one conditional write of its manifest:
+runtime.engine.remote). Builds racing for one number: one wins; the other is told "version N exists"
+(a --version it was given) or takes the next free number (renumbering its manifest).
+(Its manifest is written by runtime.engine.manifest, the one writer of that contract.)"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import platform
@@ -17,8 +20,8 @@ from pathlib import Path
 
 from runtime.engine.cuda_device import tensorrt_version, visible_device
 from runtime.engine.errors import VersionExists
-from runtime.engine.manifest import Manifest, read_manifest
-from runtime.engine.remote import RemoteRepository, is_remote, local_path
+from runtime.engine.manifest import MANIFEST, Manifest, encode_manifest, read_manifest
+from runtime.engine.remote import ATTEMPTS, RemoteRepository, RepositoryError, is_remote, local_path
 from runtime.engine.repository import list_versions
 
 
@@ -48,13 +51,38 @@ def staging_dir(model_dir: Path, version: int) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def publish(staging: Path, model_dir: Path, version: int) -> Path:
-    final = model_dir / str(version)
-    if final.exists():  # another build took this number while we worked
-        raise VersionExists(f"{final} appeared while building; versions are never overwritten, nothing was written")
+def publish(staging: Path, model_dir: Path, version: int, take_next: bool = False) -> Path:
+    """Publish a staged version by one rename, as `version`: if another build took that number meanwhile,
+    VersionExists, or with `take_next` the next free number (the staged manifest renumbered)."""
     _readable(staging)
-    os.rename(staging, final)
-    return final
+    for _ in range(ATTEMPTS):
+        final = model_dir / str(version)
+        # exists() first: rename() would replace an empty directory; it refuses a non-empty one (the
+        # race: another build's rename landing between the two), which is the same answer.
+        if not final.exists():
+            try:
+                os.rename(staging, final)
+                return final
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise RepositoryError(f"{model_dir}: cannot publish version {version}: {e.strerror}") from None
+        if not take_next:
+            raise VersionExists(
+                f"{model_dir}: version {version} exists: another build published it meanwhile; versions are "
+                "never overwritten, nothing was written (omit --version to take the next number)"
+            )
+        version = max(version + 1, next_version(model_dir, None))
+        renumber(staging, version)
+    raise VersionExists(
+        f"{model_dir}: {ATTEMPTS} version numbers in a row were taken by other builds meanwhile; nothing was "
+        "written, try again"
+    )
+
+
+def renumber(staging: Path, version: int) -> None:
+    """A staged version's manifest, made to say `version` (no file it lists changes)."""
+    manifest = read_manifest(staging).model_copy(update={"version": version})
+    (staging / MANIFEST).write_bytes(encode_manifest(manifest))
 
 
 class LocalDestination:
@@ -76,13 +104,14 @@ class LocalDestination:
     def staging(self, version: int):
         return staging_dir(self.model_dir, version)
 
-    def publish(self, staging: Path, version: int) -> str:
-        return str(publish(staging, self.model_dir, version))
+    def publish(self, staging: Path, version: int, take_next: bool = False) -> tuple[str, Manifest]:
+        final = publish(staging, self.model_dir, version, take_next)
+        return str(final), read_manifest(final)
 
 
 class RemoteDestination:
-    """A model's folder in an object store: staged in a local temporary directory, then uploaded with
-    the manifest last (runtime.engine.remote.RemoteRepository.publish)."""
+    """A model's folder in an object store: staged in a local temporary directory, then uploaded and
+    committed by its manifest (runtime.engine.remote.RemoteRepository.publish)."""
 
     def __init__(self, repository: str, name: str) -> None:
         self.repository, self.name = RemoteRepository(repository), name
@@ -105,9 +134,9 @@ class RemoteDestination:
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
-    def publish(self, staging: Path, version: int) -> str:
+    def publish(self, staging: Path, version: int, take_next: bool = False) -> tuple[str, Manifest]:
         _readable(staging)
-        return self.repository.publish(staging, self.name, version)
+        return self.repository.publish(staging, self.name, version, take_next)
 
 
 def destination(repository: str | os.PathLike, name: str) -> LocalDestination | RemoteDestination:

@@ -1,10 +1,14 @@
 """Errors shared by the runtime and the convert stage.
 
 Each carries the process exit code a CLI should end with (the README's exit codes), so a command can
-turn any of them into one clear line without a traceback.
+turn any of them into one clear line without a traceback. Their messages are scrubbed of credentials
+(runtime.engine.credentials) when made: whatever text they wrap (a URI, a storage library's own message)
+reaches a user, a log or an HTTP answer without the secrets a repository URI may carry.
 """
 
 from __future__ import annotations
+
+from runtime.engine.credentials import scrub
 
 
 def single_line(text: str) -> str:
@@ -16,6 +20,9 @@ class TrtserveError(Exception):
     """Base of every error meant for a user: the message says what, where and how to fix it."""
 
     exit_code = 2
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(scrub(a) if isinstance(a, str) else a for a in args))
 
 
 class ArtifactError(TrtserveError):

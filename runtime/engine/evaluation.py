@@ -9,12 +9,14 @@ it was scored on the same file, else computed here on the stable version.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from runtime.engine.artifact import verify_version_dir
+from runtime.engine.artifact import read_verified
 from runtime.engine.errors import ArtifactError
 from runtime.engine.loader import load_engine
 from runtime.engine.manifest import read_manifest
@@ -69,23 +71,28 @@ def score(
 
 
 def read_eval_set(version_dir: Path, input_names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The inputs and labels packaged in a version; ArtifactError naming what is missing."""
-    path = Path(version_dir) / EVAL_FILE
+    """The inputs and labels packaged in a version, checked against its manifest as read (the version
+    need not have been verified whole); ArtifactError naming what is missing or wrong."""
+    manifest = read_manifest(version_dir)
+    if manifest.evaluation is None:
+        raise ArtifactError(f"{version_dir}: the manifest declares no eval set")
+    path = Path(version_dir) / manifest.evaluation.file
+    data = read_verified(version_dir, manifest, manifest.evaluation.file, "evaluation.file")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as e:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            found = {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ArtifactError(f"{path}: cannot read the eval set: {e}") from None
-    missing = [n for n in [*input_names, LABELS] if n not in arrays]
+    missing = [n for n in [*input_names, LABELS] if n not in found]
     if missing:
         raise ArtifactError(f"{path}: the eval set has no {', '.join(missing)}")
-    return {n: arrays[n] for n in input_names}, arrays[LABELS]
+    return {n: found[n] for n in input_names}, found[LABELS]
 
 
 def score_version(version_dir: Path, eval_dir: Path, output: str, metric: str) -> float:
     """Version `version_dir` scored on the eval set packaged in `eval_dir` (which may be another version),
-    by its fp32 ONNX Runtime engine, as `convert build` scores: like for like with the recorded scores."""
-    verify_version_dir(Path(eval_dir))  # the eval set's checksum, before trusting it
+    by its fp32 ONNX Runtime engine, as `convert build` scores: like for like with the recorded scores.
+    Both are checked: `version_dir` whole as it loads, the eval set's bytes as they are read."""
     batch = read_manifest(version_dir).serving.max_batch_size
     with load_engine(version_dir, "onnxruntime", "fp32") as engine:
         inputs, labels = read_eval_set(eval_dir, [t.name for t in engine.signature.inputs])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PARITY = "parity.json"
 PARITY_SAMPLES = "parity/samples.npz"  # parity inputs and PyTorch reference outputs
+UPLOADS = ".uploads"  # in an object store, beside a model's versions: one folder per publisher's upload
 
 
 class _Record(BaseModel):
@@ -156,6 +158,9 @@ class Manifest(_Record):
     serving: Serving
     evaluation: Evaluation | None = None  # when the model config declares an eval set
     reference: ReferenceStats | None = None  # when the model config declares reference data
+    # In an object store: the folder holding the version's files, relative to the model's folder (one
+    # publisher's own upload, runtime.engine.remote); None: beside the manifest (on disk, and older stores).
+    files_under: str | None = Field(default=None, pattern=rf"^{re.escape(UPLOADS)}/[0-9a-f]{{32}}$")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -253,5 +258,10 @@ def write_manifest(version_dir: Path, fields: dict[str, Any]) -> Manifest:
         if path.relative_to(version_dir).as_posix() != MANIFEST
     }
     manifest = parse_manifest({**fields, "files": files}, version_dir / MANIFEST)
-    (version_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+    (version_dir / MANIFEST).write_bytes(encode_manifest(manifest))
     return manifest
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """The bytes of `manifest.json`: one encoding for every writer (a build, a renumbered publish, a store)."""
+    return (json.dumps(manifest.to_json(), indent=2) + "\n").encode()

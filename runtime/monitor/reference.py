@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from runtime.engine.artifact import read_verified
+from runtime.engine.manifest import Manifest
 from runtime.monitor.features import CATEGORICAL, VECTORS, TensorFeatures
 
 REFERENCE_FILE = "reference.json"
@@ -131,12 +133,33 @@ def write_reference(path: Path, reference: Reference) -> None:
 
 
 def read_reference(path: Path) -> Reference:
-    """The reference of a version directory's reference.json; ValueError naming what is wrong."""
+    """The reference of a reference.json file; ValueError naming what is wrong."""
     try:
-        doc = json.loads(Path(path).read_bytes())
-        reference = Reference.model_validate(doc)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, ValidationError) as e:
-        raise ValueError(f"{path}: not a readable reference ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    return _parse(data, path)
+
+
+def read_version_reference(version_dir: Path, manifest: Manifest) -> Reference | None:
+    """The reference a version packages (None when it has none), read from its `reference.file`: confined
+    to the version directory and checked against its sha256 as read (ArtifactError), so a version that
+    was never verified whole is no way around the check."""
+    if manifest.reference is None:
+        return None
+    data = read_verified(version_dir, manifest, manifest.reference.file, "reference.file")
+    return _parse(data, Path(version_dir) / manifest.reference.file)
+
+
+def _parse(data: bytes, where: Path) -> Reference:
+    try:
+        reference = Reference.model_validate(json.loads(data))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as e:
+        raise _unreadable(where, e) from None
     if reference.format_version != FORMAT_VERSION:
-        raise ValueError(f"{path}: reference format_version {reference.format_version} is not supported")
+        raise ValueError(f"{where}: reference format_version {reference.format_version} is not supported")
     return reference
+
+
+def _unreadable(where: Path, e: Exception) -> ValueError:
+    return ValueError(f"{where}: not a readable reference ({type(e).__name__}: {str(e).splitlines()[0]})")

@@ -1,11 +1,13 @@
 """A model repository in S3 (moto's server on loopback): `convert build` publishes there, `convert check`
 and `inspect` read version URIs, unsupported schemes are refused, and Ray Serve serves from it, each
-replica from its own verified download."""
+replica from its own verified download. Publishers racing for one version: S3's conditional write of
+the manifest (`If-None-Match: *`) leaves exactly one winner, and the loser removes only its own upload."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +16,16 @@ import tritonclient.http as httpclient
 import yaml
 
 from benchmarks.s3_server import s3_server
+from runtime.engine.artifact import verify_version_dir
+from runtime.engine.errors import VersionExists
 from runtime.engine.loader import load_engine
-from runtime.engine.manifest import MANIFEST
+from runtime.engine.manifest import MANIFEST, UPLOADS, read_manifest
 from runtime.engine.remote import RemoteRepository
 from runtime.serve.launcher import LocalServe
 from tests.conftest import run_convert
+from tests.fixtures.artifacts import sequence_model
 from tests.integration.test_launcher import free_port
+from tests.unit.test_remote_repository import race, racing
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +79,70 @@ def test_an_unsupported_scheme_is_refused_not_taken_as_a_path(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert "scheme is not supported" in proc.stderr and "Traceback" not in proc.stderr
         assert list(tmp_path.iterdir()) == []  # no directory named "http:" or "ftp:"
+
+
+@pytest.fixture
+def two_builds(tmp_path) -> list[Path]:
+    """Two builds of one version whose files differ, so a mix of them cannot verify."""
+    return [sequence_model(tmp_path / f"build-{i}" / "seq" / "1", scale=2.0 + i) for i in range(2)]
+
+
+def upload_folders(store: RemoteRepository, name: str) -> list[str]:
+    import pyarrow.fs
+
+    selector = pyarrow.fs.FileSelector(f"{store.root}/{name}/{UPLOADS}", allow_not_found=True)
+    return sorted(
+        Path(i.path).name for i in store.fs.get_file_info(selector) if i.type == pyarrow.fs.FileType.Directory
+    )
+
+
+def racers(s3, bucket: str, count: int) -> list[RemoteRepository]:
+    """Publishers of one repository, each holding its commit until all have uploaded."""
+    uri = s3.bucket(bucket) + "/models"
+    barrier = threading.Barrier(count)
+    return [racing(RemoteRepository(uri), barrier) for _ in range(count)]
+
+
+def test_publishers_racing_for_one_version_in_s3_leave_one_winner(s3, two_builds):
+    stores = racers(s3, "race-one", 2)
+    outcomes = race([lambda s=s, b=b: s.publish(b, "seq", 1) for s, b in zip(stores, two_builds, strict=True)])
+    won = [o for o in outcomes if isinstance(o, tuple)]
+    lost = [o for o in outcomes if isinstance(o, VersionExists)]
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    assert "version 1 exists" in str(lost[0]) and "\n" not in str(lost[0])
+    _, manifest = won[0]
+    assert upload_folders(stores[0], "seq") == [manifest.files_under.split("/")[1]]  # the loser's is gone
+    winner = two_builds[outcomes.index(won[0])]
+    assert stores[1].versions("seq") == [1]
+    assert verify_version_dir(stores[1].fetch("seq", 1)).files == read_manifest(winner).files
+
+
+def test_publishers_racing_without_a_version_in_s3_take_one_number_each(s3, two_builds):
+    stores = racers(s3, "race-next", 2)
+    outcomes = race(
+        [lambda s=s, b=b: s.publish(b, "seq", 1, take_next=True) for s, b in zip(stores, two_builds, strict=True)]
+    )
+    assert all(isinstance(o, tuple) for o in outcomes), outcomes
+    assert sorted(m.version for _, m in outcomes) == [1, 2] and stores[0].versions("seq") == [1, 2]
+    for (_, manifest), build in zip(outcomes, two_builds, strict=True):
+        local = stores[0].fetch("seq", manifest.version)
+        assert read_manifest(local).version == manifest.version
+        assert verify_version_dir(local).files == read_manifest(build).files
+    assert len(upload_folders(stores[0], "seq")) == 2
+
+
+def test_a_version_laid_out_the_old_way_in_s3_still_reads(s3, two_builds):
+    import pyarrow.fs
+
+    store = RemoteRepository(s3.bucket("old-layout") + "/models")
+    build = two_builds[0]
+    for path in sorted(p for p in build.rglob("*") if p.is_file()):  # files beside the manifest, manifest last
+        with store.fs.open_output_stream(f"{store.root}/seq/1/{path.relative_to(build).as_posix()}") as sink:
+            sink.write(path.read_bytes())
+    assert store.versions("seq") == [1]
+    local = store.fetch("seq", 1)
+    assert (local / MANIFEST).read_bytes() == (build / MANIFEST).read_bytes()
+    assert store.fs.get_file_info(f"{store.root}/seq/{UPLOADS}").type == pyarrow.fs.FileType.NotFound
 
 
 @pytest.mark.slow  # a minute of the default tier

@@ -1,15 +1,19 @@
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 from convert.package import next_version, publish, staging_dir
-from runtime.engine.artifact import onnx_external_data_locations, verify_version_dir
+from runtime.engine.artifact import onnx_external_data_locations, read_verified, verify_version_dir
 from runtime.engine.errors import ArtifactError
-from runtime.engine.manifest import MANIFEST, write_manifest
+from runtime.engine.evaluation import EVAL_FILE, read_eval_set
+from runtime.engine.manifest import MANIFEST, read_manifest, write_manifest
 from runtime.engine.repository import list_versions, version_dir
-from tests.fixtures.artifacts import add_model
+from runtime.monitor.reference import REFERENCE_FILE, Reference, read_version_reference, write_reference
+from tests.fixtures.artifacts import add_model, sequence_model
 
 
 def make_version(root: Path, external: bool = False) -> Path:
@@ -121,3 +125,99 @@ def test_staging_is_removed_on_failure_and_published_by_rename(tmp_path):
     assert [p.name for p in model_dir.iterdir()] == ["1"]
     with staging_dir(model_dir, 1) as staging, pytest.raises(Exception, match="never overwritten"):
         publish(staging, model_dir, 1)
+
+
+def full_version(root: Path) -> Path:
+    """A version naming a file under every key that names one: engines, tokenizer, eval set, reference."""
+    root = sequence_model(root, evaluated=True)
+    (root / "preprocessing" / "tokenizer").mkdir(parents=True)
+    (root / "preprocessing" / "tokenizer" / "tokenizer.json").write_text("{}")
+    write_reference(root / REFERENCE_FILE, Reference(format_version=1, rows=1, source="tests", tensors=[]))
+    doc = json.loads((root / MANIFEST).read_text())
+    doc["preprocessing"] = {"tokenizer": {"files": ["preprocessing/tokenizer/tokenizer.json"]}}
+    doc["reference"] = {"file": REFERENCE_FILE, "rows": 1, "source": "tests"}
+    write_manifest(root, {k: v for k, v in doc.items() if k != "files"})
+    return root
+
+
+NAMED = {
+    "engines[0].file": lambda m: m["engines"][0],
+    "preprocessing.tokenizer.files[0]": lambda m: m["preprocessing"]["tokenizer"]["files"],
+    "evaluation.file": lambda m: m["evaluation"],
+    "reference.file": lambda m: m["reference"],
+}
+
+
+def name_file(key: str, path: str):
+    """A manifest change: the file under `key` becomes `path`."""
+
+    def change(manifest: dict) -> None:
+        holder = NAMED[key](manifest)
+        holder[0 if isinstance(holder, list) else "file"] = path
+
+    return change
+
+
+def test_a_version_naming_files_under_every_key_verifies(tmp_path):
+    manifest = verify_version_dir(full_version(tmp_path / "seq" / "1"))
+    assert manifest.preprocessing and manifest.evaluation and manifest.reference
+
+
+@pytest.mark.parametrize("key", NAMED)
+@pytest.mark.parametrize("path", ["../../x", "/etc/passwd", "preprocessing/../../x"])
+def test_every_file_the_manifest_names_is_confined_to_the_version(tmp_path, key, path):
+    root = full_version(tmp_path / "seq" / "1")
+    rewrite_manifest(root, name_file(key, path))
+    with pytest.raises(ArtifactError, match=rf"{re.escape(key)} {re.escape(repr(path))} leads outside the version"):
+        verify_version_dir(root)
+
+
+@pytest.mark.parametrize("key", NAMED)
+def test_every_file_the_manifest_names_is_one_it_checksums(tmp_path, key):
+    root = full_version(tmp_path / "seq" / "1")
+    (root / "unlisted.bin").write_bytes(b"not checksummed")
+    rewrite_manifest(root, name_file(key, "unlisted.bin"))
+    with pytest.raises(ArtifactError, match=rf"{re.escape(key)} 'unlisted.bin' is not listed in the manifest's files"):
+        verify_version_dir(root)
+
+
+def test_a_named_file_leading_outside_by_a_symlink_is_refused(tmp_path):
+    root = full_version(tmp_path / "seq" / "1")
+    (tmp_path / "secret.json").write_text("{}")
+    (root / "link.json").symlink_to(tmp_path / "secret.json")
+    rewrite_manifest(root, name_file("reference.file", "link.json"))
+    with pytest.raises(ArtifactError, match=r"reference\.file 'link\.json' resolves outside the version directory"):
+        verify_version_dir(root)
+
+
+def test_an_eval_set_checksum_unlike_its_files_record_is_refused(tmp_path):
+    root = full_version(tmp_path / "seq" / "1")
+    rewrite_manifest(root, lambda m: m["evaluation"].update({"data_sha256": "0" * 64}))
+    with pytest.raises(ArtifactError, match=r"evaluation\.data_sha256 is not the checksum"):
+        verify_version_dir(root)
+
+
+def test_auxiliary_files_are_checked_as_they_are_read_even_in_a_version_never_verified(tmp_path):
+    root = full_version(tmp_path / "seq" / "1")
+    manifest = read_manifest(root)
+    assert read_version_reference(root, manifest).source == "tests"
+    assert read_eval_set(root, ["x"])[1].shape == (64,)
+    forged = (root / REFERENCE_FILE).read_text().replace('"tests"', '"TESTS"')  # same size, other bytes
+    (root / REFERENCE_FILE).write_text(forged)
+    with pytest.raises(ArtifactError, match=r"checksum mismatch for reference\.json"):
+        read_version_reference(root, manifest)
+    np.savez_compressed(root / EVAL_FILE, x=np.zeros((2, 8), np.float32), labels=np.zeros(2))
+    with pytest.raises(ArtifactError, match=r"evaluation\.npz"):
+        read_eval_set(root, ["x"])
+    rewrite_manifest(root, name_file("reference.file", "../../x"))
+    with pytest.raises(ArtifactError, match=r"reference\.file '\.\./\.\./x' leads outside"):
+        read_version_reference(root, read_manifest(root))
+
+
+def test_read_verified_reads_no_more_than_the_manifest_says(tmp_path):
+    root = full_version(tmp_path / "seq" / "1")
+    manifest = read_manifest(root)
+    with open(root / REFERENCE_FILE, "ab") as f:
+        f.write(b" " * (1 << 20))
+    with pytest.raises(ArtifactError, match="the file was changed or truncated"):
+        read_verified(root, manifest, REFERENCE_FILE, "reference.file")

@@ -1,6 +1,7 @@
 """Property-based tests of the artifact loader: a malformed manifest, a truncated or corrupted ONNX file
-(with checksums that match, so the parser itself is tried) or files of the wrong size are refused with
-one line naming what is wrong, never another exception."""
+(with checksums that match, so the parser itself is tried), files of the wrong size or a manifest naming
+any path under any key that names a file are refused with one line naming what is wrong, never another
+exception."""
 
 import json
 import shutil
@@ -12,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.engine.errors import TrtserveError
+from runtime.engine.artifact import verify_version_dir
+from runtime.engine.errors import ArtifactError, TrtserveError
 from runtime.engine.loader import load_engine
 from runtime.engine.manifest import MANIFEST, write_manifest
 from tests.fixtures.artifacts import sequence_model
@@ -142,5 +144,43 @@ def test_a_file_of_the_wrong_size_is_refused(source):
             f.write(b"\0")
         with pytest.raises(TrtserveError, match=r"is .* bytes, the manifest says"):
             load_engine(version_dir, backend="onnxruntime")
+    finally:
+        shutil.rmtree(version_dir.parent.parent)
+
+
+def _naming(doc: dict, key: str, path: str) -> dict:
+    """`doc` with the manifest key `key` naming the file `path`."""
+    doc = json.loads(json.dumps(doc))
+    if key == "engines":
+        doc["engines"][0]["file"] = path
+    elif key == "preprocessing":
+        doc["preprocessing"] = {"tokenizer": {"files": [path]}}
+    elif key == "reference":
+        doc["reference"] = {"file": path, "rows": 1, "source": "fuzz"}
+    else:
+        sha = doc["files"].get(path, {}).get("sha256", "0" * 64)
+        scored = {"metric": "accuracy", "output": "doubled", "value": 1.0, "rows": 1, "margin": 0.0}
+        doc["evaluation"] = {**scored, "file": path, "data_sha256": sha, "backend": "onnxruntime", "precision": "fp32"}
+    return doc
+
+
+PATHS = st.text(max_size=24) | st.sampled_from(
+    ["model.onnx", "./model.onnx", "a/../model.onnx", "../model.onnx", "/etc/passwd", "..", ".", "model.onnx/", "x\\y"]
+)
+
+
+@FUZZ
+@given(key=st.sampled_from(["engines", "preprocessing", "reference", "evaluation"]), path=PATHS)
+def test_a_file_the_manifest_names_is_a_listed_one_or_refused_in_one_line(source, key, path):
+    doc = json.loads((source / MANIFEST).read_text())
+    version_dir = _copy(source)
+    try:
+        (version_dir / MANIFEST).write_text(json.dumps(_naming(doc, key, path)))
+        try:
+            manifest = verify_version_dir(version_dir)
+        except ArtifactError as e:
+            assert str(e) and "\n" not in str(e), str(e)
+        else:
+            assert path in manifest.files  # only a file the manifest checksums passes
     finally:
         shutil.rmtree(version_dir.parent.parent)
