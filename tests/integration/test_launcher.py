@@ -1,6 +1,8 @@
 """`trtserve serve` (what `make run` runs) starts a Ray instance and HAProxy of its own and stops exactly
 those: an unrelated Ray head, started here on another port and named by RAY_ADDRESS, is neither used nor
-stopped, and nothing of the server's is left running."""
+stopped, and nothing of the server's is left running. A deployment that cannot start ends it within
+seconds of Ray Serve's verdict, with the replica's one-line error. HAProxy's stats page listens on
+loopback only."""
 
 from __future__ import annotations
 
@@ -103,3 +105,73 @@ def test_trtserve_serve_stops_only_what_it_started(built_repository, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+
+
+def test_trtserve_serve_exits_with_the_replicas_error_when_its_deployment_cannot_start(cnn_repository, tmp_path):
+    # Inputs hashed in captures need a secret key: without $TRTSERVE_CAPTURE_KEY every replica's constructor
+    # raises, and Ray Serve gives up on the deployment after three tries (DEPLOY_FAILED, about 5 s after its
+    # replicas start here), long before `trtserve serve`'s 300 s wait for readiness ends.
+    capture = {"sampling_percent": 100, "destination": str(tmp_path / "captures"), "redact": {"hash": ["image"]}}
+    args = {"repository": str(cnn_repository), "models": [{"name": "cnn"}], "capture": capture}
+    config = serve_config(tmp_path / "serve.yaml", args, name="trtserve", port=free_port())
+    env = {k: v for k, v in os.environ.items() if k != "TRTSERVE_CAPTURE_KEY"}
+    before = {p.pid for p in psutil.process_iter()}
+    started = time.monotonic()
+    serve = subprocess.Popen(
+        [str(BIN / "trtserve"), "serve", str(config), "--log", str(tmp_path / "serve.log")],
+        env={**env, **haproxy_ports()},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = serve.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        serve.send_signal(signal.SIGTERM)  # stops what it started
+        out, err = serve.communicate(timeout=120)
+    elapsed = time.monotonic() - started
+    assert serve.returncode == 1, out + err
+    assert elapsed < 90, f"exited after {elapsed:.0f} s: {err}"
+    reason = (
+        "CaptureError: cnn: capture.redact.hash ['image'] needs a secret key in $TRTSERVE_CAPTURE_KEY, which is not set"
+    )
+    assert err.startswith(f"trtserve serve: error: application trtserve: deployment trtserve failed to start: {reason}")
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    left = [p for p in psutil.process_iter() if p.pid not in before and ray_like(p)]
+    assert not left, [(p.pid, p.name()) for p in left]
+
+
+def test_haproxys_stats_page_listens_on_loopback_only(server):
+    stats_port = int(server.extra_env["RAY_SERVE_HAPROXY_STATS_PORT"])
+    haproxies = [p for p in server.processes() if p.name() == "haproxy"]
+    assert haproxies, "the server runs no HAProxy"
+    bound = {
+        (c.laddr.ip, c.laddr.port)
+        for p in haproxies
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == stats_port
+    }
+    assert bound == {("127.0.0.1", stats_port)}  # Ray's own config binds it on every interface
+    with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats", timeout=10) as response:
+        assert response.status == 200  # and the page still works where it is
+
+
+def test_trtserve_serve_says_why_serve_run_refused_the_config(tmp_path):
+    config = tmp_path / "serve.yaml"  # an application's name must be a string: Serve's schema refuses it
+    config.write_text(
+        f"http_options: {{host: 127.0.0.1, port: {free_port()}}}\napplications: [{{name: [1], import_path: a:b}}]\n"
+    )
+    serve = subprocess.run(
+        [str(BIN / "trtserve"), "serve", str(config), "--log", str(tmp_path / "serve.log")],
+        env={**os.environ, **haproxy_ports()},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert serve.returncode == 1, serve.stdout + serve.stderr
+    assert serve.stderr == (
+        "trtserve serve: error: serve run exited with 1: ValidationError: 1 validation error for "
+        f"ServeDeploySchema; see {tmp_path / 'serve.log'}\n"
+    )

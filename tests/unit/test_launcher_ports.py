@@ -28,7 +28,7 @@ def test_haproxy_ports_come_from_the_environment_with_ray_defaults():
     default = ports_to_bind("127.0.0.1", 8000, "haproxy", {})
     assert [(h, p) for h, p, _ in default] == [
         ("127.0.0.1", 8000),
-        ("0.0.0.0", 8404),
+        ("127.0.0.1", 8404),  # HAProxy's stats page, on loopback by the launcher's wrapper
         ("0.0.0.0", 9101),
         ("127.0.0.1", 8500),
     ]
