@@ -9,7 +9,12 @@ took (two clock reads each included) and the thread they ran on (Ray runs a repl
 loop in a thread of its own, not the process's main thread), so the cost per request can be set against
 that thread's CPU time per request.
 
-A benchmark fixture, not a way to serve: the switch route is open (import_path
+The request path's hardening (issue 30) is switched the same way (`POST /bench/hardening`, `on` or `off`):
+off, a request's body is read whole before anything else (as `request.body()` did) and decoded with no check
+against the model first; on, it is the production path (runtime.serve.body, `ServedModel.admit` before any
+decoding, large requests decoded off the event loop).
+
+A benchmark fixture, not a way to serve: the switch routes are open (import_path
 benchmarks.auth_toggle_app:build_app).
 """
 
@@ -26,9 +31,11 @@ from starlette.responses import Response
 
 from runtime.auth.tokens import TokenTable, Verdict
 from runtime.serve import app
-from runtime.serve.deployment import KServeServer
+from runtime.serve.deployment import KServeServer, _ray_request_id, app_path
+from runtime.serve.protocol import decode_request
 
 SWITCH = "/bench/auth"
+HARDENING_SWITCH = "/bench/hardening"
 
 
 class TimedTokenTable:
@@ -58,7 +65,32 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         async def __call__(self, request: Request) -> Response:
             if request.url.path.endswith(SWITCH):
                 return self._switch(request.method, (await request.body()).decode().strip())
+            if request.url.path.endswith(HARDENING_SWITCH):
+                return self._harden((await request.body()).decode().strip())
+            if getattr(self, "_plain", False):
+                return await self._plain_call(request)
             return await super().__call__(request)
+
+        async def _plain_call(self, request: Request) -> Response:
+            """The request path without its hardening: the body read whole first, as it was."""
+            body = await request.body()
+            request_id = _ray_request_id()
+            result = await self.handler.handle(
+                request.method, app_path(request.scope), request.headers, body, request_id
+            )
+            if request_id:
+                result.headers.pop("x-request-id", None)
+            return Response(result.body, status_code=result.status, headers=result.headers)
+
+        def _harden(self, state: str) -> Response:
+            if state not in ("on", "off"):
+                return Response(f"expected on or off, got {state!r}", status_code=400)
+            self._plain = state == "off"
+            if self._plain:
+                self.handler._prepare = _plain_prepare  # no check against the model before decoding
+            else:
+                self.handler.__dict__.pop("_prepare", None)
+            return Response(state)
 
         def _use_tokens(self, table: TokenTable) -> None:
             # The tokens file's watcher: a new table goes under the timer, and never turns the check back on.
@@ -81,3 +113,11 @@ def build_app(args: dict[str, Any]) -> serve.Application:
             return Response(state)
 
     return app.build_app_with(args, serve.deployment(name="trtserve")(AuthToggleServer))
+
+
+def _plain_prepare(model, mirror, body, header_length, request_id, reroute):
+    """Decode first, check after (`ServedModel.feed_from`'s signature check), on the event loop."""
+    request = decode_request(body, header_length)
+    if reroute is not None and request.id is not None and request.id != request_id:
+        model, mirror = reroute(request.id)
+    return model, mirror, request, model.feed_from(request)

@@ -17,7 +17,11 @@ latency (from its scheduled time) is kept:
   should all be answered; after it, the server is going away.
 Auth cost: closed loop at c=32, JSON, the same requests (with their token) to `secured` in windows that
 alternate between its token check on and off (`pairs` pairs, alternating which runs first): one replica
-process serves both arms. The medians of the pairs' on/off ratios of throughput and p99.
+process serves both arms. The medians of the pairs' on/off ratios of throughput and p99. The request path's
+hardening is measured the same way (its own switch, the token check on in both arms).
+Abuse (one replica each): three unauthenticated 768 MiB bodies streamed to `secured` (its RSS growth); a 60 MB
+JSON request refused by `trtserve` while a small one goes every 0.1 s (their waits); labels posted to
+`trtserve` while its replica is SIGKILLed (those acknowledged but missing from the Parquet files after).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ import psutil
 import yaml
 
 from benchmarks import machine
-from benchmarks.auth_toggle_app import SWITCH
+from benchmarks.abuse import MemoryWatch, Streamed, oversized_json_request, post, stream_body, waits_while
+from benchmarks.auth_toggle_app import HARDENING_SWITCH, SWITCH
 from benchmarks.harness import HOST, PORT, ROOT, ensure_model, json_request
 from benchmarks.http_load import closed_loop, open_loop
 from runtime.auth.tokens import digest
@@ -73,6 +78,7 @@ def config(work: Path, repository: Path, replicas: int, generation: int = 0, que
                 "num_replicas": replicas,
                 "max_body_mb": 64 + generation,
                 "ray_actor_options": {"num_cpus": HALF_CPU},
+                "capture": {"destination": str(work / "capture")},  # feedback only: nothing sampled
             },
         },
         {
@@ -164,12 +170,13 @@ def kill(server: LocalServe) -> Callable[[], None]:
     return lambda: os.kill(victim, signal.SIGKILL)
 
 
-def switch_auth(state: str) -> None:
-    """Turn `secured`'s token check on or off (benchmarks.auth_toggle_app)."""
-    request = urllib.request.Request(f"http://{HOST}:{PORT}/{SECURED}{SWITCH}", data=state.encode(), method="POST")
+def switch(route: str, state: str) -> None:
+    """Turn `secured`'s token check (SWITCH) or its request path's hardening (HARDENING_SWITCH) on or off
+    (benchmarks.auth_toggle_app)."""
+    request = urllib.request.Request(f"http://{HOST}:{PORT}/{SECURED}{route}", data=state.encode(), method="POST")
     with urllib.request.urlopen(request, timeout=30) as response:
         if response.read().decode() != state:
-            raise RuntimeError(f"the auth switch did not turn {state}")
+            raise RuntimeError(f"{route} did not turn {state}")
 
 
 def check_timings() -> dict:
@@ -200,61 +207,203 @@ def thread_cpu_s(process: psutil.Process) -> dict[int, float]:
     return {t.id: t.user_time + t.system_time for t in process.threads()}
 
 
-def auth_cost(server: LocalServe, secured_request: bytes, window_s: float, pairs: int) -> dict:
-    """The same requests to one replica, its token check on in one window of each pair and off in the other.
-    Per window: throughput and p99, and the CPU time of the replica's request loop per request; over the run,
-    what the checks themselves took, timed in the replica. Their share of that CPU bounds the throughput
-    they can cost (it times `TokenTable.check`, the hash and compares; the header lookup and the route's
-    scope around it are not timed)."""
+def alternating_windows(server: LocalServe, request: bytes, route: str, window_s: float, pairs: int) -> list[dict]:
+    """The same requests to `secured`'s one replica in closed-loop windows whose arm, `route` switched off or
+    on, alternates (which runs first alternates too, so the machine's drift cancels in the pairs): each
+    window's figures, and the CPU seconds of each of the replica's threads meanwhile."""
     (replica,) = server.replicas(SECURED)
-    switch_auth("on")
-    checks_before = check_timings()
-    windows, thread_cpu = [], []
+    windows = []
     for pair in range(pairs):
         for arm in ("off", "on") if pair % 2 == 0 else ("on", "off"):
-            switch_auth(arm)
+            switch(route, arm)
             cpu_before = thread_cpu_s(replica)
-            result = asyncio.run(closed_loop(HOST, PORT, secured_request, CONCURRENCY, window_s, warmup_s=1.0))
+            result = asyncio.run(closed_loop(HOST, PORT, request, CONCURRENCY, window_s, warmup_s=1.0))
             cpu_after = thread_cpu_s(replica)  # for every request of the window, its warm-up's too
-            cpu_s = {tid: cpu_after[tid] - cpu_before.get(tid, 0.0) for tid in cpu_after}
             if result.statuses.keys() != {200}:
-                raise RuntimeError(f"auth {arm}: answers other than 200: {result.statuses}")
-            windows.append({"pair": pair, "arm": arm, **result.summary(), "exchanged": result.exchanged})
-            thread_cpu.append(cpu_s)
-    checks = check_timings()
-    loop_thread = checks["thread_id"]  # the thread that ran the checks: the replica's request loop
-    for window, cpu_s in zip(windows, thread_cpu, strict=True):
-        window["loop_thread_cpu_s"] = cpu_s.get(loop_thread, 0.0)
-        window["replica_cpu_s"] = sum(cpu_s.values())
-    switch_auth("on")
-    checks = {k: checks[k] - checks_before[k] for k in ("checks", "check_ns")}
+                raise RuntimeError(f"{route} {arm}: answers other than 200: {result.statuses}")
+            cpu_s = {tid: cpu_after[tid] - cpu_before.get(tid, 0.0) for tid in cpu_after}
+            windows.append({"pair": pair, "arm": arm, **result.summary(), "exchanged": result.exchanged, "cpu": cpu_s})
+    switch(route, "on")
+    return windows
+
+
+def paired_ratios(windows: list[dict], pairs: int) -> dict:
+    """The medians of the pairs' on/off ratios of throughput (with its 95 % interval) and p99, and the
+    replica process's CPU per request in each arm."""
     ratios = []
     for pair in range(pairs):
         off, on = (next(w for w in windows if w["pair"] == pair and w["arm"] == a) for a in ("off", "on"))
         ratios.append({"throughput": on["rps"] / off["rps"], "p99": on["p99_ms"] / off["p99_ms"]})
     throughput = [r["throughput"] for r in ratios]
     low, high = median_interval(throughput)
-    on_windows = [w for w in windows if w["arm"] == "on"]
-    exchanged = sum(w["exchanged"] for w in on_windows)
-    cpu_per_request_ms = 1e3 * sum(w["loop_thread_cpu_s"] for w in on_windows) / exchanged
-    process_cpu_per_request_ms = 1e3 * sum(w["replica_cpu_s"] for w in on_windows) / exchanged
-    check_us = checks["check_ns"] / checks["checks"] / 1e3 if checks["checks"] else None
+
+    def cpu_ms_per_request(arm: str) -> float:
+        arm_windows = [w for w in windows if w["arm"] == arm]
+        cpu_s = sum(sum(w["cpu"].values()) for w in arm_windows)
+        return round(1e3 * cpu_s / sum(w["exchanged"] for w in arm_windows), 4)
+
     return {
         "concurrency": CONCURRENCY,
-        "window_s": window_s,
         "pairs": pairs,
         "same_replica": True,
         "throughput_ratio_median": round(statistics.median(throughput), 4),
         "throughput_ratio_interval_95": [round(low, 4), round(high, 4)],
         "p99_ratio_median": round(statistics.median(r["p99"] for r in ratios), 4),
+        "replica_cpu_ms_per_request_by_arm": {arm: cpu_ms_per_request(arm) for arm in ("off", "on")},
+        "ratios": ratios,
+    }
+
+
+def auth_cost(server: LocalServe, secured_request: bytes, window_s: float, pairs: int) -> dict:
+    """The token check on in one window of each pair and off in the other. Beside the end-to-end ratios, what
+    the checks themselves took, timed in the replica: their share of the CPU per request of the thread that
+    ran them bounds the throughput they can cost (it times `TokenTable.check`, the hash and compares; the
+    header lookup and the route's scope around it are not timed)."""
+    switch(SWITCH, "on")
+    checks_before = check_timings()
+    windows = alternating_windows(server, secured_request, SWITCH, window_s, pairs)
+    checks = check_timings()
+    loop_thread = checks["thread_id"]  # the thread that ran the checks: the replica's request loop
+    checks = {k: checks[k] - checks_before[k] for k in ("checks", "check_ns")}
+    on_windows = [w for w in windows if w["arm"] == "on"]
+    exchanged = sum(w["exchanged"] for w in on_windows)
+    cpu_per_request_ms = 1e3 * sum(w["cpu"].get(loop_thread, 0.0) for w in on_windows) / exchanged
+    process_cpu_per_request_ms = 1e3 * sum(sum(w["cpu"].values()) for w in on_windows) / exchanged
+    check_us = checks["check_ns"] / checks["checks"] / 1e3 if checks["checks"] else None
+    ratios = paired_ratios(windows, pairs)
+    for window in windows:
+        cpu = window.pop("cpu")
+        window["loop_thread_cpu_s"], window["replica_cpu_s"] = cpu.get(loop_thread, 0.0), sum(cpu.values())
+    return {
+        **ratios,
+        "window_s": window_s,
         "checks": checks["checks"],
         "check_us": round(check_us, 3) if check_us is not None else None,
         "replica_loop_thread_cpu_ms_per_request": round(cpu_per_request_ms, 4),
         "replica_process_cpu_ms_per_request": round(process_cpu_per_request_ms, 4),
         "check_share_of_replica_cpu": round(check_us / 1e3 / cpu_per_request_ms, 5) if check_us else None,
-        "ratios": ratios,
         "windows": windows,
     }
+
+
+def hardening_cost(server: LocalServe, secured_request: bytes, window_s: float, pairs: int) -> dict:
+    """The request path's hardening (bodies read after the token check against their route's limit, inputs
+    checked against the model before decoding, large requests decoded off the loop) on in one window of each
+    pair and off in the other (benchmarks.auth_toggle_app), the token check on in both."""
+    windows = alternating_windows(server, secured_request, HARDENING_SWITCH, window_s, pairs)
+    result = {**paired_ratios(windows, pairs), "window_s": window_s}
+    for window in windows:
+        window["replica_cpu_s"] = sum(window.pop("cpu").values())
+    return {**result, "windows": windows}
+
+
+def unauthenticated_bodies(server: LocalServe, clients: int = 3, size: int = 768 << 20) -> dict:
+    """`clients` at once each stream `size` bytes, chunked, with no token, to `secured`'s one replica and keep
+    sending whatever it answers: their statuses, when each was answered, and how much the replica grew."""
+    watch = MemoryWatch(server.replicas(SECURED))
+    watch.start()
+    results: list[Streamed] = []
+    path = f"/{SECURED}/v2/models/cnn/infer"
+    threads = [
+        threading.Thread(target=lambda: results.append(stream_body(HOST, PORT, path, size, {}))) for _ in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    growth = watch.growth()
+    return {
+        "clients": clients,
+        "body_mib": size >> 20,
+        "statuses": sorted(r.status for r in results),
+        "answered_max_s": round(max(r.answered_s for r in results), 3),
+        "sent_mib": [round(r.sent / 2**20) for r in results],
+        "replica_growth_mib": round(growth / 2**20, 1),
+    }
+
+
+def large_body_stall(request: bytes, size: int = 60_000_000) -> dict:
+    """A `size`-byte JSON request read, parsed and refused (a batch past any limit) three times over, while a
+    small request every 0.1 s goes to the same replica: how long the small ones waited."""
+    big = oversized_json_request(size)
+    refused: list[int] = []
+    small_body = request.split(b"\r\n\r\n", 1)[1]
+    small = ("/v2/models/cnn/infer", small_body, {"Content-Type": "application/json"})
+
+    def send_big() -> None:
+        for _ in range(3):
+            refused.append(post(HOST, PORT, "/v2/models/cnn/infer", big, {"Content-Type": "application/json"})[0])
+
+    waits = waits_while(HOST, PORT, small, send_big)
+    seconds = sorted(w for w, _ in waits)
+    return {
+        "body_bytes": len(big),
+        "refused": refused,
+        "small_requests": len(waits),
+        "small_statuses": sorted({status for _, status in waits}),
+        "small_wait_max_s": round(seconds[-1], 3),
+        "small_wait_p50_s": round(seconds[len(seconds) // 2], 4),
+    }
+
+
+def feedback_across_a_kill(server: LocalServe, capture: Path, posters: int = 8, at_s: float = 3.0) -> dict:
+    """`posters` send labels (10 a post, ids never reused) for `at_s` + 3 s; the only replica of `trtserve` is
+    SIGKILLed `at_s` seconds in. Once its replacement is up: which acknowledged labels are in the Parquet
+    files under `_feedback/`."""
+    victim = min(p.pid for p in server.replicas(APP))
+    acknowledged: set[str] = set()
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def poster(index: int) -> None:
+        sent = 0
+        while not stop.is_set():
+            ids = [f"p{index}-{sent + i}" for i in range(10)]
+            sent += 10
+            body = json.dumps([{"id": i, "label": 3} for i in ids]).encode()
+            try:
+                status, _ = post(HOST, PORT, "/v2/models/cnn/feedback", body, {"Content-Type": "application/json"})
+            except OSError:
+                status = 0
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    acknowledged.update(ids)
+
+    threads = [threading.Thread(target=poster, args=(i,), daemon=True) for i in range(posters)]
+    for thread in threads:
+        thread.start()
+    time.sleep(at_s)
+    with lock:
+        before_kill = len(acknowledged)
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(3.0)
+    stop.set()
+    for thread in threads:
+        thread.join(120)
+    wait_for_replicas(server, 1)
+    deadline, written = time.monotonic() + 60, set()
+    while time.monotonic() < deadline and not acknowledged <= written:
+        written = _feedback_ids(capture)
+        time.sleep(1.0)
+    return {
+        "posters": posters,
+        "acknowledged": len(acknowledged),
+        "acknowledged_before_kill": before_kill,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "lost": len(acknowledged - written),
+    }
+
+
+def _feedback_ids(capture: Path) -> set[str]:
+    import pyarrow.dataset as ds
+
+    root = capture / "_feedback"
+    if not root.is_dir():
+        return set()
+    table = ds.dataset(root, format="parquet", partitioning="hive").to_table(columns=["inference_id"])
+    return set(table.column("inference_id").to_pylist())
 
 
 def measure(repository: Path, results: Path, window_s: float = 6.0, pairs: int = 16) -> dict:
@@ -295,6 +444,17 @@ def measure(repository: Path, results: Path, window_s: float = 6.0, pairs: int =
             "replica's request loop",
             file=sys.stderr,
         )
+        hardening = hardening_cost(server, secured, window_s, pairs)
+        print(
+            f"hardening: throughput x{hardening['throughput_ratio_median']:.3f} (95 % interval "
+            f"{hardening['throughput_ratio_interval_95']}), p99 x{hardening['p99_ratio_median']:.3f}; replica CPU "
+            f"per request {hardening['replica_cpu_ms_per_request_by_arm']} ms",
+            file=sys.stderr,
+        )
+        abuse = {"unauthenticated_bodies": unauthenticated_bodies(server)}
+        abuse["large_body"] = large_body_stall(request)
+        abuse["feedback_kill"] = feedback_across_a_kill(server, work / "capture")
+        print(f"abuse: {json.dumps(abuse)}", file=sys.stderr)
         run("kill_one", kill(server), at_s=5.0, duration_s=60.0)
         wait_for_replicas(server, 1)
         # The same with a short queue: callers beyond it are told 503 + Retry-After instead of waiting.
@@ -312,6 +472,8 @@ def measure(repository: Path, results: Path, window_s: float = 6.0, pairs: int =
         "rate": RATE,
         "encoding": "json",
         "auth_cost": cost,
+        "hardening_cost": hardening,
+        "abuse": abuse,
         "scenarios": scenarios,
     }
     results.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,10 @@ KILL_TWO_FAILED = 0  # a replica SIGKILLed under load with two replicas: failed 
 ONE_REPLICA_STATUSES = ("200", "503")  # a lone replica killed under load: the only answers callers may get
 DRAIN_FAILED = 0  # redeploy, downscale: failed requests; shutdown: failed requests sent before it began
 AUTH_COST = 0.03  # bearer tokens on cost at most this much of throughput (c=32, alternating windows)
+HARDENING_COST = 0.03  # the request path's hardening (issue 30) costs at most this much of throughput, likewise
+UNAUTHENTICATED_GROWTH_MIB = 256  # three 768 MiB bodies without a token: the replica grows by at most this
+STALL_MAX_S = 1.5  # while a 60 MB body is refused, a small request every 0.1 s waits at most this long
+FEEDBACK_LOST = 0  # acknowledged labels missing from the Parquet files after a replica SIGKILL
 
 # Steady mixed load on both models (`soak`, 10 minutes in `make bench`).
 SOAK_UNEXPECTED = 0  # answers other than expected (the planted bad requests' 4xx are expected)

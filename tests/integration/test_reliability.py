@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
+from benchmarks.abuse import MemoryWatch, Streamed, oversized_json_request, post, stream_body, waits_while
 from benchmarks.http_load import build_request, closed_loop, open_loop
 from runtime.auth.tokens import digest
 from runtime.serve.launcher import LocalServe
@@ -336,3 +337,58 @@ def test_with_a_short_queue_callers_of_a_dead_lone_replica_get_503_retry_after_a
         # Told at once: the 503s came before the replacement answered anyone the fallback held.
         assert max(took for _, took in told) < min(waited), (sorted(t for _, t in told), sorted(waited))
         assert victim not in wait_for_replicas(secured, 1)
+
+
+# what a client sends cannot hurt a replica
+
+
+def test_large_bodies_without_a_token_are_refused_unread_and_cost_no_memory(secured):
+    """Three clients each stream 768 MiB with no token: each is answered 401 at once, and the replicas grow
+    by far less than what was sent (before, every body was read whole first: 256 MiB grew one by 513 MiB)."""
+    watch = MemoryWatch(replicas(secured))
+    watch.start()
+    results: list[Streamed] = []
+    clients = [
+        threading.Thread(
+            target=lambda: results.append(stream_body("127.0.0.1", PORT, "/v2/models/cnn/infer", 768 << 20, {}))
+        )
+        for _ in range(3)
+    ]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(300)
+    growth = watch.growth()
+    assert [r.status for r in results] == [401, 401, 401], results
+    assert all(r.answered_s < 5.0 for r in results), results
+    assert growth <= 256 << 20, f"the replicas grew by {growth / 2**20:.0f} MiB"
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(secured):
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
+    conn.putrequest("POST", "/v2/models/cnn/infer")
+    conn.putheader("Content-Length", str(768 << 20))
+    for key, value in AUTH.items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    conn.send(b"{" * 65536)  # a little of it: the answer comes without the rest
+    response = conn.getresponse()
+    assert response.status == 413 and b"exceeds the limit of 67108864 bytes" in response.read()
+    conn.close()
+
+
+def test_the_replica_keeps_answering_while_a_60_mb_body_is_refused(secured):
+    """One replica; a 60 MB JSON request (within max_body_mb, a batch far past max_batch_size) is read, parsed
+    off the event loop and refused, while a small request every 0.1 s keeps being answered within 1.5 s."""
+    big = oversized_json_request(60_000_000)
+    refused: list[tuple[int, bytes]] = []
+
+    def send_big() -> None:
+        for _ in range(3):
+            refused.append(post("127.0.0.1", PORT, "/v2/models/cnn/infer", big, AUTH))
+
+    with one_replica(secured):
+        waits = waits_while("127.0.0.1", PORT, ("/v2/models/cnn/infer", infer_body(), AUTH), send_big)
+    assert all(status == 400 and b"outside [1," in data for status, data in refused), refused[0][1][:200]
+    assert len(waits) >= 10 and all(status == 200 for _, status in waits), waits
+    assert max(seconds for seconds, _ in waits) <= 1.5, sorted(waits)[-5:]
