@@ -1,7 +1,8 @@
 """Which version of a model answers a request, and which (if any) also runs it after the answer is sent.
 
-Canary by weight, sticky per request key: the key (the request `id`, else `X-Request-ID`) is hashed to a
-point in [0, 100), and the candidate answers points below its weight, so retries of one request reach one
+Canary by weight, sticky per request key: the key (the request `id`, else `X-Request-ID`, which a
+replica first hashes with the application's secret so that no client can pick it: runtime.serve.traffic)
+is hashed to a point in [0, 100), and the candidate answers points below its weight, so retries of one request reach one
 version. A canaried request also runs on stable, after the answer, so both outputs can be compared;
 shadowed requests are answered by stable and also run on the candidate, whose answer is never returned.
 Shadow sampling hashes the key with another salt, so which requests are shadowed does not depend on which

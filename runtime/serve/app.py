@@ -81,6 +81,7 @@ def build_app_with(args: dict[str, Any], deployment) -> serve.Application:
     # never serving a table read elsewhere.
     tokens_file = str(args.auth.tokens_path) if args.auth is not None else None
     # One secret per application build, the same on every replica (a request's records, answered and
-    # mirrored, are kept or dropped together): a client cannot pick ids that are captured.
-    sampling_key = secrets.token_bytes(32)
-    return server.bind(repository, versions, args.models, args.max_body_mb, rollouts, tokens_file, sampling_key)
+    # mirrored, are kept or dropped together; a retried request reaches the same version): a client cannot
+    # pick ids that are captured, or that a rollout's candidate answers.
+    app_secret = secrets.token_bytes(32)
+    return server.bind(repository, versions, args.models, args.max_body_mb, rollouts, tokens_file, app_secret)

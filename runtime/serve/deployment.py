@@ -28,6 +28,7 @@ from runtime.serve.heap import freeze_startup_heap
 from runtime.serve.model import ServedModel
 from runtime.serve.monitoring import DriftMonitor
 from runtime.serve.telemetry import RayTelemetry
+from runtime.serve.traffic import Traffic
 from runtime.serve.versions import VersionManager
 
 log = logging.getLogger("trtserve.server")
@@ -45,7 +46,9 @@ class KServeServer:
         max_body_mb: float = 64,
         rollouts=None,
         tokens_file: str | None = None,  # bearer tokens, read on this node and watched; None: no authentication
-        sampling_key: bytes = b"",  # the application's secret that decides which requests are captured
+        # The application's secret: which requests are captured, and which a rollout's candidate answers,
+        # decided by keyed hashes of their ids, so that no client can choose.
+        app_secret: bytes = b"",
     ) -> None:
         _log_like_ray_serve()
         self._telemetry = RayTelemetry()
@@ -54,7 +57,7 @@ class KServeServer:
         for spec in models:
             settings = spec.capture_settings
             if settings is not None and settings.destination is not None:
-                self._captures[spec.name] = CaptureSink(spec.name, settings, sampling_key)
+                self._captures[spec.name] = CaptureSink(spec.name, settings, app_secret)
                 self._telemetry.watch_capture(spec.name, self._captures[spec.name])
         self._models = []
         for version, spec in zip(versions, models, strict=True):
@@ -69,6 +72,7 @@ class KServeServer:
             max_body_bytes=int(max_body_mb * 2**20),
             telemetry=self._telemetry,
             rollout_command=self._rollout_command if rollouts is not None else None,
+            traffic=Traffic(routing_key=app_secret),
             monitor=self._monitor,
             captures=self._captures,
             # Until the watcher's first look (below, before any request) every token is refused.

@@ -188,3 +188,21 @@ def test_a_pinned_request_is_never_mirrored(versions):
     report = handler.traffic.report("seq")
     assert report["agreement"] == {} and report["dropped"] == 0
     assert {key for key in report["counts"] if key.endswith("/ran")} == set()
+
+
+def test_with_the_applications_secret_no_client_can_pick_ids_the_candidate_answers(versions):
+    """Routing hashes a request's key with the application's secret: sticky for one secret, but which ids
+    reach the candidate cannot be worked out from the public hash (runtime.rollout.routing.point)."""
+    by_key = {}
+    for secret in (b"", b"secret-a", b"secret-b", b"secret-a"):
+        traffic = Traffic(routing_key=secret)
+        traffic.set_routing("seq", Routing("1", "2", weight=50))
+        versions_by_name = {m.version: m for m in versions[:2]}
+        answered = frozenset(
+            i for i in range(400) if traffic.route("seq", versions_by_name, f"id-{i}")[0].version == "2"
+        )
+        by_key.setdefault(secret, set()).add(answered)
+    assert all(len(sets) == 1 for sets in by_key.values())  # sticky: one secret, one split
+    public, a, b = (next(iter(by_key[k])) for k in (b"", b"secret-a", b"secret-b"))
+    assert 120 < len(a) < 280 and a != public and a != b
+    assert len(a & public) < 0.7 * len(a)  # knowing the public split says little about the keyed one
