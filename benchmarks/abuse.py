@@ -81,8 +81,9 @@ class MemoryWatch(threading.Thread):
 
 
 def oversized_json_request(size: int) -> bytes:
-    """A JSON infer request of about `size` bytes for cnn's `image` whose batch is far past any limit: read
-    whole (it is within max_body_mb), then refused on its shape."""
+    """A JSON infer request of about `size` bytes for cnn's `image` whose batch is past any limit: refused
+    unread when `size` is past the largest request cnn takes (about 12.6 MB), else read, parsed and refused on
+    its shape."""
     values = 3 * 32 * 32
     rows = size // (values * len(b"0.25,"))
     doc = b'{"inputs":[{"name":"image","datatype":"FP32","shape":[%d,3,32,32],"data":[' % rows

@@ -323,8 +323,9 @@ def unauthenticated_bodies(server: LocalServe, clients: int = 3, size: int = 768
 
 
 def large_body_stall(request: bytes, size: int = 60_000_000) -> dict:
-    """A `size`-byte JSON request read, parsed and refused (a batch past any limit) three times over, while a
-    small request every 0.1 s goes to the same replica: how long the small ones waited."""
+    """A `size`-byte JSON request refused (a batch past any limit: unread past the largest request the model
+    takes, else read and parsed first) three times over, while a small request every 0.1 s goes to the same
+    replica: how long the small ones waited."""
     big = oversized_json_request(size)
     refused: list[int] = []
     small_body = request.split(b"\r\n\r\n", 1)[1]
@@ -452,7 +453,8 @@ def measure(repository: Path, results: Path, window_s: float = 6.0, pairs: int =
             file=sys.stderr,
         )
         abuse = {"unauthenticated_bodies": unauthenticated_bodies(server)}
-        abuse["large_body"] = large_body_stall(request)
+        abuse["large_body"] = large_body_stall(request)  # past the largest request cnn takes: refused unread
+        abuse["largest_parsed_body"] = large_body_stall(request, 12_000_000)  # read, parsed off the loop, refused
         abuse["feedback_kill"] = feedback_across_a_kill(server, work / "capture")
         print(f"abuse: {json.dumps(abuse)}", file=sys.stderr)
         run("kill_one", kill(server), at_s=5.0, duration_s=60.0)

@@ -626,10 +626,24 @@ def hardening_cost_met(cost: dict) -> bool:
     return by_arm["on"] <= by_arm["off"] * (1 + targets.HARDENING_COST) and interval[1] >= 1 - targets.HARDENING_COST
 
 
+def _stall_row(stall: dict) -> str:
+    return _row(
+        f"while a {stall['body_bytes'] / 1e6:.0f} MB body is refused, a small request every 0.1 s waits at most "
+        f"{targets.STALL_MAX_S:g} s",
+        f"refused {stall['refused']}; {stall['small_requests']} small requests, statuses "
+        f"{stall['small_statuses']}, the longest wait {stall['small_wait_max_s']:.2f} s (median "
+        f"{stall['small_wait_p50_s'] * 1e3:.1f} ms)",
+        all(400 <= status < 500 for status in stall["refused"])
+        and stall["small_statuses"] == [200]
+        and stall["small_wait_max_s"] <= targets.STALL_MAX_S,
+    )
+
+
 def _abuse_rows(abuse: dict, hardening: dict) -> list[str]:
-    bodies, stall, labels = abuse["unauthenticated_bodies"], abuse["large_body"], abuse["feedback_kill"]
+    bodies, labels = abuse["unauthenticated_bodies"], abuse["feedback_kill"]
     by_arm = hardening["replica_cpu_ms_per_request_by_arm"]
     low, high = hardening["throughput_ratio_interval_95"]
+    stalls = [abuse[key] for key in ("large_body", "largest_parsed_body") if key in abuse]
     return [
         _row(
             f"{bodies['clients']} concurrent unauthenticated {bodies['body_mib']} MiB bodies: refused, the replica "
@@ -638,16 +652,7 @@ def _abuse_rows(abuse: dict, hardening: dict) -> list[str]:
             f"{bodies['replica_growth_mib']:.0f} MiB",
             set(bodies["statuses"]) == {401} and bodies["replica_growth_mib"] <= targets.UNAUTHENTICATED_GROWTH_MIB,
         ),
-        _row(
-            f"while a {stall['body_bytes'] / 1e6:.0f} MB body is refused, a small request every 0.1 s waits at most "
-            f"{targets.STALL_MAX_S:g} s",
-            f"refused {stall['refused']}; {stall['small_requests']} small requests, statuses "
-            f"{stall['small_statuses']}, the longest wait {stall['small_wait_max_s']:.2f} s (median "
-            f"{stall['small_wait_p50_s'] * 1e3:.1f} ms)",
-            set(stall["refused"]) == {400}
-            and stall["small_statuses"] == [200]
-            and stall["small_wait_max_s"] <= targets.STALL_MAX_S,
-        ),
+        *(_stall_row(stall) for stall in stalls),
         _row(
             f"acknowledged labels lost across a replica SIGKILL: at most {targets.FEEDBACK_LOST}",
             f"{labels['lost']} lost of {labels['acknowledged']} acknowledged ({labels['posters']} posters, "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from runtime.auth.tokens import SCOPES
+from runtime.engine.credentials import install_scrubbing, scrub
 from runtime.engine.errors import TrtserveError
 
 
@@ -35,7 +37,20 @@ class UsageError(TrtserveError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors exit 2 with one line, as argparse does
         self.print_usage(sys.stderr)
-        self.exit(2, f"trtserve: error: {message}\n")
+        self.exit(2, scrub(f"trtserve: error: {message}\n"))  # it may quote an argument: a repository URI
+
+
+def _error(message: str) -> None:
+    """One line on stderr, scrubbed of credentials: an error may quote a repository URI given to us."""
+    print(scrub(message), file=sys.stderr, flush=True)
+
+
+def _scrub_what_is_logged() -> None:
+    """This command configures no logging of its own: what our modules and libraries log (WARNING and above)
+    reaches stderr through Python's last-resort handler, which scrubs credentials from then on, as every
+    message we print does. (Ray's loggers, in `batch`, write through handlers of their own, not this one.)"""
+    if logging.lastResort is not None:
+        install_scrubbing(logging.lastResort)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,7 +103,7 @@ def _token(args) -> int:
         with os.fdopen(fd, "a") as f:
             f.write(lines)
     except OSError as e:
-        print(f"trtserve token: error: cannot write {args.file}: {e}", file=sys.stderr)
+        _error(f"trtserve token: error: cannot write {args.file}: {e}")
         return 2
     print(token)
     print(f"appended {', '.join(scopes)} to {args.file}; the token is shown only now", file=sys.stderr)
@@ -345,7 +360,7 @@ def _serve(server) -> int:
     print("Ctrl-C stops the server and everything it started.", flush=True)
     while server.process.poll() is None:
         time.sleep(1)
-    print(f"serve run exited with {server.process.returncode}; see {server.log_path}", file=sys.stderr)
+    _error(f"serve run exited with {server.process.returncode}; see {server.log_path}")
     return 1
 
 
@@ -358,19 +373,20 @@ def _demo(server, token: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _scrub_what_is_logged()
     args = _parser().parse_args(argv)
     if args.command in ("rollout", "monitor"):
         try:
             return _rollout(args) if args.command == "rollout" else _monitor(args)
         except TrtserveError as e:
-            print(f"trtserve {args.command} {args.action}: error: {e}", file=sys.stderr)
+            _error(f"trtserve {args.command} {args.action}: error: {e}")
             return e.exit_code
     if args.command == "batch":
         return _run_batch(args)
     if args.command == "token":
         return _token(args)
     if not args.config.is_file():
-        print(f"trtserve {args.command}: error: {args.config}: no such file", file=sys.stderr)
+        _error(f"trtserve {args.command}: error: {args.config}: no such file")
         return 2
     import yaml
 
@@ -383,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = LocalServe(args.config, ingress=args.ingress, log_path=args.log)
     except (OSError, ValueError, yaml.YAMLError) as e:  # no such config, or one this launcher cannot serve
-        print(f"trtserve {args.command}: error: {e}", file=sys.stderr)
+        _error(f"trtserve {args.command}: error: {e}")
         return 2
     print(f"starting {args.config} ({server.ingress} ingress); logs in {args.log} ...", flush=True)
     try:
@@ -393,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(server) if args.command == "serve" else _demo(server, args.token)
         except (TrtserveError, RuntimeError, TimeoutError) as e:  # DeployFailed: Serve gave up on an application
             # Said before the clean-up, which takes a while (Ray shuts down), and is why we exit.
-            print(f"trtserve {args.command}: error: {e}", file=sys.stderr, flush=True)
+            _error(f"trtserve {args.command}: error: {e}")
             return 1
         finally:
             server.stop()
@@ -406,7 +422,7 @@ def _run_batch(args) -> int:
     try:
         return _batch(args)
     except TrtserveError as e:
-        print(f"trtserve batch: error: {e}", file=sys.stderr)
+        _error(f"trtserve batch: error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
         print("trtserve batch: interrupted; run it again with --resume to finish", file=sys.stderr)
@@ -414,7 +430,7 @@ def _run_batch(args) -> int:
     except Exception as e:  # Ray Data reports a worker's failure wrapped in its own exceptions
         cause = _user_error(e)
         reason = str(cause) if cause is not None else _raised_in_worker(e) or f"{type(e).__name__}: {_last_line(e)}"
-        print(f"trtserve batch: error: {reason}", file=sys.stderr)
+        _error(f"trtserve batch: error: {reason}")
         return cause.exit_code if cause is not None else 1
 
 

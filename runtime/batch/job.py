@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from runtime.engine.credentials import install_scrubbing
 from runtime.engine.errors import TrtserveError
 from runtime.engine.repository import repository_location, resolve_version
 
@@ -117,6 +118,8 @@ def run(options: BatchOptions) -> BatchSummary:
     import ray
     import ray.data
 
+    # Ray's own stderr handlers, scrubbed: its messages may quote a repository URI with credentials.
+    install_scrubbing(*logging.getLogger("ray").handlers, *logging.getLogger("ray.data").handlers)
     address = options.address or os.environ.get("RAY_ADDRESS") or "local"
     started_ray = not ray.is_initialized()
     if started_ray:

@@ -4,7 +4,8 @@ scrubbed. The real URI goes only to the storage client (pyarrow, boto3).
 
 `scrub` is applied where messages are made (TrtserveError scrubs its own message; RemoteRepository
 names itself by its scrubbed URI). `ScrubCredentials` is the net for log records made elsewhere:
-install it on a handler, since a logger's own filters skip the records its children propagate to it.
+installed on handlers (`install_scrubbing`, `log_through`), since a logger's own filters skip the records
+its children propagate to it.
 """
 
 from __future__ import annotations
@@ -52,4 +53,22 @@ class ScrubCredentials(logging.Filter):
         return True
 
 
-__all__ = ["MASK", "ScrubCredentials", "scrub"]
+def install_scrubbing(*handlers: logging.Handler) -> None:
+    """`ScrubCredentials` on each handler (once, however often this is called): every record it writes is
+    scrubbed, whichever logger made it. A logger's: `install_scrubbing(*logger.handlers)`."""
+    for handler in handlers:
+        if not any(isinstance(f, ScrubCredentials) for f in handler.filters):
+            handler.addFilter(ScrubCredentials())
+
+
+def log_through(logger: logging.Logger, host: logging.Logger) -> None:
+    """`logger` and its children written by `host`'s handlers alone (at `host`'s level, else INFO), every
+    one scrubbing credentials: for a process whose logging a framework set up (a Ray Serve replica's
+    `ray.serve` logger writes JSON, per the application's LoggingConfig), records of ours go where its own do."""
+    install_scrubbing(*host.handlers)
+    logger.handlers = list(host.handlers)
+    logger.setLevel(host.level or logging.INFO)
+    logger.propagate = False
+
+
+__all__ = ["MASK", "ScrubCredentials", "install_scrubbing", "log_through", "scrub"]

@@ -12,7 +12,9 @@ which no Parquet reader lists), appended one record batch per pass and flushed t
 after each pass. A stream has no footer: every batch written whole before a crash reads back. At a
 rotate limit (rows, bytes of the stream, or age, checked even when no record follows) and when the
 writer closes, the stream becomes `part-*.parquet`, written under a hidden name and then renamed, and
-the stream is removed: no file a Parquet dataset reader lists is ever half-written.
+the stream is removed: no file a Parquet dataset reader lists is ever half-written. A writer holds at
+most `max_open_streams` streams (each an open, locked file): opening one more first rotates the least
+recently written one.
 
 Crashes. An open stream is held under an exclusive `flock`, which the kernel releases when its process
 dies, SIGKILL included. When it starts and every `recover_every_s`, a writer converts the streams under
@@ -23,9 +25,10 @@ records (feedback, acknowledged to its sender) also survive the loss of the mach
 files of earlier versions (`.part-*.inprogress`, Parquet without its footer) cannot be read and are left
 alone.
 
-The thread never dies of one bad record or one failed write: what fails is counted (`stats.failed`),
-logged once per cause, and the thread goes on. Should it die anyway, its waiters fail and `submit_all`
-raises WriterStopped.
+The thread never dies of one bad record, one failed write or a failed recovery or rotation: what fails
+is counted (`stats.failed` for records, `stats.errors` for the rest), logged once per cause, and the
+thread goes on. Should it die anyway (a bug), its waiters fail, `submit_all` raises WriterStopped and
+`problem()` says so, for the replica's health check.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import os
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
@@ -76,7 +79,10 @@ CAPTURE_SCHEMA = pa.schema(
 FEEDBACK_SCHEMA = pa.schema(
     [
         ("inference_id", pa.string()),
-        ("time", pa.timestamp("us", tz="UTC")),
+        ("time", pa.timestamp("us", tz="UTC")),  # the label's time, as its sender gave it (else `received`)
+        # When the replica took it: its partition, so one POST is one partition whatever times it carries.
+        # Files written before this column have none (read as null).
+        ("received", pa.timestamp("us", tz="UTC")),
         ("model", pa.string()),
         ("label", pa.list_(pa.float64())),  # a class index or a value as one element; a vector as it is
     ]
@@ -101,6 +107,7 @@ FEEDBACK_DIR = "_feedback"  # beside the captures; readers of the capture datase
 IN_PROGRESS = ".inprogress.arrows"  # `.{name}.inprogress.arrows` becomes `{name}.parquet`
 SCALAR_BYTES = 32  # a Python number or None held in a record, with its reference
 ABANDONED_EMPTY_S = 3600.0  # an empty in-progress file unlocked this long was left by a writer that died
+MAX_OPEN_STREAMS = 64  # per writer: open, locked files; partitions beyond it rotate the least recent
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,11 @@ class WriterStopped(RuntimeError):
     """The writer is closed, or its thread died: it takes no more records."""
 
 
+class GroupTooLarge(OverflowError):
+    """Records more than the whole queue holds (rows or bytes): they would never be taken, however long
+    their sender waited and retried."""
+
+
 def hour_of(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H")
 
@@ -123,7 +135,8 @@ def capture_partition(record: dict) -> str:
 
 
 def feedback_partition(record: dict) -> str:
-    return f"{FEEDBACK_DIR}/model={record['model']}/hour={hour_of(record['time'])}"
+    """By the hour the label was received, not its own `time`: labels of any hours are one partition."""
+    return f"{FEEDBACK_DIR}/model={record['model']}/hour={hour_of(record['received'])}"
 
 
 def estimate_bytes(value: object) -> int:
@@ -194,7 +207,15 @@ def capture_table(records: list[dict]) -> pa.Table:
 
 def feedback_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(
-        [{**r, "time": datetime.fromtimestamp(r["time"], timezone.utc)} for r in records], schema=FEEDBACK_SCHEMA
+        [
+            {
+                **r,
+                "time": datetime.fromtimestamp(r["time"], timezone.utc),
+                "received": datetime.fromtimestamp(r["received"], timezone.utc),
+            }
+            for r in records
+        ],
+        schema=FEEDBACK_SCHEMA,
     )
 
 
@@ -204,6 +225,20 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_directory(directory: Path, durable: bool) -> None:
+    """`mkdir -p`; for a durable writer each directory it makes is also fsynced into its parent, so a new
+    partition, and the acknowledged records in it, survive a power loss."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for made in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another writer, which may not sync yet
+            made.mkdir()
+        if durable:
+            _fsync(made.parent)
 
 
 def _read_stream(source: pa.NativeFile) -> tuple[pa.Table | None, bool]:
@@ -308,6 +343,7 @@ class WriterStats:
     files: int = 0  # Parquet files completed
     recovered: int = 0  # rows of dead writers' streams made Parquet
     torn: int = 0  # torn last batches of dead writers' streams, dropped
+    errors: int = 0  # failed recoveries and rotations by age, which lose no record (logged once per cause)
 
 
 class PartitionedWriter:
@@ -328,6 +364,7 @@ class PartitionedWriter:
         durable: bool = False,  # fsync before a submit_all future resolves
         scope: str = "",  # the part of `root` whose dead writers' streams this writer recovers
         recover_every_s: float = 60.0,
+        max_open_streams: int = MAX_OPEN_STREAMS,
     ) -> None:
         self.root = Path(root)
         self.schema = schema
@@ -342,6 +379,7 @@ class PartitionedWriter:
         self.durable = durable
         self.scope = self.root / scope
         self.recover_every_s = recover_every_s
+        self.max_open_streams = max_open_streams
         self.stats = WriterStats()
         self._queue: deque[_Group] = deque()
         self._queued_rows = 0
@@ -350,11 +388,12 @@ class PartitionedWriter:
         self._finished = 0  # groups written (or lost) since the start
         self._taken: list[_Group] = []  # the groups being written
         self._stopped = False
+        self._died: str | None = None  # what killed the thread (an exception's type), when one did
         self._lock = threading.Lock()
         self._finished_changed = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._open: dict[str, _Stream] = {}
+        self._open: OrderedDict[str, _Stream] = OrderedDict()  # the least recently written first
         self._causes: set[tuple[str, str]] = set()
         self._thread = threading.Thread(target=self._run, name=f"trtserve-{name}-writer", daemon=True)
         self._thread.start()
@@ -368,19 +407,40 @@ class PartitionedWriter:
             self.stats.dropped += 1
             return False
 
-    def submit_all(self, records: list[dict]) -> Future:
-        """Queue every record or none: OverflowError when the queue has no room for all of them,
-        WriterStopped when the writer takes no more. The future resolves (None) once they are written,
-        on disk for a durable writer, or fails with the error that lost one of them."""
-        group = _Group(records, sum(estimate_bytes(r) for r in records), Future())
+    def submit_all(self, records: list[dict], nbytes: int | None = None) -> Future:
+        """Queue every record or none: OverflowError when the queue has no room for all of them now
+        (GroupTooLarge when it never will), WriterStopped when the writer takes no more. `nbytes`: the
+        records' `estimate_bytes`, when the caller computed it off its event loop. The future resolves
+        (None) once they are written, on disk for a durable writer, or fails with the error that lost
+        one of them."""
+        if nbytes is None:
+            nbytes = sum(estimate_bytes(r) for r in records)
+        group = _Group(records, nbytes, Future())
         self._enqueue(group)
         self._wake.set()
         return group.done
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread runs (False once closed, or dead)."""
+        return self._thread.is_alive()
+
+    def problem(self) -> str | None:
+        """Why the writer takes no more records though nobody closed it (its thread died of a bug); None
+        while it runs or after close()."""
+        if self._died is None:
+            return None
+        return f"the {self.name} writer under {self.root} stopped ({self._died}; its traceback is in the log)"
 
     def _enqueue(self, group: _Group) -> None:
         with self._lock:
             if self._stopped:
                 raise WriterStopped(f"the {self.name} writer is not running")
+            if len(group.records) > self.queue_max_rows or group.nbytes > self.queue_max_bytes:
+                raise GroupTooLarge(
+                    f"{len(group.records)} records of about {group.nbytes} bytes: more than the whole {self.name}"
+                    f" queue holds ({self.queue_max_rows} rows, {self.queue_max_bytes} bytes)"
+                )
             if (
                 self._queued_rows + len(group.records) > self.queue_max_rows
                 or self._held_bytes + group.nbytes > self.queue_max_bytes
@@ -412,7 +472,7 @@ class PartitionedWriter:
 
     def _run(self) -> None:
         try:
-            self._recover()
+            self._housekeeping("recovering streams", self._recover)
             recovered = time.monotonic()
             while True:
                 self._wake.wait(self.flush_s)
@@ -421,12 +481,12 @@ class PartitionedWriter:
                 if taken:
                     self._write(taken)
                 self._finish(taken)
-                self._rotate_aged(time.time())
+                self._housekeeping("rotating aged streams", self._rotate_aged)
                 with self._lock:
                     if self._queue:  # more than one pass takes: the next one now
                         self._wake.set()
                 if time.monotonic() - recovered >= self.recover_every_s:
-                    self._recover()
+                    self._housekeeping("recovering streams", self._recover)
                     recovered = time.monotonic()
                 if self._stopping.is_set():
                     with self._lock:
@@ -435,10 +495,11 @@ class PartitionedWriter:
                             break
             for partition in list(self._open):
                 self._close_quietly(partition)
-        except BaseException:  # a bug: nothing may be acknowledged that will not be written
+        except BaseException as e:  # a bug: nothing may be acknowledged that will not be written
             log.critical("the %s writer under %s stopped", self.name, self.root, exc_info=True)
             with self._lock:
                 self._stopped = True
+                self._died = type(e).__name__
                 lost = [*self._taken, *self._queue]
                 self._queue.clear()
             for group in lost:
@@ -446,6 +507,16 @@ class PartitionedWriter:
         finally:
             with self._finished_changed:
                 self._finished_changed.notify_all()
+
+    def _housekeeping(self, what: str, step: Callable[[], None]) -> None:
+        """A step of the loop that holds no queued record (recovery, rotation by age): its failure (EMFILE
+        listing the files, a file renamed meanwhile) loses none of them, so it is counted and logged once
+        per cause, and the step is tried again at its next turn."""
+        try:
+            step()
+        except Exception as e:
+            self.stats.errors += 1
+            self._log_once(what, e, self.scope)
 
     def _take(self) -> list[dict]:
         """What is queued now, up to TAKE_MAX records (a group whole)."""
@@ -530,13 +601,19 @@ class PartitionedWriter:
         return (pa.concat_tables(tables) if tables else None), kept
 
     def _stream(self, partition: str) -> _Stream:
-        if partition not in self._open:
+        if partition in self._open:
+            self._open.move_to_end(partition)
+        else:
+            # Every other open stream was synced at the end of its partition's write: rotating one loses nothing.
+            while len(self._open) >= self.max_open_streams:
+                self._close_quietly(next(iter(self._open)))
             directory = self.root / partition
-            directory.mkdir(parents=True, exist_ok=True)
+            make_directory(directory, self.durable)
             self._open[partition] = _Stream(directory, self.schema, self.durable)
         return self._open[partition]
 
-    def _rotate_aged(self, now: float) -> None:
+    def _rotate_aged(self) -> None:
+        now = time.time()
         for partition, stream in list(self._open.items()):
             if now - stream.opened >= self.rotate.max_age_s:
                 self._close_quietly(partition)

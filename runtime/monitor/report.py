@@ -13,14 +13,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from runtime.engine import preprocessing
 from runtime.engine.evaluation import METRICS
 from runtime.engine.manifest import read_manifest
 from runtime.engine.repository import version_dir
-from runtime.monitor.capture_writer import FEEDBACK_DIR, hour_of
-from runtime.monitor.reference import read_reference
+from runtime.monitor.capture_writer import FEEDBACK_DIR, FEEDBACK_SCHEMA, hour_of
+from runtime.monitor.reference import read_version_reference
 from runtime.monitor.tensors import NUMPY
 from runtime.monitor.window import TensorWindow
 
@@ -28,22 +30,28 @@ FLUSH_ROWS = 4096  # captured rows of one tensor counted in one pass
 
 
 class ReportError(ValueError):
-    """Nothing to report on, or captures that cannot be read; the message says which."""
+    """Nothing to report on, or captures or a version's reference that cannot be read; the message says which."""
 
 
-def _dataset(directory: Path):
+def _dataset(directory: Path, schema=None):
     """The complete Parquet files under a directory, or None when there are none yet (a file being
-    written has a hidden name that does not end in `.parquet`)."""
+    written has a hidden name that does not end in `.parquet`). With a schema, a column a file lacks
+    reads as null."""
     files = sorted(str(f) for f in directory.rglob("*.parquet")) if directory.is_dir() else []
-    return ds.dataset(files, format="parquet") if files else None
+    return ds.dataset(files, schema=schema, format="parquet") if files else None
 
 
 def read_feedback(capture_dir: Path, model: str) -> dict[str, np.ndarray]:
-    """inference id -> its label (the latest given)."""
-    data = _dataset(capture_dir / FEEDBACK_DIR / f"model={model}")
+    """inference id -> its label: the latest by the label's `time`, of equal times the last received.
+    Every partition is read (they are the hours labels were received, or, in files written before
+    `received` existed, the labels' own hours): a label for a request may come at any time after it."""
+    data = _dataset(capture_dir / FEEDBACK_DIR / f"model={model}", FEEDBACK_SCHEMA)
     if data is None:
         return {}
-    table = data.to_table(columns=["inference_id", "time", "label"]).sort_by("time")
+    table = data.to_table(columns=["inference_id", "time", "received", "label"])
+    # A label of a file without `received` is older than any with it.
+    received = pc.fill_null(table.column("received"), pa.scalar(0, table.schema.field("received").type))
+    table = table.set_column(2, "received", received).sort_by([("time", "ascending"), ("received", "ascending")])
     return {
         i: np.asarray(v, np.float64)
         for i, v in zip(*(table.column(c).to_pylist() for c in ("inference_id", "label")), strict=True)
@@ -193,7 +201,12 @@ def _version_files(repository, model: str, version: str):
         manifest = read_manifest(directory)
     except Exception:  # a version not in this repository: reported without its metric config or drift
         return None, None, None
-    reference = read_reference(directory / manifest.reference.file) if manifest.reference is not None else None
+    # Both read as verified: confined to the version and checked against the manifest's sha256 as read
+    # (ArtifactError); a local version was never verified whole.
+    try:
+        reference = read_version_reference(directory, manifest)
+    except ValueError as e:  # verified, but not a reference this release reads
+        raise ReportError(str(e)) from None
     return manifest, reference, preprocessing.load(directory, manifest)
 
 

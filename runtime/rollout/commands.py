@@ -36,7 +36,7 @@ def _version(value: Any) -> str:
     raise invalid(f"expected a version number (a positive integer), got {value!r}")
 
 
-def _one_line(text: str) -> str:
+def _without_control_characters(text: str) -> str:
     """Text kept in the history and written to logs: no line breaks or other control characters."""
     if _CONTROL.search(text):
         raise invalid("expected one line of text, without control characters")
@@ -60,7 +60,7 @@ class Wait(CommandArgs):
 
 
 class Rollback(Wait):
-    reason: Annotated[str, AfterValidator(_one_line)] = Field(
+    reason: Annotated[str, AfterValidator(_without_control_characters)] = Field(
         "rolled back by hand", min_length=1, max_length=MAX_REASON
     )
 

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.engine.errors import TrtserveError
 from runtime.engine.manifest import Evaluation, Manifest
 
 
-class GateInputError(ValueError):
-    """A gate asked for with what cannot judge it (e.g. a profile of another version)."""
+class GateInputError(TrtserveError, ValueError):
+    """A gate asked for with what cannot judge it (e.g. a profile of another version, a stable version that
+    could not be scored). A TrtserveError: its message, which may quote a failure to read a repository, is
+    scrubbed of credentials when made."""
 
 
 class _Read(BaseModel):

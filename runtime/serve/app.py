@@ -84,4 +84,6 @@ def build_app_with(args: dict[str, Any], deployment) -> serve.Application:
     # mirrored, are kept or dropped together; a retried request reaches the same version): a client cannot
     # pick ids that are captured, or that a rollout's candidate answers.
     app_secret = secrets.token_bytes(32)
-    return server.bind(repository, versions, args.models, args.max_body_mb, rollouts, tokens_file, app_secret)
+    return server.bind(
+        repository, versions, args.models, args.max_body_mb, rollouts, tokens_file, app_secret=app_secret
+    )

@@ -5,16 +5,22 @@ its route's limit: a declared Content-Length above the limit is refused before a
 body is refused as soon as the running count passes it. The bytes every request of a replica holds at once
 are bounded too (`BodyBudget`): past that, a request is told 503 and to retry, rather than the replica
 growing until it is killed for its memory. What a request holds is one buffer of at most its limit plus the
-chunk being read (the buffer is handed on as it is, never copied into another).
+chunk being read (the buffer is handed on as it is, never copied into another). A body must also keep
+coming: a client that sends nothing for IDLE_S, or less than MIN_RATE after GRACE_S, is answered 408, so a
+slow sender cannot hold a share of the budget for long.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 
-INFER_LIMIT_DEFAULT = 64 << 20  # max_body_mb's default
 FEEDBACK_LIMIT = 8 << 20  # 10,000 labels of a few hundred bytes each
-SMALL_LIMIT = 64 << 10  # rollout commands, and any body sent to a route that takes none
+SMALL_LIMIT = 64 << 10  # a rollout command (routes that take no body never read one)
+IDLE_S = 10.0  # the longest wait for the body's next chunk
+GRACE_S = 5.0  # then at least MIN_RATE on average
+MIN_RATE = 256 << 10  # bytes a second: a 64 MiB body in about 4 minutes at worst
 
 
 class BodyTooLarge(Exception):
@@ -28,6 +34,10 @@ class BodyTooLarge(Exception):
 
 class BodyIncomplete(Exception):
     """The client went away before its whole body came (400, for the log: nobody reads the answer)."""
+
+
+class BodyTooSlow(Exception):
+    """A body that stopped coming, or came too slowly (408)."""
 
 
 class BodiesInFlightFull(Exception):
@@ -75,13 +85,30 @@ class Body:
         buffer = bytearray()
         if declared == 0:
             return buffer
-        async for chunk in self._chunks():
+        started = 0.0  # when the first chunk came: the rate is measured from there
+        chunks = aiter(self._chunks())
+        while declared is None or len(buffer) < declared:  # a body of its declared length is whole: no wait
+            try:
+                # Timed from the second chunk on (the first holds nothing of the budget yet): a body sent
+                # whole in one chunk, most requests, costs no timer.
+                chunk = await (asyncio.wait_for(anext(chunks), IDLE_S) if buffer else anext(chunks))
+            except StopAsyncIteration:
+                return buffer
+            except asyncio.TimeoutError:
+                raise BodyTooSlow(f"no part of the request body came for {IDLE_S:g} s") from None
             if len(buffer) + len(chunk) > limit:
                 raise BodyTooLarge(limit)
             if self._budget is not None:
                 self._budget.take(len(chunk))
                 self._taken += len(chunk)
+            started = started or time.monotonic()
             buffer += chunk
+            elapsed = time.monotonic() - started
+            if elapsed > GRACE_S and len(buffer) < MIN_RATE * (elapsed - GRACE_S):
+                raise BodyTooSlow(
+                    f"the request body came at {len(buffer) / elapsed / 1024:.0f} KiB/s; at least "
+                    f"{MIN_RATE >> 10} KiB/s is needed"
+                )
         return buffer
 
     def release(self) -> None:

@@ -4,7 +4,8 @@ The handler asks `wants(id)` (a keyed hash of the inference id, runtime.monitor.
 request's tensors over as they are: redaction, conversion and writing all happen in the writer's
 thread, so a request never waits on capture, and a dropped input never reaches the writer's output.
 Captures are flushed to the OS every `capture.flush_s`; they survive a crash of the replica, not a power
-loss. Feedback is durable when acknowledged: `add_feedback` returns once its labels are fsynced.
+loss. Feedback is durable when acknowledged: `add_feedback` returns once its labels are fsynced. Its
+labels are partitioned by the hour they were received (one POST, one partition); each keeps its `time`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
+import orjson
 
 from runtime.engine.errors import TrtserveError
 from runtime.monitor.capture_writer import (
@@ -24,11 +26,13 @@ from runtime.monitor.capture_writer import (
     CAPTURE_SCHEMA,
     FEEDBACK_DIR,
     FEEDBACK_SCHEMA,
+    GroupTooLarge,
     PartitionedWriter,
     Rotate,
     WriterStopped,
     capture_partition,
     capture_table,
+    estimate_bytes,
     feedback_partition,
     feedback_table,
 )
@@ -54,8 +58,11 @@ class FeedbackError(ValueError):
 
 
 class FeedbackUnavailable(OverflowError):
-    """Feedback cannot be taken now: its queue is full, or its labels could not be written to local disk
-    (the writer failed or stopped). Nothing was acknowledged; the sender retries (503 + Retry-After)."""
+    """Feedback cannot be taken now; nothing was acknowledged and the sender retries (503 + Retry-After).
+    When the queue was full or the writer had stopped, none of the labels was kept. When the writer had
+    taken them but their write failed or was not confirmed within FEEDBACK_WAIT_S, some or all of them
+    may still be written (a write, once begun, is not called off): a retry may then store a label twice,
+    which the report tolerates, as it keeps one label per id (the latest by `time`)."""
 
 
 class CaptureSink:
@@ -106,7 +113,8 @@ class CaptureSink:
                 name=f"feedback-{model}",
                 durable=True,
                 scope=f"{FEEDBACK_DIR}/model={model}",
-                **bounds,
+                # Room for the largest POST whatever queue_max_rows says: else that POST is a 503 forever.
+                **{**bounds, "queue_max_rows": max(settings.queue_max_rows, MAX_FEEDBACK_ENTRIES)},
             )
             if destination is not None
             else None
@@ -157,16 +165,30 @@ class CaptureSink:
             ]
         )
 
-    async def add_feedback(self, body: object) -> int:
+    def problem(self) -> str | None:
+        """Why this model's capture or feedback is broken until the replica is replaced (a writer's thread
+        died: feedback is answered 503 from then on), for the deployment's health check; None when fine."""
+        writers = (w for w in (self.records, self.feedback) if w is not None)
+        return next((p for p in (w.problem() for w in writers) if p is not None), None)
+
+    async def add_feedback(self, body: bytes | bytearray | memoryview | object) -> int:
         """Write every entry of a feedback body (one object or a list) to local disk, or none: returns once
-        they are fsynced (the writer's thread syncs; this only awaits it). FeedbackError names the first
-        bad entry; FeedbackUnavailable when they cannot be written now (nothing was acknowledged).
-        Checking and judging take about 10 us a label: done off the event loop."""
+        they are fsynced (the writer's thread syncs; this only awaits it). `body` is the request's JSON
+        bytes, or a document already parsed (anything else than bytes, bytearray or memoryview).
+        FeedbackError names what is wrong: malformed JSON, the first bad entry, or a POST larger than the
+        feedback queue could ever hold; FeedbackUnavailable when they cannot be written now. Parsing,
+        checking and sizing (about 10 us a label) and judging run off the event loop."""
         if self.feedback is None:
             raise LookupError(f"model {self.model!r} has no capture destination for feedback; set capture.destination")
-        records = await asyncio.to_thread(self._feedback_records, body)
+        records, nbytes = await asyncio.to_thread(self._feedback_records, body)
         try:
-            written = self.feedback.submit_all(records)
+            written = self.feedback.submit_all(records, nbytes)
+        except GroupTooLarge:
+            raise FeedbackError(
+                f"feedback: {len(records)} labels take about {nbytes / 2**20:.1f} MiB once parsed, more than the"
+                f" feedback queue holds ({self.feedback.queue_max_bytes / 2**20:.1f} MiB, capture.queue_max_bytes):"
+                " send fewer or shorter labels in one POST"
+            ) from None
         except OverflowError:
             raise FeedbackUnavailable("the feedback queue is full; retry later") from None
         except WriterStopped:
@@ -179,7 +201,13 @@ class CaptureSink:
             self.judged[key] = self.judged.get(key, 0) + count
         return len(records)
 
-    def _feedback_records(self, body: object) -> list[dict]:
+    def _feedback_records(self, body: object) -> tuple[list[dict], int]:
+        """The records of a body (JSON bytes or a document), and the bytes they hold in the queue."""
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            try:
+                body = orjson.loads(body)
+            except orjson.JSONDecodeError as e:
+                raise FeedbackError(f"malformed JSON: {e}") from None
         entries = body if isinstance(body, list) else [body]
         if not entries:
             raise FeedbackError("feedback is an object {id, label, time?} or a non-empty list of them")
@@ -188,9 +216,10 @@ class CaptureSink:
                 f"feedback: {len(entries)} entries; at most {MAX_FEEDBACK_ENTRIES} in one POST, send the rest in more"
             )
         now = time.time()
-        return [
+        records = [
             self._feedback_record(entry, i if isinstance(body, list) else None, now) for i, entry in enumerate(entries)
         ]
+        return records, sum(estimate_bytes(r) for r in records)
 
     def _judge(self, records: list[dict]) -> Counter[tuple[str, str]]:
         """(version, outcome) -> labels, against the answers this replica remembers."""
@@ -230,6 +259,7 @@ class CaptureSink:
         return {
             "inference_id": inference_id,
             "time": _time(entry.get("time", now), f"feedback{where}.time", now),
+            "received": now,
             "model": self.model,
             "label": [float(v) for v in values],
         }

@@ -98,7 +98,7 @@ class Capture(Schema):
     rotate: Rotate = Field(default_factory=Rotate)
     queue_max_rows: PositiveInt = 10_000  # 10 s at 1,000 requests/s; beyond it records are dropped, counted
     # The memory records waiting to be written may hold (their tensors' bytes); beyond it they are dropped,
-    # counted. Feedback has its own queue of the same bounds.
+    # counted. Feedback has its own queue of these bounds, of at least 10,000 rows (one POST's most).
     queue_max_bytes: PositiveInt = 256 << 20
     # Captured rows reach disk (an in-progress file, flushed to the OS, not fsynced) within this many
     # seconds: older rows survive a crash of the replica, made Parquet by the next writer started on the

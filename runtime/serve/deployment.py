@@ -16,11 +16,11 @@ from starlette.responses import Response
 
 from runtime.auth.tokens import TokenTable
 from runtime.auth.watch import TokensFileWatcher
-from runtime.engine.credentials import ScrubCredentials
+from runtime.engine.credentials import log_through
 from runtime.engine.memory import gpu_free_total, host_available_bytes, host_rss_bytes
 from runtime.engine.repository import version_dir
 from runtime.serve import autoscaling
-from runtime.serve.body import Body, BodyBudget, BodyIncomplete
+from runtime.serve.body import FEEDBACK_LIMIT, Body, BodyBudget, BodyIncomplete
 from runtime.serve.capture import CaptureSink
 from runtime.serve.config import ModelSpec
 from runtime.serve.handler import KServeHandler
@@ -33,7 +33,7 @@ from runtime.serve.versions import VersionManager
 
 log = logging.getLogger("trtserve.server")
 STUCK_ENGINE_S = 60.0  # an engine call longer than this (or twice the model's timeout) is a wedged engine
-BODIES_IN_FLIGHT = 4  # a replica holds at most this many max_body_mb of request bodies at once; beyond: 503
+BODIES_IN_FLIGHT = 4  # a replica holds at most this many of its largest bodies at once; beyond: 503
 
 
 @serve.deployment(name="trtserve", max_ongoing_requests=512)
@@ -46,9 +46,10 @@ class KServeServer:
         max_body_mb: float = 64,
         rollouts=None,
         tokens_file: str | None = None,  # bearer tokens, read on this node and watched; None: no authentication
+        *,
         # The application's secret: which requests are captured, and which a rollout's candidate answers,
         # decided by keyed hashes of their ids, so that no client can choose.
-        app_secret: bytes = b"",
+        app_secret: bytes,
     ) -> None:
         _log_like_ray_serve()
         self._telemetry = RayTelemetry()
@@ -78,7 +79,7 @@ class KServeServer:
             # Until the watcher's first look (below, before any request) every token is refused.
             auth=TokenTable(()) if tokens_file else None,
         )
-        self._bodies = BodyBudget(BODIES_IN_FLIGHT * self.handler.max_body_bytes)
+        self._bodies = BodyBudget(BODIES_IN_FLIGHT * max(self.handler.max_body_bytes, FEEDBACK_LIMIT))
         self._tokens_watch = TokensFileWatcher(tokens_file, self._use_tokens).start() if tokens_file else None
         self._last_batches: dict[str, tuple[int, int]] = {}
         specs = {spec.name: (spec, repository) for spec in models}
@@ -134,6 +135,11 @@ class KServeServer:
             if problem is not None:
                 log.error("%s: unhealthy: %s", model.label, problem)
                 raise RuntimeError(f"{model.label}: {problem}")
+        for name, sink in self._captures.items():  # a writer whose thread died would lose what it is given
+            problem = sink.problem()
+            if problem is not None:
+                log.error("%s: unhealthy: %s", name, problem)
+                raise RuntimeError(f"{name}: {problem}")
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """What the memory-aware autoscaling policy reads (runtime.serve.autoscaling), per replica."""
@@ -224,11 +230,4 @@ def _log_like_ray_serve() -> None:
     """Send the trtserve loggers through the replica's Serve handlers (JSON, per LoggingConfig), each
     scrubbing credentials from what it writes (Serve's own records included: a repository URI may hold
     them)."""
-    serve_logger = logging.getLogger("ray.serve")
-    ours = logging.getLogger("trtserve")
-    for handler in serve_logger.handlers:
-        if not any(isinstance(f, ScrubCredentials) for f in handler.filters):
-            handler.addFilter(ScrubCredentials())
-    ours.handlers = list(serve_logger.handlers)
-    ours.setLevel(serve_logger.level or logging.INFO)
-    ours.propagate = False
+    log_through(logging.getLogger("trtserve"), logging.getLogger("ray.serve"))

@@ -28,9 +28,10 @@ from runtime.serve.body import (
     Body,
     BodyIncomplete,
     BodyTooLarge,
+    BodyTooSlow,
     BufferedBody,
 )
-from runtime.serve.capture import CaptureSink, FeedbackError
+from runtime.serve.capture import CaptureSink, FeedbackError, FeedbackUnavailable
 from runtime.serve.model import ServedModel
 from runtime.serve.monitoring import DriftMonitor
 from runtime.serve.protocol import (
@@ -98,22 +99,34 @@ def _internal_error(request_id: str) -> HttpResponse:
     return _error(500, f"internal error; request id {request_id}")
 
 
-def error_response(error: Exception, request_id: str) -> HttpResponse:
-    """The one mapping of what the request path raises to an HTTP answer; anything not listed is a 500 that
-    names only the request id (the caller logs the details)."""
+class NotFound(Exception):
+    """No such model, version or route (404)."""
+
+
+def error_response(error: Exception, request_id: str, subject: str = "the server") -> HttpResponse:
+    """The one mapping of what the request path raises to an HTTP answer (`subject`: what was overloaded or
+    timed out); anything not listed is a 500 that names only the request id (the caller logs the details)."""
     if isinstance(error, ProtocolError):
         return _error(error.status, str(error))
     if isinstance(error, InputError | FeedbackError | BodyIncomplete):
         return _error(400, str(error))
-    if isinstance(error, LookupError):
-        return _error(404, str(error.args[0]) if error.args else "not found")
+    if isinstance(error, NotFound):
+        return _error(404, str(error))
+    if isinstance(error, BodyTooSlow):
+        return _error(408, str(error))
     if isinstance(error, BodyTooLarge):
         return _error(413, str(error))
-    if isinstance(error, Overloaded | BodiesInFlightFull | OverflowError):
+    if isinstance(error, Overloaded):
+        return _unavailable(f"{subject} is overloaded: {error}")
+    if isinstance(error, BodiesInFlightFull | FeedbackUnavailable):
         return _unavailable(str(error))
     if isinstance(error, TimedOut):
-        return _error(504, str(error))
+        return _error(504, f"{subject} timed out: {error}")
     return _internal_error(request_id)
+
+
+# Errors of the request's own making, before any model work: never a verdict on the model (a rollout's).
+_BEFORE_WORK = (BodyTooLarge, BodyTooSlow, BodyIncomplete, BodiesInFlightFull)
 
 
 class KServeHandler:
@@ -148,7 +161,7 @@ class KServeHandler:
     def _versions(self, name: str) -> dict[str, ServedModel]:
         versions = self.models.get(name)
         if not versions:
-            raise LookupError(f"unknown model {name!r}; serving {', '.join(sorted(self.models)) or 'nothing'}")
+            raise NotFound(f"unknown model {name!r}; serving {', '.join(sorted(self.models)) or 'nothing'}")
         return versions
 
     def _model(self, name: str, version: str | None) -> ServedModel:
@@ -157,7 +170,7 @@ class KServeHandler:
         if version is None:
             return self.traffic.serving(name, versions)
         if version not in versions:
-            raise LookupError(f"model {name!r} has no version {version!r}; serving {', '.join(sorted(versions))}")
+            raise NotFound(f"model {name!r} has no version {version!r}; serving {', '.join(sorted(versions))}")
         return versions[version]
 
     def _all(self) -> list[ServedModel]:
@@ -240,7 +253,10 @@ class KServeHandler:
             # Sticky on the request's key: its X-Request-ID (Ray Serve passes it on as its own) until the body
             # is read, then the body's "id" where it has one (_infer routes again on it).
             versions = self._versions(match["name"])
-            model, route = self.traffic.route(match["name"], versions, request_id, match["version"])
+            try:
+                model, route = self.traffic.route(match["name"], versions, request_id, match["version"])
+            except LookupError as e:  # a pinned version not loaded here
+                raise NotFound(str(e)) from None
             if method != "POST":
                 return _error(405, "infer takes POST")
             mirror = self.models[model.name].get(route.mirror) if route.mirror else None
@@ -288,6 +304,8 @@ class KServeHandler:
         except Exception:  # the decision-maker unreachable or failing: nothing of it reaches the client
             log.exception("rollout command %s on %s failed", action, name, extra={"request_id": request_id})
             return _internal_error(request_id)
+        if result["status"] >= 500:  # logged by the decision-maker; the answer is the same as any 500's
+            return _internal_error(request_id)
         # The decision-maker's answers name versions and reasons, which may quote a repository URI: scrubbed.
         body = scrub(orjson.dumps(result["body"]).decode()).encode()
         return HttpResponse(result["status"], body, {"content-type": "application/json"})
@@ -300,12 +318,9 @@ class KServeHandler:
         self._versions(name)
         sink = self.captures.get(name)
         if sink is None:
-            raise LookupError(f"model {name!r} has no capture destination for feedback; set capture.destination")
-        try:
-            doc = orjson.loads(await body.read(FEEDBACK_LIMIT))
-        except orjson.JSONDecodeError as e:
-            return _error(400, f"malformed JSON: {e}")
-        return _json(200, {"accepted": await sink.add_feedback(doc)})
+            raise NotFound(f"model {name!r} has no capture destination for feedback; set capture.destination")
+        # Parsed, checked and written off the event loop; the answer comes once the labels are on disk.
+        return _json(200, {"accepted": await sink.add_feedback(await body.read(FEEDBACK_LIMIT))})
 
     def _reroute(self, name: str, versions, key: str) -> tuple[ServedModel, ServedModel | None]:
         model, route = self.traffic.route(name, versions, key)
@@ -349,18 +364,27 @@ class KServeHandler:
         request = outputs = feed = None
         arrived = model  # counted in flight where it arrived, whichever version answers
         self.telemetry.in_flight(arrived, +1)
+        working = started  # when the model's own work began: after the body came
         try:
             if not model.ready:
                 response = _unavailable(f"model {model.name!r} is warming up")
             else:
-                data = await body.read(self.max_body_bytes)
+                header_length = _header_length(headers)
+                # No larger than the largest request the model's versions here can take: a body past that is
+                # refused unread, however much max_body_mb allows.
+                largest = max(m.max_request_bytes for m in self.models[model.name].values())
+                data = await body.read(min(self.max_body_bytes, largest))
+                working = time.perf_counter()
                 with model.batcher.arriving():
-                    prepare = (self._prepare, model, mirror, data, _header_length(headers), request_id, reroute)
+                    prepare = (self._prepare, model, mirror, data, header_length, request_id, reroute)
                     if len(data) >= model.offload_bytes:
                         prepared = await asyncio.get_running_loop().run_in_executor(self._decoding, *prepare)
                     else:
                         prepared = prepare[0](*prepare[1:])
                     model, mirror, request, feed = prepared
+                    if header_length is None:  # JSON: decoded into arrays of their own, the body is no longer held
+                        del data, prepare
+                        body.release()
                     rows = next(iter(feed.values())).shape[0]
                     pending = model.batcher.submit(feed, model.work_of(feed), model.options.timeout_s)
                 # Awaited outside `arriving()`: once queued, the request no longer counts as on its way.
@@ -373,11 +397,11 @@ class KServeHandler:
                 if mirror is not None:
                     self.traffic.mirror(model, mirror, feed, outputs)
         except Exception as e:
-            response = error_response(e, request_id)
-            if response.status >= 500:
-                if response.status == 500:
-                    log.exception("inference failed", extra={"request_id": request_id, "model": model.name})
-                ran_s = 0.0 if isinstance(e, Overloaded) else time.perf_counter() - started
+            response = error_response(e, request_id, f"model {model.name!r}")
+            if response.status == 500:
+                log.exception("inference failed", extra={"request_id": request_id, "model": model.name})
+            if response.status >= 500 and not isinstance(e, _BEFORE_WORK):
+                ran_s = 0.0 if isinstance(e, Overloaded) else time.perf_counter() - working
                 self.traffic.ran(model, response.status, ran_s, pinned=pinned)
         finally:
             self.telemetry.in_flight(arrived, -1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import inspect
 import json
 import os
 import re
@@ -211,7 +212,7 @@ def exception_line(text: str) -> str | None:
     return None
 
 
-def _one_line(text: str) -> str:
+def _scrubbed_line(text: str) -> str:
     """`text` as the user reads it: one line, credentials scrubbed, at most REASON_MAX_CHARS."""
     line = scrub(" ".join(text.split()))
     return line if len(line) <= REASON_MAX_CHARS else line[: REASON_MAX_CHARS - 3] + "..."
@@ -236,7 +237,7 @@ def deploy_failure(applications: Mapping[str, object]) -> str | None:
 def _reason(status: dict) -> str:
     message = str(status.get("message") or "")
     lines = [line for line in _ANSI.sub("", message).splitlines() if line.strip()]
-    return _one_line(exception_line(message) or (lines[-1] if lines else "Ray Serve gave no reason"))
+    return _scrubbed_line(exception_line(message) or (lines[-1] if lines else "Ray Serve gave no reason"))
 
 
 # HAProxy's stats page: Ray renders it `listen stats` / `bind *:PORT`, on every interface, unauthenticated,
@@ -246,6 +247,10 @@ def _reason(status: dict) -> str:
 # wrapper that binds the page on 127.0.0.1 in the config file Ray has just written, then execs the real
 # HAProxy on it. Nothing else in the file changes; a config without that one bind line (Ray changed its
 # template) is refused, so HAProxy does not start rather than expose the page.
+# The wrapper runs at every HAProxy start and reload, so on every replica change: it is a script of the
+# standard library alone, run without site-packages (`python -S -E`), made of the source of `_STATS_BIND`,
+# `stats_on_loopback` and `run_haproxy_with_stats_on_loopback` below (`haproxy_wrapper_source`), so these
+# three may use nothing else. Importing this module instead cost about 0.3 s per reload.
 _STATS_BIND = re.compile(r"^(listen stats\n[ \t]+bind )(?:\*|127\.0\.0\.1)(:\d+)[ \t]*$", re.MULTILINE)
 
 
@@ -275,6 +280,27 @@ def run_haproxy_with_stats_on_loopback(haproxy: str, args: list[str]) -> NoRetur
         print(f"trtserve haproxy wrapper: {e} (args {args})", file=sys.stderr)  # HAProxy's stderr log in Ray's
         sys.exit(1)
     os.execv(haproxy, [haproxy, *args])
+
+
+def haproxy_wrapper_source(haproxy: str) -> str:
+    """The wrapper's script: `run_haproxy_with_stats_on_loopback(haproxy, ARGS)`, the rewrite rule copied
+    from this module's own source, run by this interpreter with neither site-packages nor PYTHON* variables."""
+    return "\n".join(
+        [
+            f"#!{sys.executable} -SE",
+            "from __future__ import annotations",  # the annotations name types the script does not import
+            "import fcntl",
+            "import os",
+            "import re",
+            "import sys",
+            "from pathlib import Path",
+            f"_STATS_BIND = re.compile({_STATS_BIND.pattern!r}, {_STATS_BIND.flags})",
+            inspect.getsource(stats_on_loopback),
+            inspect.getsource(run_haproxy_with_stats_on_loopback),
+            f"run_haproxy_with_stats_on_loopback({haproxy!r}, sys.argv[1:])",
+            "",
+        ]
+    )
 
 
 def haproxy_binary(env: Mapping[str, str]) -> str:
@@ -334,10 +360,10 @@ class LocalServe:
         self._wrapper_dir: Path | None = None
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> LocalServe:
-        """`launch`, then `wait_ready`: a server that does not become ready is stopped before the error is
-        raised."""
-        self.launch()
+        """`launch`, then `wait_ready`: a server that fails to launch or does not become ready is stopped
+        (and what it made removed: the HAProxy wrapper, the open log) before the error is raised."""
         try:
+            self.launch()
             self.wait_ready(timeout_s)
         except BaseException:
             self.stop()
@@ -377,12 +403,7 @@ class LocalServe:
         directory of this server's own, removed by `stop`."""
         self._wrapper_dir = Path(tempfile.mkdtemp(prefix="trtserve-haproxy-"))
         wrapper = self._wrapper_dir / "haproxy"
-        wrapper.write_text(
-            f"#!{sys.executable}\n"
-            "import sys\n"
-            "from runtime.serve.launcher import run_haproxy_with_stats_on_loopback\n"
-            f"run_haproxy_with_stats_on_loopback({haproxy!r}, sys.argv[1:])\n"
-        )
+        wrapper.write_text(haproxy_wrapper_source(haproxy))
         wrapper.chmod(0o700)
         return wrapper
 
@@ -523,7 +544,7 @@ class LocalServe:
             with contextlib.suppress(OSError), open(self.log_path, "rb") as log:
                 log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
                 said = exception_line(log.read().decode(errors="replace"))
-        reason = f": {_one_line(said)}" if said else ""
+        reason = f": {_scrubbed_line(said)}" if said else ""
         return f"serve run exited with {self.process.returncode}{reason}; see {self.log_path or 'its log'}"
 
     def get(self, path: str) -> tuple[int, bytes]:
@@ -547,10 +568,21 @@ class LocalServe:
         return context
 
     def stop(self) -> None:
-        """Shut the application down (Ctrl-C to `serve run`), then end whatever of ours is still alive."""
-        if self.process is None:
-            self._remove_wrapper()
-            return
+        """Shut the application down (Ctrl-C to `serve run`), end whatever of ours is still alive, then close
+        the log and remove the wrapper: also after a `launch` that failed part-way."""
+        try:
+            if self.process is not None:
+                self._stop_processes()
+        finally:
+            if self._out not in (None, subprocess.DEVNULL):
+                self._out.close()
+            self._out = None
+            if self._wrapper_dir is not None:
+                shutil.rmtree(self._wrapper_dir, ignore_errors=True)
+                self._wrapper_dir = None
+
+    def _stop_processes(self) -> None:
+        """Ctrl-C to `serve run`, then SIGTERM (SIGKILL) to what of ours outlives it, HAProxy reloads included."""
         ours = self.processes()
         configs = _haproxy_configs(ours)  # now, while they still run
         self._watching.clear()
@@ -567,15 +599,7 @@ class LocalServe:
         for _ in range(RELOAD_CHECKS if configs else 0):
             _end(_haproxies_on(configs, {p.pid for p in ours}))
             time.sleep(0.5)
-        if self._out not in (None, subprocess.DEVNULL):
-            self._out.close()
-        self._remove_wrapper()
         self.process = None
-
-    def _remove_wrapper(self) -> None:
-        if self._wrapper_dir is not None:
-            shutil.rmtree(self._wrapper_dir, ignore_errors=True)
-            self._wrapper_dir = None
 
     def __enter__(self) -> LocalServe:
         return self.start()

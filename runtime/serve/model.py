@@ -25,6 +25,9 @@ from runtime.serve.telemetry import Telemetry
 
 log = logging.getLogger("trtserve.server")
 TEXT_BYTES_PER_TOKEN = 16  # the default text budget: a token of English is 4 to 5 bytes
+JSON_BYTES_PER_VALUE = 64  # a number in JSON, its separator and (pretty-printed, nested) indentation at most
+JSON_BYTES_PER_TEXT_BYTE = 6  # a byte of text escaped in JSON (\u00XX) at most
+REQUEST_HEADER_BYTES = 64 << 10  # a request's JSON beyond its tensors' data: names, shapes, parameters, id
 OFFLOAD_BYTES = 64 << 10
 TEXT_OFFLOAD_BYTES = 2 << 10
 
@@ -93,6 +96,7 @@ class ServedModel:
         # Requests at least this large are decoded (and tokenized) off the event loop: about a millisecond of
         # work, measured here (tokenizing: 1 ms per 1-2 KB of text; numeric JSON: far less per byte).
         self.offload_bytes = TEXT_OFFLOAD_BYTES if self.preprocess else OFFLOAD_BYTES
+        self.max_request_bytes = self._largest_request()
         self.ready = False
         self.warmup_s: float | None = None
         self.counts = RequestCounts()
@@ -154,6 +158,18 @@ class ServedModel:
         elements = float(np.prod([sizes[d] for d in self.pad]))
         self.batcher.calibrate(best_of(1, 5), best_of(rows, 3), rows, elements)
         log.info("%s: one engine call costs about %.0f padded elements", self.label, self.batcher.call_cost)
+
+    def _largest_request(self) -> int:
+        """The bytes of the largest request this model can take, in JSON or binary: its inputs at
+        max_batch_size and every dim's max (or its text at max_text_bytes), every value written at its
+        longest. A body beyond it is refused before it is read."""
+        sizes = {d: r.max for d, r in self.signature.dims.items()}
+        sizes["batch"] = self.max_batch_size
+        values = sum(
+            np.prod([sizes[d] if isinstance(d, str) else d for d in spec.shape]) for spec in self.signature.inputs
+        )
+        text = JSON_BYTES_PER_TEXT_BYTE * self.max_text_bytes + JSON_BYTES_PER_VALUE * self.max_batch_size
+        return int(REQUEST_HEADER_BYTES + max(JSON_BYTES_PER_VALUE * values, text if self.preprocess else 0))
 
     def admit(self, head: RequestHead) -> None:
         """Check a request against this model before any of its elements is decoded or tokenized: inputs

@@ -144,11 +144,6 @@ def parse_request(body: bytes | bytearray, header_length: int | None = None) -> 
             inputs.append(InputHead(name, datatype, shape, count, binary[offset : offset + size]))
             offset += size
         elif "data" in spec:
-            if count > len(header):  # every JSON element takes at least a byte: a shape no body could fill
-                raise ProtocolError(
-                    f"input {name!r}: shape {list(shape)} holds {count} elements, more than the "
-                    f"{len(header)}-byte request could carry"
-                )
             inputs.append(InputHead(name, datatype, shape, count, None, spec["data"]))
         else:
             raise ProtocolError(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
@@ -239,15 +234,16 @@ def text_bytes(item: InputHead) -> int:
     total = 0
     for leaf in _leaves(item):
         if isinstance(leaf, str):
-            total += len(leaf)
+            total += len(leaf) if leaf.isascii() else len(leaf.encode())
     return total
 
 
 def _leaves(item: InputHead) -> list:
     """The JSON data's elements in row-major order, from nested lists (as deep as the shape at most) or a flat
     list; ProtocolError naming the input for data nested deeper than its shape or ragged. Walks level by
-    level, never recursing (a body nested a thousand deep is a 400, not a RecursionError), and looks at each
-    level's first element only: a list among values is refused when the values are converted."""
+    level, never recursing (a body nested a thousand deep is a 400, not a RecursionError). A level of lists
+    must be lists only; the values' level is not scanned here: a list among values is refused when the values
+    are converted."""
     data = item.data
     if not isinstance(data, list):
         return [data]
@@ -255,10 +251,9 @@ def _leaves(item: InputHead) -> list:
     for _ in range(len(item.shape)):
         if not level or not isinstance(level[0], list):
             return level
-        try:
-            level = [x for sub in level for x in sub]
-        except TypeError:  # a value among lists
-            raise ProtocolError(f"input {item.name!r}: data is ragged (lists and values at one level)") from None
+        if not all(type(x) is list for x in level):  # a string or an object among lists is not a row
+            raise ProtocolError(f"input {item.name!r}: data is ragged (lists and values at one level)")
+        level = [x for sub in level for x in sub]
     if level and isinstance(level[0], list):
         raise ProtocolError(f"input {item.name!r}: data is nested deeper than its shape {list(item.shape)}")
     return level

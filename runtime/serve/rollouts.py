@@ -19,6 +19,7 @@ from typing import Any
 
 from ray import serve
 
+from runtime.engine.credentials import log_through, scrub
 from runtime.engine.errors import TrtserveError
 from runtime.engine.evaluation import score_version
 from runtime.engine.manifest import read_manifest
@@ -48,6 +49,9 @@ def _kv():
 @serve.deployment(name="trtserve-rollouts", num_replicas=1, ray_actor_options={"num_cpus": 0})
 class RolloutController:
     def __init__(self, stable: dict[str, str], repositories: dict[str, str]) -> None:
+        # Our records go where Serve's own go in this replica (else nowhere below WARNING, and unscrubbed to
+        # stderr above it), scrubbed of credentials: a failure to read a repository may quote its URI.
+        log_through(logging.getLogger("trtserve"), logging.getLogger("ray.serve"))
         self._key = f"rollouts/{serve.get_replica_context().app_name}".encode()
         self._configured = dict(stable)  # model -> the version the app's args serve
         self._repositories = dict(repositories)  # paths or object-store URIs
@@ -81,8 +85,8 @@ class RolloutController:
         self._ensure_loop()
         try:
             return await self._command(model, action, args)
-        except (TrtserveError, CommandError, GateInputError) as e:  # RolloutError is a TrtserveError
-            return {"status": 409 if isinstance(e, RolloutError) else 400, "body": {"error": str(e)}}
+        except (TrtserveError, CommandError) as e:  # RolloutError and GateInputError are TrtserveErrors
+            return {"status": 409 if isinstance(e, RolloutError) else 400, "body": {"error": scrub(str(e))}}
         except Exception:
             log.exception("a rollout command on model %.100r failed", model)
             return {"status": 500, "body": {"error": "internal error"}}

@@ -4,10 +4,12 @@ chunk; a replica's bodies together are bounded in bytes."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from runtime.serve.body import BodiesInFlightFull, Body, BodyBudget, BodyTooLarge, BufferedBody
+from runtime.serve import body as body_module
+from runtime.serve.body import BodiesInFlightFull, Body, BodyBudget, BodyTooLarge, BodyTooSlow, BufferedBody
 
 CHUNK = 64 << 10
 
@@ -49,11 +51,50 @@ def test_a_chunked_body_is_refused_once_the_running_count_passes_the_limit():
     assert stream.sent <= (1 << 20) + CHUNK  # the limit and the chunk that passed it, never more
 
 
-def test_a_body_longer_than_it_declared_is_still_cut_at_the_limit():
-    stream = Stream(1 << 30)
-    with pytest.raises(BodyTooLarge):
-        read(Body(stream.chunks, "10"), 1 << 20)
-    assert stream.sent <= (1 << 20) + CHUNK
+def test_a_body_is_read_no_further_than_its_declared_length():
+    stream = Stream(1 << 30)  # a server frames the body by its Content-Length; this stream does not
+    assert len(read(Body(stream.chunks, str(3 * CHUNK)), 1 << 20)) == 3 * CHUNK
+    assert stream.sent == 3 * CHUNK  # nothing asked of the client past it, not even its end
+
+
+class Trickle:
+    """A client that sends `first` bytes at once, then `size`-byte chunks every `every_s`."""
+
+    def __init__(self, first: int, size: int, every_s: float, chunks: int) -> None:
+        self.first, self.size, self.every_s, self.count = first, size, every_s, chunks
+
+    async def chunks(self):
+        yield b"x" * self.first
+        for _ in range(self.count):
+            await asyncio.sleep(self.every_s)
+            yield b"x" * self.size
+
+
+def test_a_body_that_stops_coming_is_refused_and_gives_its_budget_back(monkeypatch):
+    monkeypatch.setattr(body_module, "IDLE_S", 0.2)
+    budget = BodyBudget(1 << 30)
+    body = Body(Trickle(CHUNK, CHUNK, every_s=5.0, chunks=1).chunks, str(1 << 20), budget)
+    with pytest.raises(BodyTooSlow, match=r"no part of the request body came for 0.2 s"):
+        read(body, 1 << 20)
+    body.release()
+    assert budget.held == 0
+
+
+def test_a_body_that_trickles_in_is_refused_after_its_grace(monkeypatch):
+    monkeypatch.setattr(body_module, "GRACE_S", 0.3)
+    body = Body(Trickle(CHUNK, 16, every_s=0.05, chunks=1000).chunks, None)  # 320 bytes a second
+    started = time.monotonic()
+    with pytest.raises(BodyTooSlow, match=r"at least 256 KiB/s is needed"):
+        read(body, 1 << 30)
+    assert time.monotonic() - started < 5.0
+
+
+def test_a_body_sent_whole_at_once_starts_no_timer(monkeypatch):
+    def no_timer(*args, **kwargs):
+        raise AssertionError("a timer for a body that came whole")
+
+    monkeypatch.setattr(body_module.asyncio, "wait_for", no_timer)
+    assert len(read(Body(Stream(CHUNK).chunks, str(CHUNK)), 1 << 20)) == CHUNK
 
 
 def test_the_replica_holds_a_bounded_number_of_body_bytes_and_gets_them_back():

@@ -14,12 +14,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow.dataset as ds
 import pytest
 
 import runtime.monitor.capture_writer as capture_writer
+import runtime.serve.capture as capture
+from runtime.monitor.capture_writer import IN_PROGRESS
 from runtime.monitor.report import read_feedback
-from runtime.serve.capture import CaptureError, CaptureSink, FeedbackUnavailable
+from runtime.serve.capture import MAX_FEEDBACK_ENTRIES, CaptureError, CaptureSink, FeedbackError, FeedbackUnavailable
 from runtime.serve.config import Capture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,26 +117,120 @@ def test_labels_that_cannot_be_synced_are_a_503_and_the_next_post_succeeds(tmp_p
     sink.close()
 
 
-def test_a_dead_feedback_writer_is_a_503_not_a_200(tmp_path, monkeypatch):
+def test_a_dead_feedback_writer_is_a_503_not_a_200_and_the_health_check_is_told(tmp_path, monkeypatch):
     sink = _sink(tmp_path)
+    assert sink.problem() is None
     dead = threading.Event()
 
-    def broken(now):  # a bug in the writer's thread, outside every per-record guard
+    def broken():  # a bug in the writer's thread, outside every per-record guard
         dead.set()
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(sink.feedback, "_rotate_aged", broken)
+    monkeypatch.setattr(sink.feedback, "_take", broken)
     assert dead.wait(10)
     sink.feedback._thread.join(10)
     with pytest.raises(FeedbackUnavailable, match="its writer stopped"):
         asyncio.run(sink.add_feedback(_label(0)))
+    assert (
+        sink.problem() == f"the feedback-m writer under {tmp_path} stopped (RuntimeError; its traceback is in the log)"
+    )
 
 
-def test_a_full_feedback_queue_is_a_503(tmp_path):
-    sink = _sink(tmp_path, queue_max_rows=3)
-    with pytest.raises(FeedbackUnavailable, match="queue is full"):
-        asyncio.run(sink.add_feedback([_label(i) for i in range(4)]))
+def test_a_full_feedback_queue_is_a_503(tmp_path, monkeypatch):
+    sink = _sink(tmp_path)
+    asyncio.run(sink.add_feedback(_label(-1)))
+    release = threading.Event()
+    real = os.fsync
+
+    def stuck(fd):  # the writer holds the first POST's labels until released
+        release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(capture_writer.os, "fsync", stuck)
+
+    async def scenario():
+        first = asyncio.ensure_future(sink.add_feedback(_label(0)))
+        while not sink.feedback._taken:
+            await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(sink.add_feedback([_label(i) for i in range(MAX_FEEDBACK_ENTRIES)]))
+        while not sink.feedback._queue:
+            await asyncio.sleep(0.01)
+        with pytest.raises(FeedbackUnavailable, match="queue is full"):
+            await sink.add_feedback(_label(1))  # 10,000 rows queued: no room for one more now
+        release.set()
+        return await first, await second
+
+    assert asyncio.run(scenario()) == (1, MAX_FEEDBACK_ENTRIES)
     sink.close()
+
+
+def test_a_post_larger_than_queue_max_rows_is_taken(tmp_path):
+    """The bug of before: the feedback queue had the captures' queue_max_rows, so a valid POST of more labels
+    was told to retry later, forever."""
+    sink = _sink(tmp_path, queue_max_rows=1000)
+    assert asyncio.run(sink.add_feedback([_label(i) for i in range(5000)])) == 5000
+    sink.close()
+    assert len(read_feedback(tmp_path, "m")) == 5000
+
+
+def test_a_post_larger_than_the_whole_feedback_queue_is_a_400_not_a_503(tmp_path):
+    sink = _sink(tmp_path, queue_max_bytes=1 << 20)
+    labels = [{"id": f"id-{i}", "label": [0.5] * 100} for i in range(1000)]  # 100,000 floats: about 4 MiB held
+    with pytest.raises(
+        FeedbackError,
+        match=r"1000 labels take about \d+\.\d MiB once parsed, more than the feedback "
+        r"queue holds \(1\.0 MiB, capture\.queue_max_bytes\): send fewer or shorter labels",
+    ):
+        asyncio.run(sink.add_feedback(labels))
+    sink.close()
+
+
+def test_one_post_is_one_partition_whatever_hours_its_labels_carry(tmp_path):
+    """The bug of before: partitioned by each label's own hour, one POST of labels of 10,000 hours (any from
+    2000 on was accepted) opened 10,000 locked files, held for minutes."""
+    sink = _sink(tmp_path)
+    hours = [946_684_800.0 + 3600 * 24 * 7 * k for k in range(50)]  # a label a week from 2000 on
+    labels = [{"id": f"id-{k}", "label": 1, "time": t} for k, t in enumerate(hours)]
+    before = time.time()
+    assert asyncio.run(sink.add_feedback(labels)) == 50
+    after = time.time()
+    (stream,) = (tmp_path / "_feedback").rglob(f".*{IN_PROGRESS}")  # one partition, one open file
+    assert stream.parent.name in {f"hour={capture_writer.hour_of(t)}" for t in (before, after)}
+    sink.close()
+    rows = ds.dataset(tmp_path / "_feedback", format="parquet").to_table().to_pylist()
+    assert sorted(r["time"].timestamp() for r in rows) == hours  # each label keeps its own time
+    assert all(before - 1 <= r["received"].timestamp() <= after + 1 for r in rows)
+
+
+def test_feedback_is_parsed_and_sized_off_the_event_loop(tmp_path, monkeypatch):
+    sink = _sink(tmp_path)
+    loop_threads, real_loads, real_estimate = set(), orjson.loads, capture_writer.estimate_bytes
+    on_the_loop = []
+
+    def watched(real):
+        def call(*args):
+            on_the_loop.append(threading.current_thread() in loop_threads)
+            return real(*args)
+
+        return call
+
+    monkeypatch.setattr(orjson, "loads", watched(real_loads))
+    monkeypatch.setattr(capture_writer, "estimate_bytes", watched(real_estimate))
+    monkeypatch.setattr(capture, "estimate_bytes", watched(real_estimate), raising=False)
+
+    async def post(body):
+        loop_threads.add(threading.current_thread())
+        return await sink.add_feedback(body)
+
+    assert asyncio.run(post([_label(i) for i in range(100)])) == 100  # a document already parsed
+    assert on_the_loop and not any(on_the_loop)
+    assert asyncio.run(post(orjson.dumps([_label(i) for i in range(100, 200)]))) == 100  # the request's bytes
+    assert asyncio.run(post(memoryview(orjson.dumps(_label(200))))) == 1
+    assert on_the_loop and not any(on_the_loop)
+    with pytest.raises(FeedbackError, match=r"^malformed JSON: unexpected character"):
+        asyncio.run(post(b'{"id": "a", label: 1}'))
+    sink.close()
+    assert len(read_feedback(tmp_path, "m")) == 201
 
 
 def test_labels_acknowledged_right_before_a_sigkill_reach_parquet_at_the_next_start(tmp_path):

@@ -5,6 +5,7 @@ writer killed with SIGKILL had written is made Parquet by the next writer, never
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from runtime.monitor.capture_writer import (
     CAPTURE_SCHEMA,
     FEEDBACK_SCHEMA,
     IN_PROGRESS,
+    GroupTooLarge,
     PartitionedWriter,
     Rotate,
     WriterStopped,
@@ -40,8 +42,15 @@ ROOT = Path(__file__).resolve().parents[2]
 T = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 
 
-def _label(i: int, t: float = T) -> dict:
-    return {"inference_id": f"id-{i}", "time": t, "model": "m", "label": [float(i)]}
+def _label(i: int, t: float = T, received: float | None = None) -> dict:
+    """A label of time `t`, received then unless said otherwise."""
+    return {
+        "inference_id": f"id-{i}",
+        "time": t,
+        "received": t if received is None else received,
+        "model": "m",
+        "label": [float(i)],
+    }
 
 
 def _capture(i: int, values: np.ndarray | None = None) -> dict:
@@ -137,18 +146,51 @@ def _stream_rows(path: Path):
 
 def test_a_dead_writer_thread_fails_its_waiters_and_refuses_more(tmp_path, monkeypatch):
     writer = _feedback_writer(tmp_path, flush_s=0.2)
+    assert writer.alive and writer.problem() is None
     entered = threading.Event()
 
-    def broken(now):  # a bug outside every per-record guard
+    def broken():  # a bug where the thread holds records, outside every per-record guard
         entered.set()
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(writer, "_rotate_aged", broken)
+    monkeypatch.setattr(writer, "_take", broken)
     assert entered.wait(10)
     writer._thread.join(10)
     with pytest.raises(WriterStopped, match="not running"):
         writer.submit_all([_label(0)])
     assert writer.submit(_label(1)) is False and writer.stats.dropped == 1
+    assert not writer.alive
+    assert writer.problem() == (
+        f"the capture writer under {tmp_path} stopped (RuntimeError; its traceback is in the log)"
+    )
+
+
+def test_a_closed_writer_is_no_problem(tmp_path):
+    writer = _feedback_writer(tmp_path)
+    writer.close()
+    assert not writer.alive and writer.problem() is None
+
+
+def test_a_recovery_that_fails_is_counted_logged_once_and_the_writer_goes_on(tmp_path, monkeypatch, caplog):
+    """The bug of before: listing the streams to recover (EMFILE, a directory renamed meanwhile) raised outside
+    the per-stream guard and stopped the writer for good: every later label was a 503."""
+    (tmp_path / "_feedback").mkdir()
+
+    def rglob(self, pattern):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Path, "rglob", rglob)
+    with caplog.at_level(logging.ERROR, "trtserve.capture"):
+        writer = _feedback_writer(tmp_path, recover_every_s=0.02)  # fails at its start, then again and again
+        time.sleep(0.3)
+        assert writer.submit_all([_label(0)]).result(10) is None
+    assert writer.alive and writer.problem() is None
+    assert writer.stats.errors >= 3
+    causes = [r for r in caplog.records if "recovering streams failed" in r.getMessage()]
+    assert len(causes) == 1
+    monkeypatch.undo()
+    writer.close()
+    assert [r["inference_id"] for r in _rows(tmp_path)] == ["id-0"]
 
 
 def test_a_write_that_fails_loses_its_records_and_the_writer_goes_on(tmp_path, monkeypatch):
@@ -175,6 +217,47 @@ def test_a_write_that_fails_loses_its_records_and_the_writer_goes_on(tmp_path, m
     later = _feedback_writer(tmp_path)
     later.close()
     assert {"id-0", "id-2"} <= {r["inference_id"] for r in _rows(tmp_path)}
+
+
+def test_a_writer_holds_a_bounded_number_of_open_streams_the_least_recently_written_rotated(tmp_path):
+    hours = [T + 3600 * h for h in range(4)]
+    writer = _feedback_writer(tmp_path, max_open_streams=3)
+    for i, received in enumerate([*hours[:3], hours[0]]):  # hours 0, 1, 2, then 0 again: 1 is the least recent
+        writer.submit_all([_label(i, received=received)]).result(10)
+    assert len(_streams(tmp_path)) == 3
+    writer.submit_all([_label(4, received=hours[3])]).result(10)
+    open_hours = sorted(p.parent.name for p in _streams(tmp_path))
+    assert open_hours == ["hour=2026-05-28T20", "hour=2026-05-28T22", "hour=2026-05-28T23"]
+    assert [r["inference_id"] for r in _rows(tmp_path)] == ["id-1"]  # made Parquet, as a rotation does
+    writer.submit_all([_label(5, received=hours[1])]).result(10)  # its partition again: a new stream
+    assert len(_streams(tmp_path)) == 3
+    writer.close()
+    assert sorted(r["inference_id"] for r in _rows(tmp_path)) == [f"id-{i}" for i in range(6)]
+
+
+def test_a_durable_writer_syncs_each_directory_it_makes_into_its_parent(tmp_path, monkeypatch):
+    import runtime.monitor.capture_writer as capture_writer
+
+    synced = []
+    real = capture_writer._fsync
+    monkeypatch.setattr(capture_writer, "_fsync", lambda path: (synced.append(Path(path)), real(path)))
+    root = tmp_path / "destination"
+    writer = _feedback_writer(root)
+    assert writer.submit_all([_label(0)]).result(10) is None
+    partition = root / "_feedback" / "model=m" / "hour=2026-05-28T20"
+    # Each new directory's name is in its parent on disk before the label is acknowledged.
+    assert {tmp_path, root, root / "_feedback", partition.parent} <= set(synced)
+    writer.close()
+
+
+def test_a_group_larger_than_the_whole_queue_is_told_apart_from_a_full_queue(tmp_path):
+    writer = _feedback_writer(tmp_path, queue_max_rows=3, queue_max_bytes=1 << 20)
+    with pytest.raises(GroupTooLarge, match=r"4 records of about \d+ bytes: more than the whole capture queue holds"):
+        writer.submit_all([_label(i) for i in range(4)])
+    with pytest.raises(GroupTooLarge, match=r"\(3 rows, 1048576 bytes\)"):
+        writer.submit_all([{**_label(0), "inference_id": "x" * (1 << 20)}])
+    assert writer.submit_all([_label(i) for i in range(3)]).result(10) is None
+    writer.close()
 
 
 # a queue bounded in bytes
@@ -225,7 +308,8 @@ def _child(root: Path, body: str) -> subprocess.Popen:
         from runtime.monitor.capture_writer import *
         root = sys.argv[1]
         def label(i):
-            return {"inference_id": f"id-{i}", "time": 1_780_000_000.0, "model": "m", "label": [float(i)]}
+            return {"inference_id": f"id-{i}", "time": 1_780_000_000.0, "received": 1_780_000_000.0, "model": "m",
+                    "label": [float(i)]}
         """
     ) + textwrap.dedent(body)
     return subprocess.Popen(

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 
 from convert.cli import main as convert_main
-from runtime.engine.credentials import ScrubCredentials, scrub
+from runtime.cli import main as trtserve_main
+from runtime.engine.credentials import ScrubCredentials, install_scrubbing, log_through, scrub
 from runtime.engine.errors import ArtifactError, TrtserveError
 from runtime.engine.remote import RemoteRepository, RepositoryError, is_remote, parse_version_uri
 
@@ -76,15 +79,21 @@ def test_an_unparseable_uri_echoed_by_pyarrow_is_scrubbed():
     assert "/K7MDENG" not in str(caught.value) and KEY not in str(caught.value)
 
 
+class Collect(logging.Handler):
+    """A handler that keeps what it writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self.written: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.written.append(self.format(record))
+
+
 def test_the_log_filter_scrubs_messages_arguments_and_tracebacks():
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(self.format(record))
-
     handler = Collect()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    records = handler.written
     handler.addFilter(ScrubCredentials())
     logger = logging.getLogger("trtserve.tests.credentials")
     logger.addHandler(handler)
@@ -119,3 +128,48 @@ def test_convert_never_prints_the_credentials_of_a_uri_it_refuses(capsys, loggin
     err = capsys.readouterr().err
     assert err.startswith("convert check: error: s3://***@bucket/models/cnn/latest: expected"), err
     assert KEY not in err and "K7MDENG" not in err
+
+
+def test_a_logger_sent_through_anothers_handlers_is_scrubbed_there(monkeypatch):
+    """`log_through`: records of ours written where a framework's go (a Ray Serve replica's), scrubbed."""
+    host, ours = logging.getLogger("tests.credentials.host"), logging.getLogger("trtserve.tests.through")
+    handler = Collect()
+    monkeypatch.setattr(host, "handlers", [handler])
+    monkeypatch.setattr(ours, "propagate", True)  # put back after: log_through turns it off
+    monkeypatch.setattr(ours, "handlers", [])
+    log_through(ours, host)
+    log_through(ours, host)  # again, as a restarted component would: still one filter
+    try:
+        logging.getLogger("trtserve.tests.through.child").info("reading %s", f"s3://{KEY}:{SECRET}@bucket/m")
+    finally:
+        ours.setLevel(logging.NOTSET)
+    assert handler.written == ["reading s3://***@bucket/m"]  # INFO too: the host's level, else INFO
+    assert [type(f) for f in handler.filters] == [ScrubCredentials]
+    assert not ours.propagate
+
+
+def test_trtserve_never_logs_the_credentials_of_a_uri(tmp_path):
+    """In a process of trtserve's CLI (one of its own: its logging is the process's), a record logged after
+    any command is written to stderr scrubbed."""
+    uri = f"s3://{KEY}:{SECRET}@bucket/m/.upload"
+    script = (
+        "import logging, sys\n"
+        "from runtime.cli import main\n"
+        f"assert main(['serve', {str(tmp_path / 'absent.yaml')!r}]) == 2\n"
+        "print('-- after main --', file=sys.stderr)\n"
+        f"logging.getLogger('trtserve.remote').warning('could not remove %s', {uri!r})\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.split("-- after main --\n")[1] == "could not remove s3://***@bucket/m/.upload\n", run.stderr
+
+
+def test_trtserve_never_prints_the_credentials_of_an_argument_it_refuses(capsys, monkeypatch):
+    monkeypatch.setattr(logging, "lastResort", type(logging.lastResort)(logging.WARNING))  # main() scrubs it
+    with pytest.raises(SystemExit) as refused:
+        trtserve_main(["rollout", "start", "m", "--to", "2", "--strategy", f"s3://{KEY}:{SECRET}@b/m"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 's3://***@b/m'" in err and KEY not in err and "K7MDENG" not in err
+    install_scrubbing(logging.lastResort)
+    assert len(logging.lastResort.filters) == 1  # installed once, however often asked

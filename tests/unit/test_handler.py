@@ -11,7 +11,7 @@ import pytest
 
 from runtime.auth.tokens import TokenTable, digest
 from runtime.serve import handler as handler_module
-from runtime.serve.body import FEEDBACK_LIMIT, SMALL_LIMIT, Body
+from runtime.serve.body import FEEDBACK_LIMIT, SMALL_LIMIT, Body, BodyBudget
 from runtime.serve.handler import KServeHandler
 from runtime.serve.model import ServedModel
 from runtime.serve.protocol import HEADER_LENGTH
@@ -221,7 +221,7 @@ def test_inputs_are_checked_against_the_model_before_any_element_is_decoded(hand
         raise AssertionError("decoded before the model's checks")
 
     monkeypatch.setattr(handler_module, "decode_inputs", no_decoding)
-    body, headers = _binary_bytes_body("not_an_input", 4096, 1000)  # 4 MB of BYTES for a name the model lacks
+    body, headers = _binary_bytes_body("not_an_input", 4096, 16)  # 80 KB of BYTES for a name the model lacks
     handler.max_body_bytes = 64 << 20
     response = call(handler, "POST", "/v2/models/seq/infer", body, headers)
     assert response.status == 400 and "missing input 'x'; this model takes x" in orjson.loads(response.body)["error"]
@@ -286,7 +286,7 @@ NESTED_1000_DEEP = "nested"
     ("doc", "message"),
     [
         ({"name": "x", "datatype": "FP32", "shape": [0, 2**62], "data": []}, "has a dimension above"),
-        ({"name": "x", "datatype": "FP32", "shape": [1, 2**31 - 1], "data": []}, "more than the"),
+        ({"name": "x", "datatype": "FP32", "shape": [1, 2**31 - 1], "data": []}, "is 2147483647, outside [1, 64]"),
         (
             {
                 "name": "x",
@@ -367,6 +367,39 @@ def test_no_answer_shows_credentials_of_a_repository_uri(handler):
     assert b"s3://***@bucket/models/seq/2" in answer.body
 
     handler.rollout_command = None
-    handler._versions = lambda name: (_ for _ in ()).throw(LookupError(f"no model under {secret}"))
+    handler._versions = lambda name: (_ for _ in ()).throw(handler_module.NotFound(f"no model under {secret}"))
     answer = call(handler, "GET", "/v2/models/seq")
     assert answer.status == 404 and b"wJalrXUtnFEMI" not in answer.body and b"***@bucket" in answer.body
+
+
+def test_a_bug_is_a_500_never_a_client_error_a_rollout_would_ignore(handler):
+    model = handler.models["seq"]["1"]
+    for bug in (KeyError("total"), OverflowError("Python int too large to convert to C long")):
+
+        def broken(feed, bug=bug):
+            raise bug
+
+        model.batcher._run = broken
+        response = call(handler, "POST", "/v2/models/seq/versions/1/infer", infer_body([[1.0]]), {"x-request-id": "b"})
+        assert response.status == 500 and orjson.loads(response.body) == {"error": "internal error; request id b"}
+
+
+def test_a_body_past_the_largest_request_the_model_takes_is_refused_unread(handler):
+    handler.max_body_bytes = 64 << 20
+    model = handler.models["seq"]["1"]
+    body = NeverRead()
+    body._declared = str(model.max_request_bytes + 1)
+    response = asyncio.run(handler.handle("POST", "/v2/models/seq/versions/1/infer", {}, body))
+    assert response.status == 413 and not body.touched
+    assert f"limit of {model.max_request_bytes} bytes" in orjson.loads(response.body)["error"]
+
+
+def test_refusals_of_the_body_are_never_evidence_against_a_version(handler):
+    async def chunks():
+        yield infer_body([[1.0]])
+
+    full = Body(chunks, None, BodyBudget(0))  # the replica holds all the body bytes it may: 503
+    response = asyncio.run(handler.handle("POST", "/v2/models/seq/infer", {}, full))
+    assert response.status == 503 and response.headers["retry-after"] == "1"
+    counts = handler.traffic.report("seq")["counts"]
+    assert not any(key.endswith("/ran") for key in counts), counts

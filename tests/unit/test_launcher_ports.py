@@ -1,14 +1,18 @@
 """`LocalServe` refuses to start, naming the port and the variable that moves it, when a port its server
-needs is taken (another server's HAProxy holds the fixed stats port): nothing is started."""
+needs is taken (another server's HAProxy holds the fixed stats port): nothing is started. A start that
+fails part-way leaves nothing behind."""
 
 from __future__ import annotations
 
 import socket
+import sys
+import tempfile
 
+import psutil
 import pytest
 
 from runtime.serve.launcher import LocalServe, port_in_use, ports_to_bind, url_host
-from tests.fixtures.ports import free_port
+from tests.fixtures.ports import free_port, haproxy_ports
 
 
 def _config(tmp_path, port: int):
@@ -54,6 +58,24 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path, taken):
             server.start()
         assert (taken if taken != "http" else "http_options.port") in str(refused.value)
         assert server.process is None  # nothing was started
+
+
+@pytest.mark.parametrize("failing", ["the log", "serve run"])
+def test_a_start_that_fails_part_way_removes_the_wrapper_and_closes_the_log(tmp_path, monkeypatch, failing):
+    """`launch` made the HAProxy wrapper's directory, then could not open the log or start `serve run`."""
+    made = tmp_path / "tmp"
+    made.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(made))  # where the wrapper's directory goes
+    log = tmp_path / "absent" / "serve.log" if failing == "the log" else tmp_path / "serve.log"
+    if failing == "serve run":
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))  # no `serve` beside it
+    env = {**haproxy_ports(), "RAY_SERVE_HAPROXY_BINARY_PATH": "/bin/true"}
+    server = LocalServe(_config(tmp_path, free_port()), ingress="haproxy", log_path=log, env=env)
+    with pytest.raises(FileNotFoundError):
+        server.start()
+    assert server.process is None
+    assert list(made.iterdir()) == []  # the wrapper's directory is gone
+    assert str(log) not in {f.path for f in psutil.Process().open_files()}
 
 
 def test_a_bad_port_variable_or_a_port_named_twice_is_one_line():

@@ -4,14 +4,20 @@ with labels."""
 
 import asyncio
 import hashlib
+import json
 import threading
 import time
+from datetime import datetime, timezone
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from runtime.engine.errors import ArtifactError
+from runtime.engine.manifest import MANIFEST, write_manifest
+from runtime.monitor import capture_writer
 from runtime.monitor.capture_writer import (
     CAPTURE_SCHEMA,
     PartitionedWriter,
@@ -20,10 +26,12 @@ from runtime.monitor.capture_writer import (
     capture_table,
 )
 from runtime.monitor.redaction import Redactor
+from runtime.monitor.reference import REFERENCE_FILE, Reference, write_reference
 from runtime.monitor.report import ReportError, build_report, plot_report, read_feedback
 from runtime.monitor.sampling import sampled
 from runtime.serve.capture import CaptureError, CaptureSink, FeedbackError
 from runtime.serve.config import Capture, parse_args
+from tests.fixtures.artifacts import add_model
 
 # sampling by id
 
@@ -304,6 +312,63 @@ def test_the_report_gives_the_planted_accuracy_per_version(tmp_path, monkeypatch
     assert (tmp_path / "plots" / "metric.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ReportError, match="no captures of model 'other'"):
         build_report(tmp_path, "other")
+
+
+def test_labels_in_files_written_before_received_existed_are_still_read(tmp_path, monkeypatch):
+    """Feedback files of earlier releases: partitioned by each label's hour, without `received`."""
+    t = 1_780_000_000.0
+    old = tmp_path / "_feedback" / "model=m" / "hour=2026-05-28T20"
+    old.mkdir(parents=True)
+    schema = pa.schema([(f.name, f.type) for f in capture_writer.FEEDBACK_SCHEMA if f.name != "received"])
+    moment = datetime.fromtimestamp(t, timezone.utc)
+    rows = [{"inference_id": i, "time": moment, "model": "m", "label": [v]} for i, v in (("a", 1.0), ("b", 2.0))]
+    pq.write_table(pa.Table.from_pylist(rows, schema), old / "part-old.parquet")
+    sink = _sink(tmp_path, monkeypatch)
+    newer = [{"id": "a", "label": 9, "time": t - 10}, {"id": "b", "label": 7, "time": t + 10}, {"id": "c", "label": 3}]
+    assert _await(sink.add_feedback(newer)) == 3
+    sink.close()
+    labels = {i: v.tolist() for i, v in read_feedback(tmp_path, "m").items()}
+    assert labels == {"a": [1.0], "b": [7.0], "c": [3.0]}  # the latest by the label's time, old files or new
+
+
+def _repository_with_a_reference(root, change=None):
+    """Model m, version 1, packaging a reference; `change` edits its manifest (a JSON document) after."""
+    version = add_model(root / "m" / "1")
+    write_reference(version / REFERENCE_FILE, Reference(format_version=1, rows=1, source="tests", tensors=[]))
+    doc = json.loads((version / MANIFEST).read_text())
+    doc["reference"] = {"file": REFERENCE_FILE, "rows": 1, "source": "tests"}
+    write_manifest(version, {k: v for k, v in doc.items() if k != "files"})
+    if change is not None:
+        doc = json.loads((version / MANIFEST).read_text())
+        change(doc)
+        (version / MANIFEST).write_text(json.dumps(doc))
+    return version
+
+
+def _captured_once(capture, monkeypatch):
+    sink = _sink(capture, monkeypatch, sampling_percent=100)
+    sink.record("r0", "1", "stable", 200, 0.01, {"a": np.ones((1, 3))}, {"out": np.ones((1, 3))})
+    sink.close()
+
+
+def test_the_report_reads_a_versions_reference_only_as_verified(tmp_path, monkeypatch):
+    capture, repository = tmp_path / "capture", tmp_path / "repository"
+    _captured_once(capture, monkeypatch)
+    version = _repository_with_a_reference(repository)
+    assert build_report(capture, "m", repository=repository)["versions"]["1"]["requests"] == 1
+    forged = (version / REFERENCE_FILE).read_text().replace('"tests"', '"TESTS"')  # same size, other bytes
+    (version / REFERENCE_FILE).write_text(forged)
+    with pytest.raises(ArtifactError, match=r"checksum mismatch for reference\.json"):
+        build_report(capture, "m", repository=repository)
+
+
+def test_the_report_reads_no_reference_from_outside_the_version(tmp_path, monkeypatch):
+    capture, repository = tmp_path / "capture", tmp_path / "repository"
+    _captured_once(capture, monkeypatch)
+    write_reference(tmp_path / "elsewhere.json", Reference(format_version=1, rows=1, source="x", tensors=[]))
+    _repository_with_a_reference(repository, lambda m: m["reference"].update({"file": "../../../elsewhere.json"}))
+    with pytest.raises(ArtifactError, match=r"reference\.file '\.\./\.\./\.\./elsewhere\.json' leads outside"):
+        build_report(capture, "m", repository=repository)
 
 
 # configuration

@@ -207,11 +207,29 @@ def test_flat_and_nested_data_decode_alike_and_ragged_data_is_refused():
 
 @pytest.mark.parametrize(
     ("shape", "message"),
-    [([0, 2**62], "has a dimension above"), ([2**31 - 1, 2**31 - 1], "more than the"), ([10**6], "more than the")],
+    [([0, 2**62], "has a dimension above"), ([2**31 - 1, 2**31 - 1], "needs 4611686014132420609 elements, got 0")],
 )
 def test_a_shape_no_body_could_fill_is_refused_before_anything_is_allocated(shape, message):
     with pytest.raises(ProtocolError, match=message):
-        parse_request(orjson.dumps({"inputs": [{"name": "t", "datatype": "FP32", "shape": shape, "data": []}]}))
+        decode_request(orjson.dumps({"inputs": [{"name": "t", "datatype": "FP32", "shape": shape, "data": []}]}))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[["a", "b", "c"], "xyz"], [["a", "b", "c"], {"k": 1, "j": 2, "l": 3}], [["a", "b", "c"], 7]],
+)
+def test_strings_or_objects_among_rows_are_ragged_never_iterated_as_rows(data):
+    with pytest.raises(ProtocolError, match="input 't': data is ragged"):
+        decode_request(orjson.dumps({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2, 3], "data": data}]}))
+
+
+def test_text_is_counted_in_bytes_of_utf_8():
+    from runtime.serve.protocol import text_bytes
+
+    head = parse_request(
+        orjson.dumps({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2], "data": ["ab", "😀é"]}]})
+    )
+    assert text_bytes(head.inputs[0]) == 2 + 4 + 2
 
 
 def test_binary_bytes_elements_beyond_the_shape_stop_the_decoding_at_once():

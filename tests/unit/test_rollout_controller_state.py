@@ -2,11 +2,12 @@
 the candidate's eval set), the state checkpointed after every change and resumed by a new instance
 (what a restarted controller replica does), the interval cut short by the restart counted afresh, and
 every command checked whole before anything changes: a refusal is a 400 or 409 that changed nothing, and
-no body is a 500."""
+no body is a 500. What it answers and logs never shows a repository URI's credentials."""
 
 import asyncio
 import functools
 import json
+import logging
 import time
 from types import SimpleNamespace
 from unittest.mock import patch
@@ -29,6 +30,34 @@ class FakeKV:
 
     def _internal_kv_get(self, key, namespace):
         return self.store.get((namespace, key))
+
+
+KEY, SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY"
+
+
+class Written(logging.Handler):
+    """A handler that keeps what it writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text += self.format(record) + "\n"
+
+
+@pytest.fixture(autouse=True)
+def serve_log(monkeypatch):
+    """Ray Serve's logger as the decision-maker finds it in its replica, with a handler (here one that keeps
+    what it writes); the `trtserve` logger, which the decision-maker sends through it, put back after."""
+    handler = Written()
+    monkeypatch.setattr(logging.getLogger("ray.serve"), "handlers", [handler])
+    ours = logging.getLogger("trtserve")
+    handlers, propagate, level = ours.handlers, ours.propagate, ours.level
+    yield handler
+    ours.handlers, ours.propagate = handlers, propagate
+    ours.setLevel(level)
 
 
 @pytest.fixture
@@ -192,20 +221,38 @@ def test_a_pause_with_a_bad_timeout_does_not_pause(controller):
     assert c.rollouts["seq"].state == "progressing"
 
 
-def test_an_unexpected_failure_is_an_internal_error_that_changes_nothing(controller, monkeypatch, caplog):
+def test_an_unexpected_failure_is_an_internal_error_that_changes_nothing(controller, monkeypatch, serve_log):
     make, kv = controller
     c = in_state(make, None)
 
     def broken(*args, **kwargs):
-        raise RuntimeError("secret /srv/models detail")
+        raise RuntimeError(f"internal detail: s3://{KEY}:{SECRET}@bucket/seq/2/manifest.json")
 
     monkeypatch.setattr(rollouts, "read_manifest", broken)
     before = snapshot(c, kv)
     result = asyncio.run(c.command("seq", "start", {"to": "2", "timeout_s": 0.1}))
     assert result == {"status": 500, "body": {"error": "internal error"}}
     assert snapshot(c, kv) == before
-    logged = [r for r in caplog.records if r.name == "trtserve.rollouts" and r.exc_info]
-    assert logged and "secret /srv/models detail" in str(logged[0].exc_info[1])
+    # The cause is in the replica's log (Serve's handlers), with its traceback, scrubbed of credentials.
+    assert "trtserve.rollouts ERROR a rollout command on model 'seq' failed\nTraceback" in serve_log.text
+    assert "RuntimeError: internal detail: s3://***@bucket/seq/2/manifest.json" in serve_log.text
+    assert KEY not in serve_log.text and "K7MDENG" not in serve_log.text
+
+
+def test_a_stable_version_that_cannot_be_scored_is_a_bad_request_without_credentials(controller, monkeypatch):
+    """The eval gate scores stable offline (it has no score on the candidate's eval set); reading it failed."""
+    make, kv = controller
+    c = make()
+
+    def unreadable(*args, **kwargs):
+        raise OSError(f"When reading s3://{KEY}:{SECRET}@bucket/seq/1/model.onnx: AWS Error ACCESS_DENIED")
+
+    monkeypatch.setattr(rollouts, "score_version", unreadable)
+    before = snapshot(c, kv)
+    result = command(c, "start", to="3")
+    error = "eval gate: scoring version 1 failed: OSError: When reading s3://***@bucket/seq/1/model.onnx: AWS Error"
+    assert result == {"status": 400, "body": {"error": f"{error} ACCESS_DENIED"}}
+    assert snapshot(c, kv) == before
 
 
 def test_a_checkpoint_that_cannot_be_written_changes_nothing(controller, monkeypatch):

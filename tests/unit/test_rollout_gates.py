@@ -85,3 +85,11 @@ def test_a_profile_that_cannot_judge_the_candidate_is_an_input_error(manifests, 
     candidate = manifests[2].model_copy(update={"version": 2})
     with pytest.raises(GateInputError, match=message):
         judge_gates(candidate, profile=doc, latency_budget_ms=10)
+
+
+def test_a_gate_input_error_quoting_a_repository_uri_is_scrubbed():
+    """It may quote a failure to read a repository (scoring stable offline): the answer and the log show
+    the URI without its credentials."""
+    error = GateInputError("eval gate: scoring version 1 failed: OSError: s3://AKIDEXAMPLE:wJalrXUtnFEMI@b/seq/1")
+    assert str(error) == "eval gate: scoring version 1 failed: OSError: s3://***@b/seq/1"
+    assert isinstance(error, ValueError)
