@@ -384,27 +384,39 @@ def feedback_across_a_kill(server: LocalServe, capture: Path, posters: int = 8, 
     for thread in threads:
         thread.join(120)
     wait_for_replicas(server, 1)
-    deadline, written = time.monotonic() + 60, set()
-    while time.monotonic() < deadline and not acknowledged <= written:
-        written = _feedback_ids(capture)
+    deadline, in_parquet, in_streams = time.monotonic() + 60, set(), set()
+    while time.monotonic() < deadline and not acknowledged <= in_parquet | in_streams:
+        in_parquet, in_streams = _feedback_ids(capture)
         time.sleep(1.0)
     return {
         "posters": posters,
         "acknowledged": len(acknowledged),
         "acknowledged_before_kill": before_kill,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "lost": len(acknowledged - written),
+        "in_parquet": len(acknowledged & in_parquet),
+        "in_open_streams": len(acknowledged & (in_streams - in_parquet)),
+        "lost": len(acknowledged - in_parquet - in_streams),
     }
 
 
-def _feedback_ids(capture: Path) -> set[str]:
-    import pyarrow.dataset as ds
+def _feedback_ids(capture: Path) -> tuple[set[str], set[str]]:
+    """The label ids under `capture/_feedback`: in Parquet files, and in the live replica's open streams
+    (`.part-*.inprogress.arrows`: fsynced before their labels were acknowledged, converted to Parquet at
+    rotation or stop; read here up to their last complete batch)."""
+    import pyarrow.ipc
+    import pyarrow.parquet as pq
 
     root = capture / "_feedback"
-    if not root.is_dir():
-        return set()
-    table = ds.dataset(root, format="parquet", partitioning="hive").to_table(columns=["inference_id"])
-    return set(table.column("inference_id").to_pylist())
+    in_parquet, in_streams = set(), set()
+    for path in root.rglob("part-*.parquet"):
+        in_parquet.update(pq.read_table(path, columns=["inference_id"]).column("inference_id").to_pylist())
+    for path in root.rglob(".part-*.inprogress.arrows"):
+        try:
+            for batch in pyarrow.ipc.open_stream(path):
+                in_streams.update(batch.column("inference_id").to_pylist())
+        except (OSError, pyarrow.ArrowInvalid):  # a torn last batch: what came before it is counted
+            continue
+    return in_parquet, in_streams
 
 
 def measure(repository: Path, results: Path, window_s: float = 6.0, pairs: int = 16) -> dict:

@@ -656,7 +656,8 @@ def _abuse_rows(abuse: dict, hardening: dict) -> list[str]:
         _row(
             f"acknowledged labels lost across a replica SIGKILL: at most {targets.FEEDBACK_LOST}",
             f"{labels['lost']} lost of {labels['acknowledged']} acknowledged ({labels['posters']} posters, "
-            f"statuses {labels['statuses']})",
+            f"statuses {labels['statuses']}): {labels.get('in_parquet', '?')} in Parquet (the killed replica's "
+            f"recovered by its replacement), {labels.get('in_open_streams', '?')} in the replacement's open stream",
             labels["lost"] <= targets.FEEDBACK_LOST,
         ),
         _row(

@@ -89,12 +89,28 @@ def test_a_body_that_trickles_in_is_refused_after_its_grace(monkeypatch):
     assert time.monotonic() - started < 5.0
 
 
-def test_a_body_sent_whole_at_once_starts_no_timer(monkeypatch):
-    def no_timer(*args, **kwargs):
-        raise AssertionError("a timer for a body that came whole")
+def test_a_body_sent_in_one_chunk_is_handed_on_as_it_came():
+    chunk = b"x" * CHUNK
 
-    monkeypatch.setattr(body_module.asyncio, "wait_for", no_timer)
-    assert len(read(Body(Stream(CHUNK).chunks, str(CHUNK)), 1 << 20)) == CHUNK
+    async def one():
+        yield chunk
+
+    assert read(Body(one, str(CHUNK)), 1 << 20) is chunk  # not copied
+
+
+def test_a_cancelled_read_is_not_taken_for_a_slow_body():
+    async def never():
+        await asyncio.sleep(3600)
+        yield b""
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(Body(never, None).read(1 << 20))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
 
 
 def test_the_replica_holds_a_bounded_number_of_body_bytes_and_gets_them_back():
