@@ -1,8 +1,7 @@
 """Which version of a model answers a request, and which (if any) also runs it after the answer is sent.
 
-Canary by weight, sticky per request key: the key (the request `id`, else `X-Request-ID`, which a
-replica first hashes with the application's secret so that no client can pick it: runtime.serve.traffic)
-is hashed to a point in [0, 100), and the candidate answers points below its weight, so retries of one request reach one
+Canary by weight, sticky per request key: the key (the request `id`, else `X-Request-ID`) is hashed with
+the application's secret (so that no client can pick keys) to a point in [0, 100), and the candidate answers points below its weight, so retries of one request reach one
 version. A canaried request also runs on stable, after the answer, so both outputs can be compared;
 shadowed requests are answered by stable and also run on the candidate, whose answer is never returned.
 Shadow sampling hashes the key with another salt, so which requests are shadowed does not depend on which
@@ -43,21 +42,23 @@ class Routing:
         if self.candidate is None and (self.weight or self.shadow_percent):
             raise ValueError("a weight or shadow share needs a candidate version")
 
-    def route(self, key: str | None = None, pinned: str | None = None) -> Route:
+    def route(self, key: str | None = None, pinned: str | None = None, secret: bytes = b"") -> Route:
+        """`secret`: the application's (the same on every replica), with which the key is hashed."""
         if pinned is not None:
             return Route(pinned)
         if self.candidate is None:
             return Route(self.stable)
-        if self.weight and point(key, "canary") < self.weight:
+        if self.weight and point(key, "canary", secret) < self.weight:
             return Route(self.candidate, self.stable)
-        if self.shadow_percent and point(key, "shadow") < self.shadow_percent:
+        if self.shadow_percent and point(key, "shadow", secret) < self.shadow_percent:
             return Route(self.stable, self.candidate)
         return Route(self.stable)
 
 
-def point(key: str | None, salt: str) -> float:
-    """A request key's place in [0, 100): the same key, the same place; no key, a random one."""
+def point(key: str | None, salt: str, secret: bytes = b"") -> float:
+    """A request key's place in [0, 100): the same key (and secret), the same place; no key, a random one.
+    Without the secret (blake2b's key) no one can tell a key's place in advance."""
     if key is None:
         return random.random() * 100.0
-    digest = hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8, key=secret).digest()
     return int.from_bytes(digest, "big") / 2**64 * 100.0

@@ -16,8 +16,6 @@ stable path.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 from collections.abc import Mapping
 
@@ -37,8 +35,8 @@ PINNED = "pinned_"  # the prefix of both roles for requests that named their ver
 
 class Traffic:
     def __init__(self, max_mirrored: int = 64, mirror_delay_s: float = 0.02, routing_key: bytes = b"") -> None:
-        # A request's key is hashed with this secret (the application's, the same on every replica) before
-        # it is routed: still sticky, but a client cannot pick ids that land on the candidate.
+        # The secret a request's key is hashed with to route it (the application's, the same on every
+        # replica): still sticky, but a client cannot pick ids that land on the candidate.
         self.routing_key = routing_key
         self.routing: dict[str, Routing] = {}
         self.counts: dict[tuple[str, str, str], VersionCounts] = {}  # (model, version, [pinned_]answered|ran)
@@ -68,9 +66,7 @@ class Traffic:
         if routing is None or routing.stable not in versions:
             serving = self.serving(name, versions)
             return serving, Route(serving.version)
-        if key is not None and self.routing_key and routing.candidate is not None:
-            key = hmac.new(self.routing_key, key.encode(errors="surrogateescape"), hashlib.sha256).hexdigest()
-        route = routing.route(key)
+        route = routing.route(key, secret=self.routing_key)
         if route.answer not in versions:
             route = Route(routing.stable)
         if route.mirror is not None and route.mirror not in versions:
