@@ -1,11 +1,12 @@
 """Which version of a model answers a request, and which (if any) also runs it after the answer is sent.
 
 Canary by weight, sticky per request key: the key (the request `id`, else `X-Request-ID`) is hashed with
-the application's secret (so that no client can pick keys) to a point in [0, 100), and the candidate answers points below its weight, so retries of one request reach one
-version. A canaried request also runs on stable, after the answer, so both outputs can be compared;
-shadowed requests are answered by stable and also run on the candidate, whose answer is never returned.
-Shadow sampling hashes the key with another salt, so which requests are shadowed does not depend on which
-are canaried. A request pinned to a version (`/v2/models/{m}/versions/{v}/...`) always reaches it.
+the application's secret (so that no client can pick keys) to a point in [0, 100), and the candidate
+answers points below its weight, so retries of one request reach one version. A canaried request also
+runs on stable, after the answer, so both outputs can be compared; shadowed requests are answered by
+stable and also run on the candidate, whose answer is never returned. Shadow sampling hashes the key with
+another salt, so which requests are shadowed does not depend on which are canaried. A request pinned to a
+version (`/v2/models/{m}/versions/{v}/...`) always reaches it.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A body is never read before the handler knows its route and has checked the call
 its route's limit: a declared Content-Length above the limit is refused before a byte is read, and a chunked
 body is refused as soon as the running count passes it. The bytes every request of a replica holds at once
 are bounded too (`BodyBudget`): past that, a request is told 503 and to retry, rather than the replica
-growing until it is killed for its memory. What a request holds is one buffer of at most its limit plus the
-chunk being read (the buffer is handed on as it is, never copied into another). A body must also keep
+growing until it is killed for its memory. What a request holds is its chunks, at most its limit plus the
+one being read, joined once at the end (a body of one chunk is handed on as it came). A body must also keep
 coming: a client that sends nothing for IDLE_S, or less than MIN_RATE after GRACE_S, is answered 408, so a
 slow sender cannot hold a share of the budget for long.
 """
@@ -123,21 +123,20 @@ class Body:
             self._taken = 0
 
 
-class BufferedBody(Body):
-    """A body already in memory (tests, and callers that have it whole)."""
+class BufferedBody:
+    """A body already in memory (tests, and callers that have it whole): `Body`'s `read` and `release`,
+    nothing to wait for and nothing taken from a budget."""
 
     def __init__(self, data: bytes) -> None:
-        super().__init__(self._one, str(len(data)))
         self._data = data
-
-    async def _one(self) -> AsyncIterator[bytes]:
-        if self._data:
-            yield self._data
 
     async def read(self, limit: int) -> bytes:
         if len(self._data) > limit:
             raise BodyTooLarge(limit, len(self._data))
         return self._data
+
+    def release(self) -> None:
+        pass
 
 
 class _IdleTimer:

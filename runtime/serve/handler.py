@@ -188,7 +188,7 @@ class KServeHandler:
         method: str,
         path: str,
         headers: Mapping[str, str],
-        body: bytes | Body = b"",
+        body: bytes | Body | BufferedBody = b"",
         request_id: str | None = None,
     ) -> HttpResponse:
         """Answer one request. `body` is read only once the route is known and the caller's token checked,
@@ -198,7 +198,7 @@ class KServeHandler:
             response = _error(400, f"X-Request-ID is longer than {MAX_ID_BYTES} bytes")
             request_id = uuid.uuid4().hex
         else:
-            source = body if isinstance(body, Body) else BufferedBody(body)
+            source = BufferedBody(body) if isinstance(body, bytes | bytearray) else body
             try:
                 response = await self._route(method, path.rstrip("/") or "/", headers, source, request_id)
             except Exception as e:
@@ -226,7 +226,7 @@ class KServeHandler:
         message = _REFUSALS[verdict.reason].format(scope=scope)
         return _error(verdict.status, message, **{"www-authenticate": verdict.challenge})
 
-    async def _route(self, method: str, path: str, headers, body: Body, request_id: str) -> HttpResponse:
+    async def _route(self, method: str, path: str, headers, body: Body | BufferedBody, request_id: str) -> HttpResponse:
         if path == "/v2/health/live":  # open, with or without authentication: what probes call
             return _json(200, {"live": True})
         if path == "/v2/health/ready":
@@ -283,7 +283,7 @@ class KServeHandler:
             return _json(200, {"model_stats": [triton.statistics(m) for m in versions]})
         return _error(404, f"no route {method} {path}")
 
-    async def _rollout(self, method: str, name: str, body: Body, request_id: str) -> HttpResponse:
+    async def _rollout(self, method: str, name: str, body: Body | BufferedBody, request_id: str) -> HttpResponse:
         """GET: the rollout's status; POST {"action": start|pause|resume|promote|rollback|history, ...}."""
         if self.rollout_command is None:
             return _error(404, "this application has no rollout decision-maker")
@@ -310,7 +310,7 @@ class KServeHandler:
         body = scrub(orjson.dumps(result["body"]).decode()).encode()
         return HttpResponse(result["status"], body, {"content-type": "application/json"})
 
-    async def _feedback(self, method: str, name: str, body: Body) -> HttpResponse:
+    async def _feedback(self, method: str, name: str, body: Body | BufferedBody) -> HttpResponse:
         """POST {"id", "label", "time"?} or a list of them: labels to join with the captures by id. A 200 means
         they are on this node's disk (runtime.serve.capture)."""
         if method != "POST":
@@ -349,7 +349,7 @@ class KServeHandler:
         self,
         model: ServedModel,
         headers,
-        body: Body,
+        body: Body | BufferedBody,
         request_id: str,
         mirror: ServedModel | None = None,
         reroute: Callable[[str], tuple[ServedModel, ServedModel | None]] | None = None,
