@@ -17,15 +17,15 @@ import yaml
 
 from benchmarks.s3_server import s3_server
 from runtime.engine.artifact import verify_version_dir
-from runtime.engine.errors import VersionExists
 from runtime.engine.loader import load_engine
 from runtime.engine.manifest import MANIFEST, UPLOADS, read_manifest
 from runtime.engine.remote import RemoteRepository
 from runtime.serve.launcher import LocalServe
 from tests.conftest import run_convert
 from tests.fixtures.artifacts import sequence_model
+from tests.fixtures.races import one_winner, race
 from tests.integration.test_launcher import free_port
-from tests.unit.test_remote_repository import race, racing
+from tests.unit.test_remote_repository import racing
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +106,9 @@ def racers(s3, bucket: str, count: int) -> list[RemoteRepository]:
 def test_publishers_racing_for_one_version_in_s3_leave_one_winner(s3, two_builds):
     stores = racers(s3, "race-one", 2)
     outcomes = race([lambda s=s, b=b: s.publish(b, "seq", 1) for s, b in zip(stores, two_builds, strict=True)])
-    won = [o for o in outcomes if isinstance(o, tuple)]
-    lost = [o for o in outcomes if isinstance(o, VersionExists)]
-    assert len(won) == 1 and len(lost) == 1, outcomes
-    assert "version 1 exists" in str(lost[0]) and "\n" not in str(lost[0])
-    _, manifest = won[0]
+    index, (_, manifest) = one_winner(outcomes, tuple)
     assert upload_folders(stores[0], "seq") == [manifest.files_under.split("/")[1]]  # the loser's is gone
-    winner = two_builds[outcomes.index(won[0])]
+    winner = two_builds[index]
     assert stores[1].versions("seq") == [1]
     assert verify_version_dir(stores[1].fetch("seq", 1)).files == read_manifest(winner).files
 

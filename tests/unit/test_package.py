@@ -20,6 +20,7 @@ from runtime.engine.errors import VersionExists
 from runtime.engine.manifest import read_manifest
 from runtime.engine.remote import RepositoryError
 from tests.fixtures.artifacts import sequence_model
+from tests.fixtures.races import one_winner, race
 
 
 @pytest.fixture
@@ -34,23 +35,6 @@ def staged(model_dir: Path, build: Path):
     staging = context.__enter__()
     shutil.copytree(build, staging, dirs_exist_ok=True)
     return context, staging
-
-
-def race(calls: list) -> list:
-    outcomes: list = [None] * len(calls)
-
-    def run(i: int) -> None:
-        try:
-            outcomes[i] = calls[i]()
-        except Exception as e:
-            outcomes[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    return outcomes
 
 
 @pytest.fixture
@@ -74,12 +58,9 @@ def test_two_builds_publishing_one_version_at_once_leave_one_winner(tmp_path, tw
     outcomes = race([lambda s=s: publish(s, model_dir, 1) for _, s in staging])
     for context, _ in staging:
         context.__exit__(None, None, None)
-    won = [o for o in outcomes if isinstance(o, Path)]
-    lost = [o for o in outcomes if isinstance(o, VersionExists)]
-    assert won == [model_dir / "1"] and len(lost) == 1, outcomes
-    assert "version 1 exists" in str(lost[0]) and "\n" not in str(lost[0])
-    winner = two_builds[outcomes.index(won[0])]
-    assert verify_version_dir(won[0]).files == read_manifest(winner).files
+    index, won = one_winner(outcomes, Path)
+    assert won == model_dir / "1"
+    assert verify_version_dir(won).files == read_manifest(two_builds[index]).files
     assert [p.name for p in model_dir.iterdir()] == ["1"]  # the loser's staging is gone
 
 

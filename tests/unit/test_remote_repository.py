@@ -18,6 +18,7 @@ from runtime.engine.manifest import MANIFEST, UPLOADS, read_manifest
 from runtime.engine.remote import RemoteRepository, RepositoryError, is_remote, local_path, parse_version_uri
 from runtime.engine.repository import repository_location
 from tests.fixtures.artifacts import sequence_model
+from tests.fixtures.races import one_winner, race
 
 
 class Recording:
@@ -204,24 +205,6 @@ def racing(store: RemoteRepository, barrier: threading.Barrier) -> RemoteReposit
     return store
 
 
-def race(publishers: list) -> list:
-    """Each publisher called in its own thread, at once; each one's result or exception."""
-    outcomes: list = [None] * len(publishers)
-
-    def run(i: int) -> None:
-        try:
-            outcomes[i] = publishers[i]()
-        except Exception as e:
-            outcomes[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(publishers))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    return outcomes
-
-
 @pytest.fixture
 def two_builds(tmp_path) -> list[Path]:
     """Two builds of one version whose files differ, so a mix of them cannot verify."""
@@ -233,13 +216,9 @@ def test_racing_publishers_of_one_version_leave_one_winner_and_no_trace_of_the_l
     barrier = threading.Barrier(2)
     stores = [racing(RemoteRepository.on(pyarrow.fs.LocalFileSystem(), root), barrier) for _ in two_builds]
     outcomes = race([lambda s=s, b=b: s.publish(b, "seq", 1) for s, b in zip(stores, two_builds, strict=True)])
-    won = [o for o in outcomes if isinstance(o, tuple)]
-    lost = [o for o in outcomes if isinstance(o, VersionExists)]
-    assert len(won) == 1 and len(lost) == 1, outcomes
-    assert "version 1 exists" in str(lost[0]) and "\n" not in str(lost[0])
-    _, manifest = won[0]
+    index, (_, manifest) = one_winner(outcomes, tuple)
     assert uploads(tmp_path) == [manifest.files_under.split("/")[1]]  # the loser removed its own upload only
-    winner = two_builds[outcomes.index(won[0])]
+    winner = two_builds[index]
     local = stores[0].fetch("seq", 1)
     assert verify_version_dir(local).files == read_manifest(winner).files
 
