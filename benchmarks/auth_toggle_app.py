@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from runtime.auth.tokens import TokenTable, Verdict
 from runtime.serve import app
-from runtime.serve.deployment import KServeServer, _ray_request_id, app_path
+from runtime.serve.deployment import ModelServer, _ray_request_id, app_path
 from runtime.serve.protocol import decode_request
 
 SWITCH = "/bench/auth"
@@ -61,7 +61,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if not args.get("auth"):
         raise ValueError("the auth-cost benchmark's application needs auth: {tokens_file: ...}")
 
-    class AuthToggleServer(KServeServer.func_or_class):
+    class AuthToggleServer(ModelServer.func_or_class):
         async def __call__(self, request: Request) -> Response:
             if request.url.path.endswith(SWITCH):
                 return self._switch(request.method, (await request.body()).decode().strip())

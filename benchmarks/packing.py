@@ -29,7 +29,7 @@ def _worker(version_dir: str, backend: str, max_batch_size: int, duration: float
     import numpy as np
 
     from runtime.engine.memory import gpu_process_bytes, host_rss_bytes
-    from runtime.serve.config import ModelOptions
+    from runtime.serve.app_args import ModelOptions
     from runtime.serve.model import ServedModel
 
     model = ServedModel(Path(version_dir), ModelOptions(backend=backend, max_batch_size=max_batch_size))
@@ -73,7 +73,7 @@ def pack(
     from runtime.engine.cuda_device import visible_device
     from runtime.engine.memory import available_bytes, gpu_free_total, host_available_bytes
     from runtime.engine.repository import version_dir
-    from runtime.serve.config import ModelSpec
+    from runtime.serve.app_args import ModelSpec
     from runtime.serve.placement import Free, actor_options, measure_replica
 
     directory = version_dir(repository, model, "latest")  # an unknown model fails here, saying so
@@ -141,7 +141,7 @@ def pressure(version_dir: Path, backend: str = "torch", max_batch_size: int = 64
     batch limit halves down, free the ballast and check it comes back. Needs torch with CUDA."""
     import torch
 
-    from runtime.serve.config import ModelOptions
+    from runtime.serve.app_args import ModelOptions
     from runtime.serve.model import ServedModel
 
     if not torch.cuda.is_available():

@@ -2,6 +2,6 @@
 
 from convert.build import BuildOptions, BuildResult, build
 from convert.check import CheckResult, check
-from convert.config import ModelConfig, load_config
+from convert.model_config import ModelConfig, load_config
 
 __all__ = ["BuildOptions", "BuildResult", "CheckResult", "ModelConfig", "build", "check", "load_config"]

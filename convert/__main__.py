@@ -1,5 +1,5 @@
 import sys
 
-from convert.cli import main
+from convert.command_line import main
 
 sys.exit(main())

@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from convert import precision as precision_variants
-from convert.config import PRECISIONS, ModelConfig, load_config, resolve_callable
-from convert.errors import BackendUnavailable, ConfigError, ExportError, ParityFailed
 from convert.evaluate import evaluate_build
 from convert.export import export_model
+from convert.failures import BackendUnavailable, ConfigError, ExportError, ParityFailed
+from convert.model_config import PRECISIONS, ModelConfig, load_config, resolve_callable
 from convert.package import destination, git_commit, toolchain, utc_now, write_json
 from convert.parity import ParityResult, compare, format_table
 from convert.progress import Counter, step
-from convert.reference import TorchReference
 from convert.reference_stats import reference_build
-from convert.sampling import FeedMaker, parity_points
+from convert.sample_inputs import FeedMaker, parity_points
 from convert.tensorrt_build import TensorRTOptions, build_engine, tensorrt_target
+from convert.torch_reference import TorchReference
 from runtime.engine.backends import EngineSpec, engine_class
 from runtime.engine.manifest import (
     FORMAT_VERSION,

@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 
 from convert import onnx_graph
-from convert.config import BATCH, ModelConfig
-from convert.errors import ExportError
-from convert.sampling import Sizes, export_sizes
+from convert.failures import ExportError
+from convert.model_config import BATCH, ModelConfig
+from convert.sample_inputs import Sizes, export_sizes
 from runtime.engine import dtypes
 from runtime.engine.signature import TensorSpec
 from runtime.engine.torch_model import to_torch

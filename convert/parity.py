@@ -1,5 +1,5 @@
 """Parity: an engine's outputs against PyTorch's over the artifact's samples, per output
-(runtime.engine.parity.OutputStats, Polygraphy's measures). A failed comparison reports, per output, the
+(runtime.engine.comparison.OutputStats, Polygraphy's measures). A failed comparison reports, per output, the
 tolerance that would have passed."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convert.config import Tolerance
+from convert.model_config import Tolerance
+from runtime.engine.comparison import OutputStats
 from runtime.engine.manifest import OutputParity, ParityRecord
-from runtime.engine.parity import OutputStats
 
 __all__ = ["OutputStats", "ParityResult", "compare", "format_table"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.config import ModelConfig, resolve_callable
-from convert.errors import ExportError
+from convert.failures import ExportError
+from convert.model_config import ModelConfig, resolve_callable
 from convert.progress import step
 from runtime.engine import dtypes
 from runtime.engine.backends import EngineSpec, engine_class

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert.errors import BackendUnavailable, ExportError
+from convert.failures import BackendUnavailable, ExportError
 from convert.timing_cache import TimingCacheFile, cache_filename, default_root
 from runtime.engine.cuda_device import CudaDevice, tensorrt_version, visible_device
 from runtime.engine.manifest import EngineEntry

@@ -196,7 +196,7 @@ def _since(text: str | None) -> float | None:
 
 
 def _monitor(args) -> int:
-    from runtime.monitor.report import ReportError, build_report, plot_report
+    from runtime.monitor.quality_report import ReportError, build_report, plot_report
 
     try:
         report = build_report(args.capture, args.model, _since(args.since), args.repository)

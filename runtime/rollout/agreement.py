@@ -1,4 +1,4 @@
-"""Do two versions of a model give the same answer? Measured as parity is (runtime.engine.parity).
+"""Do two versions of a model give the same answer? Measured as parity is (runtime.engine.comparison).
 
 Both versions were proved within their recorded tolerances of the same PyTorch reference, so their
 answers to one request may differ by up to the sum of the two: that sum is the tolerance here, per
@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from runtime.engine.comparison import differences
 from runtime.engine.manifest import Manifest
-from runtime.engine.parity import differences
 from runtime.rollout.analysis import Agreement
 
 

@@ -3,7 +3,7 @@
 Judged on the candidate against stable over the same interval, as Flagger and Argo Rollouts judge a
 canary, with output agreement as a signal of its own:
 - errors: the candidate's error ratio (server errors, overload and timeouts included, over the answers
-  judged; a client's error is neither: runtime.rollout.window.judged) within an absolute bound, and not
+  judged; a client's error is neither: runtime.rollout.version_counts.judged) within an absolute bound, and not
   above `error_ratio_vs_stable` times stable's (ratios under a tenth of the bound are noise and not
   compared);
 - latency: its p99 within `max_p99_ratio` times stable's p99 (differences under `p99_slack_ms` are noise

@@ -3,7 +3,7 @@
 Each replica reports its cumulative counts of every version's runs (answered or mirrored: the model's
 own work, runtime.serve.traffic.Traffic.ran) (runtime.serve.traffic.Traffic.report) for a model; the
 figures read only the runs the routing chose (`{version}/ran`): requests pinned to a version are reported
-apart and never read here, nor are client errors (runtime.rollout.window.judged). The decision-maker
+apart and never read here, nor are client errors (runtime.rollout.version_counts.judged). The decision-maker
 keeps each replica's report from the interval's start. An interval's figures are the sum
 over replicas of (latest - at start); a replica that appeared during the interval started from nothing,
 and one whose counts went backwards (restarted with the same id) is counted from nothing again.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from runtime.rollout.analysis import Agreement, VersionWindow
-from runtime.rollout.window import VersionCounts
+from runtime.rollout.version_counts import VersionCounts
 
 Report = dict  # one replica's Traffic.report(model)
 

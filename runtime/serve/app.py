@@ -1,6 +1,6 @@
 """The Ray Serve application: `serve run configs/serve/<app>.yaml` (import_path runtime.serve.app:build_app).
 
-`build_app` checks the application's args (runtime.serve.config), sizes the replicas from the memory
+`build_app` checks the application's args (runtime.serve.app_args), sizes the replicas from the memory
 they measurably use (runtime.serve.placement), sets up scaling, and binds the deployment
 (runtime.serve.deployment).
 """
@@ -13,12 +13,12 @@ from typing import Any
 
 from ray import serve
 
+from runtime.serve.app_args import AppArgs, parse_args
 from runtime.serve.autoscaling import ray_autoscaling_config
-from runtime.serve.config import AppArgs, parse_args
-from runtime.serve.deployment import KServeServer
+from runtime.serve.deployment import ModelServer
 from runtime.serve.handler import RETRY_AFTER_S
 from runtime.serve.placement import actor_options, cluster_free, replica_need
-from runtime.serve.rollouts import RolloutController
+from runtime.serve.rollout_controller import RolloutController
 
 log = logging.getLogger("trtserve.server")
 
@@ -59,11 +59,11 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The `import_path` of every trtserve config: Ray Serve calls it with the config's `args`."""
-    return build_app_with(args, KServeServer)
+    return build_app_with(args, ModelServer)
 
 
 def build_app_with(args: dict[str, Any], deployment) -> serve.Application:
-    """`build_app` with another serving deployment (tests plant faults in a subclass of KServeServer's).
+    """`build_app` with another serving deployment (tests plant faults in a subclass of ModelServer's).
 
     Ray Serve requires an application builder to take exactly one parameter, so this is a separate function.
     """

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runtime.serve.config import RAY_AUTOSCALING_KEYS, Autoscaling
+from runtime.serve.app_args import RAY_AUTOSCALING_KEYS, Autoscaling
 
 if TYPE_CHECKING:
     from runtime.serve.placement import ReplicaNeed

@@ -20,13 +20,13 @@ from runtime.engine.credentials import log_through
 from runtime.engine.memory import gpu_free_total, host_available_bytes, host_rss_bytes
 from runtime.engine.repository import version_dir
 from runtime.serve import autoscaling
+from runtime.serve.app_args import ModelSpec
 from runtime.serve.body import FEEDBACK_LIMIT, Body, BodyBudget, BodyIncomplete
-from runtime.serve.capture import CaptureSink
-from runtime.serve.config import ModelSpec
-from runtime.serve.handler import KServeHandler
+from runtime.serve.capture_sink import CaptureSink
+from runtime.serve.drift_observer import DriftObserver
+from runtime.serve.handler import HttpHandler
 from runtime.serve.heap import freeze_startup_heap
 from runtime.serve.model import ServedModel
-from runtime.serve.monitoring import DriftMonitor
 from runtime.serve.telemetry import RayTelemetry
 from runtime.serve.traffic import Traffic
 from runtime.serve.versions import VersionManager
@@ -37,7 +37,7 @@ BODIES_IN_FLIGHT = 4  # a replica holds at most this many of its largest bodies 
 
 
 @serve.deployment(name="trtserve", max_ongoing_requests=512)
-class KServeServer:
+class ModelServer:
     def __init__(
         self,
         repository: str,
@@ -53,7 +53,7 @@ class KServeServer:
     ) -> None:
         _log_like_ray_serve()
         self._telemetry = RayTelemetry()
-        self._monitor = DriftMonitor(self._telemetry)
+        self._monitor = DriftObserver(self._telemetry)
         self._captures = {}
         for spec in models:
             settings = spec.capture_settings
@@ -67,8 +67,8 @@ class KServeServer:
             model.warmup()
             self._monitor.register(model)
             self._models.append(model)
-        self._rollouts = rollouts  # the decision-maker's handle (runtime.serve.rollouts)
-        self.handler = KServeHandler(
+        self._rollouts = rollouts  # the decision-maker's handle (runtime.serve.rollout_controller)
+        self.handler = HttpHandler(
             self._models,
             max_body_bytes=int(max_body_mb * 2**20),
             telemetry=self._telemetry,

@@ -20,7 +20,6 @@ from runtime.auth.tokens import ADMIN, FEEDBACK, INFER, TokenTable
 from runtime.engine.credentials import scrub
 from runtime.engine.errors import InputError
 from runtime.serve import triton
-from runtime.serve.batcher import Overloaded, TimedOut
 from runtime.serve.body import (
     FEEDBACK_LIMIT,
     SMALL_LIMIT,
@@ -31,9 +30,10 @@ from runtime.serve.body import (
     BodyTooSlow,
     BufferedBody,
 )
-from runtime.serve.capture import CaptureSink, FeedbackError, FeedbackUnavailable
+from runtime.serve.capture_sink import CaptureSink, FeedbackError, FeedbackUnavailable
+from runtime.serve.drift_observer import DriftObserver
+from runtime.serve.dynamic_batcher import Overloaded, TimedOut
 from runtime.serve.model import ServedModel
-from runtime.serve.monitoring import DriftMonitor
 from runtime.serve.protocol import (
     HEADER_LENGTH,
     MAX_ID_BYTES,
@@ -129,7 +129,7 @@ def error_response(error: Exception, request_id: str, subject: str = "the server
 _BEFORE_WORK = (BodyTooLarge, BodyTooSlow, BodyIncomplete, BodiesInFlightFull)
 
 
-class KServeHandler:
+class HttpHandler:
     def __init__(
         self,
         models: list[ServedModel],
@@ -137,7 +137,7 @@ class KServeHandler:
         telemetry: Telemetry | None = None,
         traffic: Traffic | None = None,
         rollout_command=None,  # async (model, action, args) -> {"status", "body"}: the decision-maker
-        monitor: DriftMonitor | None = None,
+        monitor: DriftObserver | None = None,
         captures: dict[str, CaptureSink] | None = None,  # model -> its payload capture and feedback
         auth: TokenTable | None = None,  # bearer tokens and their scopes; None: no authentication
     ) -> None:
@@ -312,7 +312,7 @@ class KServeHandler:
 
     async def _feedback(self, method: str, name: str, body: Body | BufferedBody) -> HttpResponse:
         """POST {"id", "label", "time"?} or a list of them: labels to join with the captures by id. A 200 means
-        they are on this node's disk (runtime.serve.capture)."""
+        they are on this node's disk (runtime.serve.capture_sink)."""
         if method != "POST":
             return _error(405, "feedback takes POST")
         self._versions(name)

@@ -16,9 +16,9 @@ from runtime.engine.artifact import verify_version_dir
 from runtime.engine.errors import InputError
 from runtime.engine.loader import engine_for
 from runtime.engine.memory import Footprint, FootprintMeter
-from runtime.serve import batching
-from runtime.serve.batcher import DynamicBatcher
-from runtime.serve.config import ModelOptions
+from runtime.serve import batch_formation
+from runtime.serve.app_args import ModelOptions
+from runtime.serve.dynamic_batcher import DynamicBatcher
 from runtime.serve.memory_pressure import MemoryPressure
 from runtime.serve.protocol import InferRequest, RequestHead, text_bytes
 from runtime.serve.telemetry import Telemetry
@@ -217,13 +217,13 @@ class ServedModel:
         self._check_rows(next(iter(inputs.values())).shape[0])
         return inputs
 
-    def work_of(self, feed: dict[str, np.ndarray]) -> batching.Work:
+    def work_of(self, feed: dict[str, np.ndarray]) -> batch_formation.Work:
         sizes = {}
         for spec in self.signature.inputs:
             for axis, dim in enumerate(spec.shape):
                 if isinstance(dim, str) and dim != "batch":
                     sizes[dim] = feed[spec.name].shape[axis]
-        return batching.Work(next(iter(feed.values())).shape[0], sizes)
+        return batch_formation.Work(next(iter(feed.values())).shape[0], sizes)
 
     def _after_batch(self, rows: int, seconds: float, requests: int) -> None:
         self.telemetry.batch_done(self, rows, seconds, requests)

@@ -37,7 +37,7 @@ from runtime.engine.manifest import MANIFEST
 from runtime.engine.memory import gpu_free_total, gpu_process_bytes, host_rss_bytes
 from runtime.engine.remote import cache_root
 from runtime.engine.repository import version_dir
-from runtime.serve.config import AppArgs, ModelSpec
+from runtime.serve.app_args import AppArgs, ModelSpec
 
 MiB = 2**20
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from runtime.serve.histograms import CumulativeHistogram, Publisher
 
 if TYPE_CHECKING:
-    from runtime.monitor.window import WindowResult
-    from runtime.serve.capture import CaptureSink
+    from runtime.monitor.drift_window import WindowResult
+    from runtime.serve.capture_sink import CaptureSink
     from runtime.serve.model import ServedModel
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -36,7 +36,7 @@ class Telemetry:
         """A classifier's top-1 confidence and entropy of the rows it answered (arrays)."""
 
     def drift(self, model: str, version: str, result: WindowResult) -> None:
-        """A drift window of the model version closed (runtime.monitor.window)."""
+        """A drift window of the model version closed (runtime.monitor.drift_window)."""
 
     def watch_capture(self, model: str, sink: CaptureSink) -> None:
         """Publish what the model's capture wrote, dropped and lost, from now on."""

@@ -23,8 +23,8 @@ import numpy as np
 
 from runtime.rollout.agreement import AgreementCounter, Tolerance, tolerances
 from runtime.rollout.routing import Route, Routing
-from runtime.rollout.window import VersionCounts
-from runtime.serve.batcher import Overloaded
+from runtime.rollout.version_counts import VersionCounts
+from runtime.serve.dynamic_batcher import Overloaded
 from runtime.serve.model import ServedModel
 
 log = logging.getLogger("trtserve.server")

@@ -26,8 +26,8 @@ from pydantic import Field, ValidationError
 from runtime.engine.repository import version_dir
 from runtime.engine.schema import Schema, one_line
 from runtime.rollout.steps import Rollout
-from runtime.serve.config import ModelSpec
-from runtime.serve.handler import KServeHandler
+from runtime.serve.app_args import ModelSpec
+from runtime.serve.handler import HttpHandler
 from runtime.serve.model import ServedModel
 
 log = logging.getLogger("trtserve.server")
@@ -47,7 +47,7 @@ def parse_user_config(config: dict[str, Any] | None) -> ServerUserConfig:
 class VersionManager:
     def __init__(
         self,
-        handler: KServeHandler,
+        handler: HttpHandler,
         specs: dict[str, tuple[ModelSpec, str | Path]],  # model -> (how to serve it, its repository)
         load: Callable[[Path, ModelSpec], ServedModel],  # build and warm up one version
         grace_s: float = 60.0,

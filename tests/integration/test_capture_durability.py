@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from runtime.monitor.capture_writer import IN_PROGRESS
-from runtime.monitor.report import read_feedback
+from runtime.monitor.quality_report import read_feedback
 from runtime.serve.launcher import LocalServe
 from tests.fixtures.ports import free_port
 from tests.integration.test_launcher import wait_for

@@ -12,7 +12,7 @@ def test_torch_cuda_footprint_is_measured(cnn_repository):
     import torch
 
     from runtime.serve import triton
-    from runtime.serve.config import ModelOptions
+    from runtime.serve.app_args import ModelOptions
     from runtime.serve.model import ServedModel
 
     model = ServedModel(cnn_repository / "cnn" / "1", ModelOptions(backend="torch", max_batch_size=64))
@@ -30,7 +30,7 @@ def test_torch_cuda_footprint_is_measured(cnn_repository):
 
 
 def test_replicas_pack_fractionally_on_one_gpu(cnn_repository):
-    from runtime.serve.config import ModelSpec
+    from runtime.serve.app_args import ModelSpec
     from runtime.serve.placement import actor_options, measure_replica
 
     need = measure_replica(cnn_repository, [ModelSpec(name="cnn", backend="torch", max_batch_size=64)])

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from runtime.auth.tokens import ADMIN, FEEDBACK, INFER, TokensFileError, TokenTable, digest, new_token
-from runtime.serve.handler import KServeHandler
+from runtime.serve.handler import HttpHandler
 from runtime.serve.model import ServedModel
 from runtime.serve.telemetry import Telemetry
 from tests.fixtures.artifacts import sequence_model
@@ -101,7 +101,7 @@ def secured(tmp_path):
     model = ServedModel(sequence_model(tmp_path / "seq" / "1"))
     model.warmup()
     telemetry = Failures()
-    handler = KServeHandler([model], telemetry=telemetry, auth=TokenTable.parse(TOKENS))
+    handler = HttpHandler([model], telemetry=telemetry, auth=TokenTable.parse(TOKENS))
     yield handler, telemetry
     model.close()
 
@@ -159,7 +159,7 @@ def test_without_auth_nothing_is_asked(tmp_path):
     model = ServedModel(sequence_model(tmp_path / "seq" / "1"))
     model.warmup()
     try:
-        assert call(KServeHandler([model]), "POST", "/v2/models/seq/infer", None, INFER_BODY).status == 200
+        assert call(HttpHandler([model]), "POST", "/v2/models/seq/infer", None, INFER_BODY).status == 200
     finally:
         model.close()
 
@@ -168,7 +168,7 @@ def test_without_auth_nothing_is_asked(tmp_path):
 
 
 def test_app_args_read_the_tokens_file_where_the_app_is_built(tmp_path, monkeypatch):
-    from runtime.serve.config import parse_args
+    from runtime.serve.app_args import parse_args
 
     repository = tmp_path / "repo"
     sequence_model(repository / "seq" / "1")

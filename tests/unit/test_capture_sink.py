@@ -19,11 +19,11 @@ import pyarrow.dataset as ds
 import pytest
 
 import runtime.monitor.capture_writer as capture_writer
-import runtime.serve.capture as capture
+import runtime.serve.capture_sink as capture
 from runtime.monitor.capture_writer import IN_PROGRESS
-from runtime.monitor.report import read_feedback
-from runtime.serve.capture import MAX_FEEDBACK_ENTRIES, CaptureError, CaptureSink, FeedbackError, FeedbackUnavailable
-from runtime.serve.config import Capture
+from runtime.monitor.quality_report import read_feedback
+from runtime.serve.app_args import Capture
+from runtime.serve.capture_sink import MAX_FEEDBACK_ENTRIES, CaptureError, CaptureSink, FeedbackError, FeedbackUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = b"deployment-secret-0123456789abcdef"
@@ -238,8 +238,8 @@ def test_labels_acknowledged_right_before_a_sigkill_reach_parquet_at_the_next_st
     script = textwrap.dedent(
         """
         import asyncio, os, signal, sys
-        from runtime.serve.capture import CaptureSink
-        from runtime.serve.config import Capture
+        from runtime.serve.capture_sink import CaptureSink
+        from runtime.serve.app_args import Capture
         sink = CaptureSink("m", Capture(destination=sys.argv[1]), b"k")
         asyncio.run(sink.add_feedback([{"id": f"id-{i}", "label": 1} for i in range(500)]))
         os.kill(os.getpid(), signal.SIGKILL)
@@ -258,8 +258,8 @@ def test_a_models_writer_recovers_its_own_files_only(tmp_path):
     script = textwrap.dedent(
         """
         import asyncio, os, signal, sys
-        from runtime.serve.capture import CaptureSink
-        from runtime.serve.config import Capture
+        from runtime.serve.capture_sink import CaptureSink
+        from runtime.serve.app_args import Capture
         sink = CaptureSink("other", Capture(destination=sys.argv[1]), b"k")
         asyncio.run(sink.add_feedback({"id": "a", "label": 1}))
         os.kill(os.getpid(), signal.SIGKILL)

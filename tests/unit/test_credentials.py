@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from convert.cli import main as convert_main
+from convert.command_line import main as convert_main
 from runtime.cli import main as trtserve_main
 from runtime.engine.credentials import ScrubCredentials, install_scrubbing, log_through, scrub
 from runtime.engine.errors import ArtifactError, TrtserveError

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from runtime.serve.handler import KServeHandler
+from runtime.serve.handler import HttpHandler
 from runtime.serve.model import ServedModel
 from runtime.serve.protocol import InferRequest, ProtocolError, decode_request
 from tests.fixtures.artifacts import sequence_model
@@ -73,7 +73,7 @@ def test_requests_wrong_in_every_way(request):
 def handler(tmp_path_factory):
     model = ServedModel(sequence_model(tmp_path_factory.mktemp("fuzz") / "seq" / "1"))
     model.warmup()
-    yield KServeHandler([model], max_body_bytes=1 << 16)
+    yield HttpHandler([model], max_body_bytes=1 << 16)
     model.close()
 
 

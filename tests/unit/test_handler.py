@@ -12,7 +12,7 @@ import pytest
 from runtime.auth.tokens import TokenTable, digest
 from runtime.serve import handler as handler_module
 from runtime.serve.body import FEEDBACK_LIMIT, SMALL_LIMIT, Body, BodyBudget
-from runtime.serve.handler import KServeHandler
+from runtime.serve.handler import HttpHandler
 from runtime.serve.model import ServedModel
 from runtime.serve.protocol import HEADER_LENGTH
 from runtime.serve.telemetry import Telemetry
@@ -25,7 +25,7 @@ def handler(tmp_path):
     models = [ServedModel(sequence_model(tmp_path / "seq" / str(v))) for v in (1, 2)]
     for model in models:
         model.warmup()
-    handler = KServeHandler(models, max_body_bytes=4096)
+    handler = HttpHandler(models, max_body_bytes=4096)
     yield handler
     for model in models:
         model.close()
@@ -111,7 +111,7 @@ def test_bad_requests(handler, path, body, status, message):
 
 def test_not_ready_until_warmed_up(tmp_path):
     model = ServedModel(sequence_model(tmp_path / "seq" / "1"))
-    handler = KServeHandler([model])
+    handler = HttpHandler([model])
     assert call(handler, "GET", "/v2/health/ready").status == 503
     assert call(handler, "GET", "/v2/models/seq/ready").headers["retry-after"] == "1"
     assert call(handler, "POST", "/v2/models/seq/infer", infer_body([[1.0]])).status == 503
@@ -141,7 +141,7 @@ class RecordingTelemetry(Telemetry):
 def test_every_telemetry_hook_is_given_at_construction_and_called(tmp_path):
     telemetry = RecordingTelemetry()
     model = ServedModel(sequence_model(tmp_path / "seq" / "1"), telemetry=telemetry)
-    handler = KServeHandler([model], telemetry=telemetry)
+    handler = HttpHandler([model], telemetry=telemetry)
     model.warmup()
     assert telemetry.calls == [("warmed_up", "seq v1")]
     warmup_calls = len(telemetry.calls)
@@ -174,7 +174,7 @@ class NeverRead(Body):
 def test_the_token_is_checked_before_a_byte_of_the_body_is_read(tmp_path):
     model = ServedModel(sequence_model(tmp_path / "seq" / "1"))
     model.warmup()
-    handler = KServeHandler([model], auth=TokenTable.parse(f"infer {digest('a-token')}\nadmin {digest('a-token')}"))
+    handler = HttpHandler([model], auth=TokenTable.parse(f"infer {digest('a-token')}\nadmin {digest('a-token')}"))
     try:
         for path in ("/v2/models/seq/infer", "/v2/models/seq/feedback", "/v2/models/seq/rollout", "/nowhere"):
             body = NeverRead()
@@ -195,7 +195,7 @@ def test_every_route_that_takes_a_body_has_a_limit(tmp_path, path, limit):
     model = ServedModel(sequence_model(tmp_path / "seq" / "1"))
     model.warmup()
     sink = SimpleNamespace(add_feedback=None)  # never reached
-    handler = KServeHandler([model], rollout_command=command, captures={"seq": sink})
+    handler = HttpHandler([model], rollout_command=command, captures={"seq": sink})
     try:
         response = call(handler, "POST", path, b"[" + b" " * limit + b"]")
         assert response.status == 413 and f"limit of {limit} bytes" in orjson.loads(response.body)["error"]
@@ -240,7 +240,7 @@ def test_inputs_are_checked_against_the_model_before_any_element_is_decoded(hand
 def test_text_over_the_budget_is_refused_before_it_is_tokenized(tmp_path, monkeypatch):
     model = ServedModel(text_model(tmp_path / "text" / "1"))
     model.warmup()
-    handler = KServeHandler([model])
+    handler = HttpHandler([model])
     tokenized = []
     monkeypatch.setattr(model.preprocess, "__call__", lambda texts: tokenized.append(texts))
     try:
@@ -258,7 +258,7 @@ def test_text_over_the_budget_is_refused_before_it_is_tokenized(tmp_path, monkey
 def test_large_requests_are_decoded_and_tokenized_off_the_event_loop(tmp_path):
     model = ServedModel(text_model(tmp_path / "text" / "1"))
     model.warmup()
-    handler = KServeHandler([model])
+    handler = HttpHandler([model])
     threads = []
     feed_from = model.feed_from
 

@@ -41,9 +41,9 @@ REPLICA_FAILED = (
     "_call_func_or_gen\n"
     "    result = callable(*args, **kwargs)\n"
     "             ^^^^^^^^^^^^^^^^^^^^^^^^^\n"
-    '  File "/work/main/runtime/serve/capture.py", line 50, in __init__\n'
+    '  File "/work/main/runtime/serve/capture_sink.py", line 50, in __init__\n'
     "    raise CaptureError(\n"
-    f"runtime.serve.capture.{CAPTURE_KEY_LINE}"
+    f"runtime.serve.capture_sink.{CAPTURE_KEY_LINE}"
 )
 
 # An application whose builder raised: the message is the application's, its deployments are none.

@@ -48,8 +48,33 @@ def test_an_import_across_the_layers_fails_lint_naming_the_rule(tmp_path):
     assert _lint_imports(tree).returncode == 0  # the tree as it is keeps every contract
 
     with open(tree / "runtime/engine/dtypes.py", "a") as f:
-        f.write("\nfrom runtime.serve import batching  # noqa: E402, F401 - the engine layer reaching up\n")
+        f.write("\nfrom runtime.serve import batch_formation  # noqa: E402, F401 - the engine layer reaching up\n")
     proc = _lint_imports(tree)
     assert proc.returncode != 0
     assert "the engine layer needs no Ray, no web framework, no convert stage BROKEN" in proc.stdout
-    assert "runtime.engine.dtypes -> runtime.serve.batching" in proc.stdout
+    assert "runtime.engine.dtypes -> runtime.serve.batch_formation" in proc.stdout
+
+
+def test_no_module_name_is_used_twice_across_packages():
+    """ "Where is window.py?" has one answer: a module's name says what it is, not only where it sits."""
+    seen: dict[str, list[str]] = {}
+    for package in ("convert", "runtime", "benchmarks"):
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name not in ("__init__.py", "__main__.py"):
+                seen.setdefault(path.stem, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
+
+
+def test_each_unit_test_is_named_after_a_module_it_tests():
+    modules = {path.stem for package in ("convert", "runtime", "benchmarks") for path in (ROOT / package).rglob("*.py")}
+    # Tests of a behaviour that spans modules, named for the behaviour.
+    behaviours = {"alerts", "app_path", "auth", "auth_cost", "backends", "fuzz_artifact", "fuzz_protocol",
+                  "launcher_ports", "launcher_status", "layers", "monitor_capture", "onnxruntime_cuda",
+                  "remote_repository", "replica_lookup", "rollout_client", "soak_accounting", "tensorrt_backend",
+                  "tokens_watch"}  # fmt: skip
+    unnamed = sorted(
+        path.name
+        for path in (ROOT / "tests" / "unit").glob("test_*.py")
+        if path.stem.removeprefix("test_") not in modules | behaviours
+    )
+    assert unnamed == []

@@ -66,7 +66,7 @@ def test_footprint_is_what_loading_added():
 
 def test_a_served_model_steps_its_batch_limit_down_under_pressure(tmp_path, monkeypatch):
     from runtime.serve import triton
-    from runtime.serve.config import ModelOptions
+    from runtime.serve.app_args import ModelOptions
     from runtime.serve.model import ServedModel
     from tests.fixtures.artifacts import sequence_model
 

@@ -18,6 +18,7 @@ import pytest
 from runtime.engine.errors import ArtifactError
 from runtime.engine.manifest import MANIFEST, write_manifest
 from runtime.monitor import capture_writer
+from runtime.monitor.capture_sampling import sampled
 from runtime.monitor.capture_writer import (
     CAPTURE_SCHEMA,
     PartitionedWriter,
@@ -25,12 +26,11 @@ from runtime.monitor.capture_writer import (
     capture_partition,
     capture_table,
 )
+from runtime.monitor.quality_report import ReportError, build_report, plot_report, read_feedback
 from runtime.monitor.redaction import Redactor
 from runtime.monitor.reference import REFERENCE_FILE, Reference, write_reference
-from runtime.monitor.report import ReportError, build_report, plot_report, read_feedback
-from runtime.monitor.sampling import sampled
-from runtime.serve.capture import CaptureError, CaptureSink, FeedbackError
-from runtime.serve.config import Capture, parse_args
+from runtime.serve.app_args import Capture, parse_args
+from runtime.serve.capture_sink import CaptureError, CaptureSink, FeedbackError
 from tests.fixtures.artifacts import add_model
 
 # sampling by id

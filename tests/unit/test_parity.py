@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from convert.config import Tolerance
+from convert.model_config import Tolerance
 from convert.parity import OutputStats, compare, format_table
 
 

@@ -55,8 +55,8 @@ def test_a_replica_is_sized_for_a_rollouts_two_versions_of_each_model():
 
 
 def test_app_config_surface(built_like_repository):
+    from runtime.serve.app_args import parse_args
     from runtime.serve.autoscaling import ray_autoscaling_config
-    from runtime.serve.config import parse_args
     from runtime.serve.placement import replica_need
 
     base = {"repository": str(built_like_repository), "models": [{"name": "seq"}]}
@@ -96,8 +96,8 @@ def test_the_example_serve_configs_parse(tmp_path):
     """configs/serve/*.yaml: every app's args pass the same validation `serve run` applies."""
     import yaml
 
+    from runtime.serve.app_args import parse_args
     from runtime.serve.autoscaling import ray_autoscaling_config
-    from runtime.serve.config import parse_args
     from tests.conftest import ROOT
     from tests.fixtures.artifacts import sequence_model
 
@@ -117,7 +117,7 @@ def test_a_measurement_is_kept_until_what_it_depends_on_changes(built_like_repos
     import json
 
     from runtime.serve import placement
-    from runtime.serve.config import ModelSpec
+    from runtime.serve.app_args import ModelSpec
 
     measured = []
 

@@ -163,7 +163,7 @@ def test_the_watcher_thread_applies_a_change_by_itself(tmp_path):
 
 
 def test_the_app_watches_the_path_as_given_symlinks_kept(tmp_path, monkeypatch):
-    from runtime.serve.config import Auth
+    from runtime.serve.app_args import Auth
 
     (tmp_path / "v1").mkdir()
     (tmp_path / "v1" / "tokens.txt").write_text(_lines("a-token"))

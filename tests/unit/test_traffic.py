@@ -11,7 +11,7 @@ import pytest
 from runtime.rollout.analysis import VersionWindow
 from runtime.rollout.intervals import interval_figures
 from runtime.rollout.routing import Routing
-from runtime.serve.handler import KServeHandler
+from runtime.serve.handler import HttpHandler
 from runtime.serve.model import ServedModel
 from runtime.serve.traffic import Traffic
 from tests.fixtures.artifacts import sequence_model
@@ -41,12 +41,12 @@ async def infer(handler, n, path="/v2/models/seq/infer", key="k"):
 
 
 def test_without_routing_the_latest_version_answers(versions):
-    handler = KServeHandler(versions[:2])
+    handler = HttpHandler(versions[:2])
     assert set(asyncio.run(infer(handler, 5))) == {"2"}
 
 
 def test_canary_splits_sticky_and_compares_with_stable(versions):
-    handler = KServeHandler(versions[:2])
+    handler = HttpHandler(versions[:2])
     handler.traffic.set_routing("seq", Routing("1", "2", weight=50))
 
     async def twice():
@@ -63,7 +63,7 @@ def test_canary_splits_sticky_and_compares_with_stable(versions):
 
 
 def test_shadow_answers_from_stable_and_an_identical_candidate_agrees(versions):
-    handler = KServeHandler([versions[0], versions[2]])
+    handler = HttpHandler([versions[0], versions[2]])
     handler.traffic.set_routing("seq", Routing("1", "3", shadow_percent=100))
     assert set(asyncio.run(infer(handler, 50))) == {"1"}
     report = handler.traffic.report("seq")
@@ -72,7 +72,7 @@ def test_shadow_answers_from_stable_and_an_identical_candidate_agrees(versions):
 
 
 def test_a_pinned_version_is_reached_whatever_the_routing(versions):
-    handler = KServeHandler(versions[:2])
+    handler = HttpHandler(versions[:2])
     handler.traffic.set_routing("seq", Routing("1", "2", weight=100))
     assert set(asyncio.run(infer(handler, 5, "/v2/models/seq/versions/1/infer"))) == {"1"}
     meta = orjson.loads(asyncio.run(handler.handle("GET", "/v2/models/seq", {}, b"")).body)
@@ -82,7 +82,7 @@ def test_a_pinned_version_is_reached_whatever_the_routing(versions):
 
 
 def test_a_candidate_not_loaded_yet_leaves_stable_answering(versions):
-    handler = KServeHandler(versions[:1])
+    handler = HttpHandler(versions[:1])
     handler.traffic.set_routing("seq", Routing("1", "2", weight=100, shadow_percent=100))
     assert set(asyncio.run(infer(handler, 5))) == {"1"}
     assert handler.traffic.report("seq")["agreement"] == {}
@@ -90,14 +90,14 @@ def test_a_candidate_not_loaded_yet_leaves_stable_answering(versions):
 
 def test_mirror_work_beyond_the_bound_is_dropped_and_counted(versions):
     traffic = Traffic(max_mirrored=0)
-    handler = KServeHandler([versions[0], versions[2]], traffic=traffic)
+    handler = HttpHandler([versions[0], versions[2]], traffic=traffic)
     traffic.set_routing("seq", Routing("1", "3", shadow_percent=100))
     assert set(asyncio.run(infer(handler, 10))) == {"1"}
     assert traffic.report("seq")["dropped"] == 10 and traffic.report("seq")["agreement"] == {}
 
 
 def test_answers_are_counted_per_version_and_client_errors_apart(versions):
-    handler = KServeHandler(versions[:1])
+    handler = HttpHandler(versions[:1])
     asyncio.run(infer(handler, 3))
     bad = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0]}]})
     assert asyncio.run(handler.handle("POST", "/v2/models/seq/infer", {}, bad)).status == 400
@@ -144,7 +144,7 @@ def test_client_errors_are_never_judged_and_overload_is(versions):
 
 
 def test_through_the_handler_only_routed_requests_reach_the_figures(versions):
-    handler = KServeHandler(versions[:2])
+    handler = HttpHandler(versions[:2])
     handler.traffic.set_routing("seq", Routing("1", "2", weight=100))
     asyncio.run(infer(handler, 5, "/v2/models/seq/versions/2/infer"))
     asyncio.run(infer(handler, 5, "/v2/models/seq/versions/1/infer"))
@@ -161,7 +161,7 @@ def test_through_the_handler_only_routed_requests_reach_the_figures(versions):
 
 def test_canary_is_sticky_on_the_body_id_whatever_the_request_id(versions):
     """A client retrying one request under new X-Request-IDs, with the same body "id", reaches one version."""
-    handler = KServeHandler(versions[:2])
+    handler = HttpHandler(versions[:2])
     handler.traffic.set_routing("seq", Routing("1", "2", weight=50))
     doc = orjson.loads(BODY)
 
@@ -181,7 +181,7 @@ def test_canary_is_sticky_on_the_body_id_whatever_the_request_id(versions):
 
 
 def test_a_pinned_request_is_never_mirrored(versions):
-    handler = KServeHandler([versions[0], versions[2]])
+    handler = HttpHandler([versions[0], versions[2]])
     handler.traffic.set_routing("seq", Routing("1", "3", weight=50, shadow_percent=100))
     assert asyncio.run(infer(handler, 10, "/v2/models/seq/versions/1/infer")) == ["1"] * 10
     assert asyncio.run(infer(handler, 10, "/v2/models/seq/versions/3/infer")) == ["3"] * 10

@@ -6,8 +6,8 @@ import asyncio
 import pytest
 
 from runtime.rollout.steps import Rollout, RolloutSpec
-from runtime.serve.config import ModelSpec
-from runtime.serve.handler import KServeHandler
+from runtime.serve.app_args import ModelSpec
+from runtime.serve.handler import HttpHandler
 from runtime.serve.model import ServedModel
 from runtime.serve.versions import VersionManager, parse_user_config
 from tests.fixtures.artifacts import sequence_model
@@ -26,7 +26,7 @@ def replica(tmp_path):
         loaded.append(model)
         return model
 
-    handler = KServeHandler([load(repository / "seq" / "1", ModelSpec(name="seq", version=1))])
+    handler = HttpHandler([load(repository / "seq" / "1", ModelSpec(name="seq", version=1))])
     manager = VersionManager(handler, {"seq": (ModelSpec(name="seq", version=1), repository)}, load, grace_s=0)
     yield handler, manager, loaded
     for model in loaded:

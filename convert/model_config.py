@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
 
-from convert.errors import ConfigError
+from convert.failures import ConfigError
 from runtime.engine import dtypes
 from runtime.engine.evaluation import METRICS
 from runtime.engine.schema import (

@@ -30,7 +30,7 @@ def test_top1_agreement_for_classifiers():
 
 
 def test_many_requests_at_once_are_judged_each_as_parity_judges_one():
-    from runtime.engine.parity import OutputStats
+    from runtime.engine.comparison import OutputStats
 
     rng = np.random.default_rng(0)
     pairs = []

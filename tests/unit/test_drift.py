@@ -8,6 +8,7 @@ from scipy.special import softmax
 from scipy.stats import chisquare, ks_2samp, norm, wasserstein_distance
 
 from runtime.monitor import drift
+from runtime.monitor.drift_window import DriftWindow, Reservoir, WindowClock
 from runtime.monitor.features import CATEGORICAL, NUMERIC, VECTORS, TensorFeatures
 from runtime.monitor.reference import (
     BINS,
@@ -18,7 +19,6 @@ from runtime.monitor.reference import (
     read_reference,
     write_reference,
 )
-from runtime.monitor.window import DriftWindow, Reservoir, WindowClock
 
 
 def _reference_of(values: np.ndarray, kind: str = NUMERIC, seed: int = 0) -> FeatureReference:

@@ -1,7 +1,7 @@
 """An interval's figures added up over replicas' cumulative reports."""
 
 from runtime.rollout.intervals import interval_figures
-from runtime.rollout.window import VersionCounts
+from runtime.rollout.version_counts import VersionCounts
 
 
 def report(stable_ms, candidate_ms, compared=0, agreed=0, errors=0, dropped=0):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from convert.config import ModelConfig
-from convert.errors import ExportError
+from convert.failures import ExportError
+from convert.model_config import ModelConfig
 from runtime.engine.torch_model import to_numpy, to_torch
 
 

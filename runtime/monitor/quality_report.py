@@ -22,9 +22,9 @@ from runtime.engine.evaluation import METRICS
 from runtime.engine.manifest import read_manifest
 from runtime.engine.repository import version_dir
 from runtime.monitor.capture_writer import FEEDBACK_DIR, FEEDBACK_SCHEMA, hour_of
+from runtime.monitor.drift_window import TensorWindow
 from runtime.monitor.reference import read_version_reference
 from runtime.monitor.tensors import NUMPY
-from runtime.monitor.window import TensorWindow
 
 FLUSH_ROWS = 4096  # captured rows of one tensor counted in one pass
 

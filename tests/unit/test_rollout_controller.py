@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from runtime.serve import rollouts
+from runtime.serve import rollout_controller
 from tests.fixtures.artifacts import sequence_model
 from tests.fixtures.fuzz import json_values
 
@@ -63,15 +63,15 @@ def serve_log(monkeypatch):
 @pytest.fixture
 def controller(tmp_path, monkeypatch):
     kv = FakeKV()
-    monkeypatch.setattr(rollouts, "_kv", lambda: kv)
-    monkeypatch.setattr(rollouts.serve, "get_replica_context", lambda: SimpleNamespace(app_name="app"))
+    monkeypatch.setattr(rollout_controller, "_kv", lambda: kv)
+    monkeypatch.setattr(rollout_controller.serve, "get_replica_context", lambda: SimpleNamespace(app_name="app"))
     repository = tmp_path / "repo"
     sequence_model(repository / "seq" / "1")  # built before eval sets existed
     sequence_model(repository / "seq" / "2")
     sequence_model(repository / "seq" / "3", scale=-1.0, evaluated=True)  # scores 0 where v1 scores 1
 
     def make():
-        return rollouts.RolloutController.func_or_class({"seq": "1"}, {"seq": str(repository)})
+        return rollout_controller.RolloutController.func_or_class({"seq": "1"}, {"seq": str(repository)})
 
     return make, kv
 
@@ -228,7 +228,7 @@ def test_an_unexpected_failure_is_an_internal_error_that_changes_nothing(control
     def broken(*args, **kwargs):
         raise RuntimeError(f"internal detail: s3://{KEY}:{SECRET}@bucket/seq/2/manifest.json")
 
-    monkeypatch.setattr(rollouts, "read_manifest", broken)
+    monkeypatch.setattr(rollout_controller, "read_manifest", broken)
     before = snapshot(c, kv)
     result = asyncio.run(c.command("seq", "start", {"to": "2", "timeout_s": 0.1}))
     assert result == {"status": 500, "body": {"error": "internal error"}}
@@ -247,7 +247,7 @@ def test_a_stable_version_that_cannot_be_scored_is_a_bad_request_without_credent
     def unreadable(*args, **kwargs):
         raise OSError(f"When reading s3://{KEY}:{SECRET}@bucket/seq/1/model.onnx: AWS Error ACCESS_DENIED")
 
-    monkeypatch.setattr(rollouts, "score_version", unreadable)
+    monkeypatch.setattr(rollout_controller, "score_version", unreadable)
     before = snapshot(c, kv)
     result = command(c, "start", to="3")
     error = "eval gate: scoring version 1 failed: OSError: When reading s3://***@bucket/seq/1/model.onnx: AWS Error"
@@ -309,10 +309,10 @@ def repository(tmp_path_factory):
 def test_no_command_body_is_a_server_error_and_a_refusal_changes_nothing(repository, state, action, args):
     kv = FakeKV()
     context = SimpleNamespace(app_name="app")
-    controller = rollouts.RolloutController.func_or_class
+    controller = rollout_controller.RolloutController.func_or_class
     with (
-        patch.object(rollouts, "_kv", lambda: kv),
-        patch.object(rollouts.serve, "get_replica_context", lambda: context),
+        patch.object(rollout_controller, "_kv", lambda: kv),
+        patch.object(rollout_controller.serve, "get_replica_context", lambda: context),
         patch.object(controller, "_wait_applied", no_wait),  # whatever timeout_s asks: no replica reports here
     ):
         c = in_state(functools.partial(controller, {"seq": "1"}, {"seq": str(repository)}), state)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from runtime.engine.signature import DimRange, Signature, TensorSpec
-from runtime.serve.batching import Work, buckets_for, plan, round_up, stack, unstack
+from runtime.serve.batch_formation import Work, buckets_for, plan, round_up, stack, unstack
 
 SIG = Signature(
     inputs=(TensorSpec("ids", "int64", ("batch", "seq")), TensorSpec("mask", "int64", ("batch", "seq"))),

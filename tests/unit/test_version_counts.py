@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from runtime.rollout import window
-from runtime.rollout.window import VersionCounts
+from runtime.rollout import version_counts
+from runtime.rollout.version_counts import VersionCounts
 
 
 def counts(latencies_ms, statuses=None) -> VersionCounts:
@@ -40,7 +40,7 @@ def test_server_errors_are_5xx_only_and_client_errors_are_not_judged():
     ],
 )
 def test_what_a_rollout_judges(status, judged, server_error):
-    assert window.judged(status) is judged and window.server_error(status) is server_error
+    assert version_counts.judged(status) is judged and version_counts.server_error(status) is server_error
 
 
 def test_client_errors_add_nothing_to_the_latency():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from runtime.engine.loader import load_engine
-from runtime.serve.batcher import DynamicBatcher, Overloaded, TimedOut
-from runtime.serve.batching import Work
+from runtime.serve.batch_formation import Work
+from runtime.serve.dynamic_batcher import DynamicBatcher, Overloaded, TimedOut
 from tests.fixtures.artifacts import sequence_model
 
 PAD = {"seq": {"x": 0.0}}

@@ -1,6 +1,6 @@
 """Payload capture and feedback of one model in a replica (the files: runtime.monitor.capture_writer).
 
-The handler asks `wants(id)` (a keyed hash of the inference id, runtime.monitor.sampling) and hands the
+The handler asks `wants(id)` (a keyed hash of the inference id, runtime.monitor.capture_sampling) and hands the
 request's tensors over as they are: redaction, conversion and writing all happen in the writer's
 thread, so a request never waits on capture, and a dropped input never reaches the writer's output.
 Captures are flushed to the OS every `capture.flush_s`; they survive a crash of the replica, not a power
@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from runtime.engine.errors import TrtserveError
+from runtime.monitor.capture_sampling import MAX_KEY_BYTES, sampled
 from runtime.monitor.capture_writer import (
     CAPTURE_PARQUET,
     CAPTURE_SCHEMA,
@@ -38,8 +39,7 @@ from runtime.monitor.capture_writer import (
 )
 from runtime.monitor.labels import RecentPredictions
 from runtime.monitor.redaction import Redactor
-from runtime.monitor.sampling import MAX_KEY_BYTES, sampled
-from runtime.serve.config import Capture
+from runtime.serve.app_args import Capture
 from runtime.serve.protocol import MAX_ID_BYTES
 
 MAX_FEEDBACK_ENTRIES = 10_000  # labels in one POST

@@ -24,7 +24,7 @@ import numpy as np
 
 from runtime.engine.errors import TrtserveError
 from runtime.engine.signature import Signature
-from runtime.serve import batching
+from runtime.serve import batch_formation
 
 log = logging.getLogger("trtserve.server")
 
@@ -40,7 +40,7 @@ class TimedOut(TrtserveError):
 @dataclass
 class _Item:
     feed: Mapping[str, np.ndarray]
-    work: batching.Work
+    work: batch_formation.Work
     future: asyncio.Future
     enqueued: float
     timing: dict = field(default_factory=dict)
@@ -94,7 +94,7 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.max_queued_rows = max_queued_rows
         self._pad_values = pad_values or {}
-        self._buckets = {d: batching.buckets_for(signature.dims[d], granularity) for d in self._pad_values}
+        self._buckets = {d: batch_formation.buckets_for(signature.dims[d], granularity) for d in self._pad_values}
         # The fixed cost of one engine call, in padded elements; until calibrate() measures it, about one
         # row at the opt sizes.
         self.call_cost = float(np.prod([signature.dims[d].opt for d in self._buckets]))
@@ -107,7 +107,7 @@ class DynamicBatcher:
         self._engine_since: float | None = None  # when the engine call under way started
         self._on_batch = on_batch
         # Called with each successful engine run's (feed, outputs, per-request results), on the event loop:
-        # it must only hand them over (drift accounting, runtime.serve.monitoring). The feed and outputs are
+        # it must only hand them over (drift accounting, runtime.serve.drift_observer). The feed and outputs are
         # as the engine saw them, padded where requests of several lengths were batched.
         self.on_results: Callable[[dict, dict, list[dict]], None] | None = None
         self._s_per_row = float("inf")  # running estimate of engine seconds per row; inf until measured
@@ -129,11 +129,11 @@ class DynamicBatcher:
         """Context manager a handler holds while decoding a request, so the batcher knows one is coming."""
         return _Arriving(self)
 
-    def enqueue_background(self, feed: Mapping[str, np.ndarray], work: batching.Work) -> asyncio.Future:
+    def enqueue_background(self, feed: Mapping[str, np.ndarray], work: batch_formation.Work) -> asyncio.Future:
         """Queue a run nobody waits for; its future gives (outputs, timing). Overloaded when the queue is full."""
         return self._enqueue(feed, work, background=True).future
 
-    async def submit(self, feed: Mapping[str, np.ndarray], work: batching.Work, timeout_s: float | None):
+    async def submit(self, feed: Mapping[str, np.ndarray], work: batch_formation.Work, timeout_s: float | None):
         item = self._enqueue(feed, work)
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
@@ -141,7 +141,7 @@ class DynamicBatcher:
             item.future.cancel()  # the loop skips it if it has not started; a running batch just drops it
             raise TimedOut(f"no result within {timeout_s:.3g} s") from None
 
-    def _enqueue(self, feed: Mapping[str, np.ndarray], work: batching.Work, background: bool = False) -> _Item:
+    def _enqueue(self, feed: Mapping[str, np.ndarray], work: batch_formation.Work, background: bool = False) -> _Item:
         if self._queued_rows + work.rows > self.max_queued_rows:
             raise Overloaded(f"{self._queued_rows} rows are queued (limit {self.max_queued_rows}); retry later")
         if self._task is None or self._task.done():
@@ -194,20 +194,20 @@ class DynamicBatcher:
         if not items:
             return
         limit = max(self.max_rows, max(i.work.rows for i in items))
-        groups = batching.plan([i.work for i in items], self._buckets, limit, self.call_cost)
+        groups = batch_formation.plan([i.work for i in items], self._buckets, limit, self.call_cost)
         loop = asyncio.get_running_loop()
         for group in groups:
             members = [items[i] for i in group.members]
             started = time.perf_counter()
             try:
-                feed = batching.stack([m.feed for m in members], self._signature, group.sizes, self._pad_values)
+                feed = batch_formation.stack([m.feed for m in members], self._signature, group.sizes, self._pad_values)
                 stacked = time.perf_counter()
                 inline = self._s_per_row * group.rows < self.INLINE_MAX_S
                 if inline and not all(m.background for m in members):
                     outputs, engine_s = self._timed_run(feed)
                 else:
                     outputs, engine_s = await loop.run_in_executor(self._executor, self._timed_run, feed)
-                results = batching.unstack(outputs, self._signature, [m.work for m in members])
+                results = batch_formation.unstack(outputs, self._signature, [m.work for m in members])
             except Exception as e:
                 if len(members) > 1:
                     # Find the culprit: one bad request must not fail the others it was batched with.

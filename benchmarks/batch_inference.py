@@ -127,7 +127,7 @@ def cold_start(repository: Path, models: list[str], work: Path) -> dict:
     from benchmarks.s3_server import s3_server
     from runtime.engine.remote import RemoteRepository
     from runtime.engine.repository import version_dir
-    from runtime.serve.config import ModelSpec
+    from runtime.serve.app_args import ModelSpec
     from runtime.serve.model import ServedModel
 
     out = {}

@@ -61,7 +61,7 @@ def _version(value: Any) -> Any:
 
 
 class Monitor(Schema):
-    """Online drift of the model against its artifact's reference (runtime.monitor.window)."""
+    """Online drift of the model against its artifact's reference (runtime.monitor.drift_window)."""
 
     enabled: bool = True  # off: no drift accounting (and no confidence/entropy histograms)
     window_s: Positive = 60.0  # a window closes every window_s of wall-clock time

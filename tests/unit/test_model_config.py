@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from convert.config import load_config, resolve_callable
-from convert.errors import ConfigError
+from convert.failures import ConfigError
+from convert.model_config import load_config, resolve_callable
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from convert.config import BATCH, ModelConfig
+from convert.model_config import BATCH, ModelConfig
 from runtime.engine import dtypes
 from runtime.engine.errors import InputError
 

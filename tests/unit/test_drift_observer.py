@@ -1,4 +1,4 @@
-"""The replica's drift thread (runtime.serve.monitoring): engine runs handed over through the batcher's
+"""The replica's drift thread (runtime.serve.drift_observer): engine runs handed over through the batcher's
 hook are counted as few batches, exactly as if they had come as one; an output padded in a run is counted
 request by request; a run whose tensors cannot be counted costs only its own group; a full queue drops
 and counts. No Ray."""
@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 
 from runtime.engine.manifest import file_record
+from runtime.monitor.drift_window import DriftWindow, WindowClock
 from runtime.monitor.features import TensorFeatures
 from runtime.monitor.reference import compute_reference, write_reference
-from runtime.monitor.window import DriftWindow, WindowClock
-from runtime.serve.config import Monitor
-from runtime.serve.monitoring import DriftMonitor
+from runtime.serve.app_args import Monitor
+from runtime.serve.drift_observer import DriftObserver
 from runtime.serve.telemetry import Telemetry
 
 
@@ -56,7 +56,7 @@ def test_runs_handed_over_one_by_one_count_as_one_batch(tmp_path):
     rng = np.random.default_rng(3)
     model, reference = _classifier(tmp_path, rng)
     telemetry = Recorded()
-    monitor = DriftMonitor(telemetry)
+    monitor = DriftObserver(telemetry)
     assert monitor.register(model)
     hand_over = model.batcher.on_results
     assert hand_over is not None
@@ -82,7 +82,7 @@ def test_an_output_padded_in_the_run_is_counted_request_by_request(tmp_path):
     specs = [TensorFeatures.of("ids", "input", [-1, "seq"], pad=0), TensorFeatures.of("tokens", "output", [-1, "seq"])]
     arrays = {"ids": rng.integers(1, 50, (300, 8)), "tokens": rng.standard_normal((300, 8))}
     model, reference = _model(tmp_path, specs, arrays)
-    monitor = DriftMonitor(Recorded())
+    monitor = DriftObserver(Recorded())
     monitor.register(model)
     short, long = rng.standard_normal((1, 3)), rng.standard_normal((1, 8))
     feed = {"ids": np.array([[5, 6, 7, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8]])}  # padded to the longest
@@ -101,7 +101,7 @@ def test_an_output_padded_in_the_run_is_counted_request_by_request(tmp_path):
 
 def test_a_full_queue_drops_and_counts(tmp_path):
     model, _ = _classifier(tmp_path, np.random.default_rng(4))
-    monitor = DriftMonitor(Recorded(), queue_max=3)
+    monitor = DriftObserver(Recorded(), queue_max=3)
     monitor.register(model)
     monitor.close()  # the thread stops taking: the queue stays full
     monitor._thread.join(1)
@@ -113,7 +113,7 @@ def test_a_full_queue_drops_and_counts(tmp_path):
 
 def test_forgetting_a_version_unhooks_its_batcher(tmp_path):
     model, _ = _classifier(tmp_path, np.random.default_rng(6))
-    monitor = DriftMonitor(Recorded())
+    monitor = DriftObserver(Recorded())
     monitor.register(model)
     monitor.forget(model)
     monitor.close()

@@ -2,7 +2,7 @@
 its batch (the feed and outputs as the engine saw them) to `observe` through the batcher's `on_results`
 hook (a bounded queue; full: the run's rows are left out of drift accounting and counted, the requests
 never wait), and one thread, every TICK_S, takes what is queued, adds it to the versions' windows
-(runtime.monitor.window) as batches of alike runs, closes windows when due, and publishes what they found
+(runtime.monitor.drift_window) as batches of alike runs, closes windows when due, and publishes what they found
 (gauges through the telemetry, the last window for GET .../monitor). Shadow runs count for the version
 that ran them; warm-up runs do not count (a version is registered once warm)."""
 
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from runtime.monitor.drift_window import DriftWindow, WindowClock, WindowResult
 from runtime.monitor.reference import read_version_reference
-from runtime.monitor.window import DriftWindow, WindowClock, WindowResult
 from runtime.serve.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def _concatenated(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.nda
     ]
 
 
-class DriftMonitor:
+class DriftObserver:
     def __init__(self, telemetry: Telemetry | None = None, queue_max: int = QUEUE_MAX) -> None:
         self.telemetry = telemetry or Telemetry()
         self.windows: dict[tuple[str, str], DriftWindow] = {}

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import yaml
 
-from convert.config import load_config
-from convert.errors import ConfigError
 from convert.export import probe_sizes
-from convert.sampling import FeedMaker, export_sizes, parity_points
+from convert.failures import ConfigError
+from convert.model_config import load_config
+from convert.sample_inputs import FeedMaker, export_sizes, parity_points
 
 ROOT = Path(__file__).resolve().parents[2]
 
