@@ -1,4 +1,4 @@
-# trtserve: the README's commands.
+# trtserve: the commands of the README and docs/.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -67,7 +67,8 @@ bench: models
 	$(PY) -m benchmarks report --results benchmarks/results --output benchmarks/RESULTS.md
 
 # Where torch sees a CUDA device: the GPU memory figures (torch backend) into $(GPU_RESULTS); `report` renders
-# every benchmarks/measured/*/ directory into RESULTS.md.
+# every benchmarks/measured/*/ directory into RESULTS.md. (`python -m benchmarks profile`, `validate` and `pack`,
+# here and in `bench`, are `trtserve capacity ...` under the names RESULTS.md quotes.)
 GPU_RESULTS ?= benchmarks/measured/gpu
 bench-gpu: models
 	$(PY) -m benchmarks profile $(REPOSITORY)/cnn/1 --backend torch --results $(GPU_RESULTS)
@@ -75,10 +76,10 @@ bench-gpu: models
 		--repository $(REPOSITORY) --results $(GPU_RESULTS)
 	$(PY) -m benchmarks report --results benchmarks/results --output benchmarks/RESULTS.md
 
-# The TensorRT and CUDA path, step by step, on a machine with an NVIDIA GPU (README: "GPUs"). Without one
+# The TensorRT and CUDA path, step by step, on a machine with an NVIDIA GPU (docs/guide/gpus.md). Without one
 # every step prints `SKIP <step>: <reason>`, nothing is written, and it exits 0.
 gpu-check: install
-	$(PY) -m benchmarks gpu-check --results benchmarks/measured
+	$(VENV)/bin/trtserve gpu-check --results benchmarks/measured
 
 clean:
 	rm -rf $(VENV) $(REPOSITORY) benchmarks/results .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@ replica's capacity, then held at 200%; the replica count sampled twice a second.
 Reported: the memory-permitted replica count and how long after the ramp started it was reached, the
 highest count seen (it must not pass the memory limit), replicas killed for memory (Ray's OOM killer in
 the logs), requests lost (anything but 200 or 503), and the p99 of the hold phase beside what
-`benchmarks plan` predicts for that many replicas at that rate.
+`trtserve capacity plan` predicts for that many replicas at that rate.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import machine
-from benchmarks.calibrate import calibrate
-from benchmarks.harness import HOST, PORT, ROOT, ensure_model, json_request, serve_config
-from benchmarks.http_load import NOT_SENT, open_loop
-from benchmarks.plan import HttpPath, Replica
-from benchmarks.profile import batch_seconds, profile
+from benchmarks import targets
+from benchmarks.harness import ROOT, ensure_model, json_request
+from benchmarks.rendering import machine_line, table_row
+from runtime.capacity.calibrate import calibrate
+from runtime.capacity.latency_profile import batch_seconds, profile
+from runtime.capacity.load_generator import NOT_SENT, open_loop
+from runtime.capacity.local_server import HOST, PORT, serve_config
+from runtime.capacity.plan import HttpPath, Replica
+from runtime.diagnostics import machine
 from runtime.serve.launcher import LocalServe
 
 APP = "autoscale"
@@ -150,6 +153,48 @@ def measure(repository: Path, results: Path, slo_p99_ms: float = 50.0, ramp_s: f
         file=sys.stderr,
     )
     return report
+
+
+def render(data: dict) -> list[str]:
+    limit = data["memory_permitted_replicas"]
+    reached = data["reached_limit_after_s"]
+    not_sent = f" ({data['not_sent']} not sent: the generator's connection limit)" if data.get("not_sent") else ""
+    return [
+        "## Memory-aware autoscaling under a load ramp",
+        "",
+        machine_line(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks autoscale`. cnn with `autoscaling: {{...}}`, each replica declared at "
+        f"{data['replica_mb']:.0f} MiB, a budget of {data['memory_budget_mb']:.0f} MiB (memory holds {limit} "
+        f"replicas; Ray's max_replicas is {data['ray_max_replicas']}). Open loop, Poisson: "
+        f"{data['ramp']['from_rps']:.0f} -> {data['ramp']['to_rps']:.0f} req/s over {data['ramp']['seconds']:.0f} s "
+        f"(10% -> 200% of one replica's measured capacity, {data['one_replica_capacity_rps']:.0f} req/s), then "
+        f"{data['hold']['seconds']:.0f} s at {data['hold']['rps']:.0f} req/s.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        table_row(
+            f"replicas reach the memory-permitted maximum within {targets.AUTOSCALE_REACH_S:.0f} s",
+            f"{limit} reached after {reached} s"
+            if reached is not None
+            else f"not reached (max {data['max_replicas_seen']})",
+            reached is not None and reached <= targets.AUTOSCALE_REACH_S,
+        ),
+        table_row("never beyond it", f"max seen {data['max_replicas_seen']}", data["max_replicas_seen"] <= limit),
+        table_row(
+            "no replica killed for memory", f"{data['killed_for_memory']} in the logs", data["killed_for_memory"] == 0
+        ),
+        table_row("no request lost (only 200 or 503)", f"statuses {data['statuses']}{not_sent}", data["lost"] == 0),
+        table_row(
+            f"steady-state p99 within what `plan` predicts for {limit} replicas (each on cores of its own)",
+            f"{data['hold_p99_ms']:.1f} ms vs predicted {data['predicted_p99_ms_for_limit']:.1f} ms",
+            data["hold_p99_ms"] <= data["predicted_p99_ms_for_limit"],
+        ),
+        "",
+        f"Back to one replica {data['back_to_one_after_load_s']:.0f} s after the load ended; "
+        f"{data['machine']['cores']} cores shared by every replica, the ingress and the load generator.",
+        "",
+    ]
 
 
 def add_parser(sub) -> None:

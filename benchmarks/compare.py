@@ -20,9 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import machine
-from benchmarks.harness import ROOT, closed_load, ensure_model, json_request, model_stats, rows_per_call, server
+from benchmarks.harness import ROOT, closed_load, ensure_model, json_request
+from benchmarks.rendering import machine_line
 from runtime import load_engine
+from runtime.capacity.local_server import server
+from runtime.capacity.server_stats import model_stats, rows_per_call
+from runtime.diagnostics import machine
 
 WORKLOAD = "cnn, one 1x3x32x32 FP32 image per request, KServe v2 JSON, closed loop"
 
@@ -113,6 +116,28 @@ def _figures(summary: dict, reference: float | None) -> dict:
         "p99_ms": summary["p99_ms"],
         "vs_trtserve": round(summary["rps"] / reference, 2) if reference else None,
     }
+
+
+def render(data: dict) -> list[str]:
+    lines = [
+        "## Compare: one workload, every contender",
+        "",
+        machine_line(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks compare`. Workload: {data['workload']}; {data['duration_s']:.0f} s per "
+        "point. Ratios: requests/s against trtserve (ONNX Runtime, HAProxy) at the same concurrency; in-process "
+        "rows (the engine called back to back, no HTTP) against its concurrency 32.",
+        "",
+        "| contender | where | req/s | p50 ms | p99 ms | vs trtserve |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in data["table"]:
+        ratio = f"{row['vs_trtserve']:.2f}x" if row["vs_trtserve"] is not None else "-"
+        lines.append(
+            f"| {row['contender']} | {row['where']} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+            f"| {ratio} |"
+        )
+    return [*lines, ""]
 
 
 def add_parser(sub) -> None:

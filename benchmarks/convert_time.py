@@ -11,7 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import machine
+from benchmarks import targets
+from benchmarks.rendering import machine_line, verdict
+from runtime.diagnostics import machine
 from runtime.engine.manifest import read_manifest
 
 
@@ -46,6 +48,27 @@ def measure(configs: list[Path], results: Path, repeats: int = 1) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     (results / "convert.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def render(data: dict) -> list[str]:
+    lines = [
+        "## Convert stage: `convert build`, wall time",
+        "",
+        machine_line(data["machine"]),
+        "",
+        "Command: `python -m benchmarks convert CONFIG...`; each run a fresh process into an empty repository.",
+        "",
+        "| command | engines | exporter | parity samples | seconds | target | met |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for run in data["runs"]:
+        target = targets.CONVERT_S.get(Path(run["config"]).stem)
+        met = "-" if target is None else verdict(run["seconds"] < target)
+        lines.append(
+            f"| `{run['command']}` | {', '.join(run['engines'])} | {run['exporter']} | {run['parity_samples']} "
+            f"| {run['seconds']:.1f} | {f'< {target:.0f} s' if target else '-'} | {met} |"
+        )
+    return [*lines, ""]
 
 
 def add_parser(sub) -> None:

@@ -7,8 +7,10 @@ import asyncio
 import json
 from pathlib import Path
 
-from benchmarks import machine, trivial_server
-from benchmarks.http_load import build_request, open_loop
+from benchmarks import targets, trivial_server
+from benchmarks.rendering import machine_line, table_row
+from runtime.capacity.load_generator import build_request, open_loop
+from runtime.diagnostics import machine
 
 
 def measure(results: Path, rate: float = 1500, duration_s: float = 10.0) -> dict:
@@ -19,6 +21,28 @@ def measure(results: Path, rate: float = 1500, duration_s: float = 10.0) -> dict
     results.mkdir(parents=True, exist_ok=True)
     (results / "generator.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def render(g: dict) -> list[str]:
+    ok = g["achieved_rps"] >= targets.GENERATOR_RPS and g["send_lag_p99_ms"] < targets.GENERATOR_SEND_LAG_P99_MS
+    return [
+        "## Load generator self-check",
+        "",
+        machine_line(g["machine"]),
+        "",
+        f"Command: `python -m benchmarks generator` ({g['duration_s']:.0f} s, open loop, Poisson, trivial endpoint "
+        "in another process).",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        table_row(
+            f">= {targets.GENERATOR_RPS:.0f} requests/s with send-lag p99 < {targets.GENERATOR_SEND_LAG_P99_MS:g} ms",
+            f"offered {g['offered_rps']:.0f}/s, achieved {g['achieved_rps']:.0f}/s, send-lag p99 "
+            f"{g['send_lag_p99_ms']:.2f} ms (latency p99 {g['p99_ms']:.2f} ms)",
+            ok,
+        ),
+        "",
+    ]
 
 
 def add_parser(sub) -> None:

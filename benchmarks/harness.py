@@ -1,13 +1,12 @@
-"""What the benchmarks share: servers started for one measurement, requests built once, a closed-loop
-measurement, the server's own statistics, and the demo models built when missing."""
+"""What the benchmarks share: requests built once, a closed-loop measurement, and the demo models built
+when missing. (Servers started for one measurement and a server's own statistics are capacity planning's:
+runtime.capacity.local_server and runtime.capacity.server_stats.)"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,34 +14,12 @@ import numpy as np
 import orjson
 import yaml
 
-from benchmarks.http_load import build_request, closed_loop
+from runtime.capacity.load_generator import build_request, closed_loop
+from runtime.capacity.local_server import HOST, PORT
 from runtime.engine.manifest import Manifest, read_manifest
 from runtime.engine.repository import version_dir
-from runtime.serve.launcher import LocalServe
 
-HOST, PORT = "127.0.0.1", 8000
-URL = f"http://{HOST}:{PORT}"
 ROOT = Path(__file__).resolve().parent.parent
-APP = "runtime.serve.app:build_app"
-
-
-def serve_config(
-    path: Path, args: dict[str, Any], import_path: str = APP, name: str = "bench", port: int = PORT
-) -> Path:
-    """A Serve config of one application on HOST:`port`, written to `path`."""
-    doc = {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": HOST, "port": port},
-        "applications": [{"name": name, "route_prefix": "/", "import_path": import_path, "args": args}],
-    }
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def server(work: Path, label: str, args: dict[str, Any], import_path: str = APP, ingress: str | None = None):
-    """A LocalServe of one application, its config and log under `work` (a context manager)."""
-    config = serve_config(work / f"{label}.yaml", args, import_path)
-    return LocalServe(config, ingress=ingress, log_path=work / f"{label}-{ingress or 'default'}.log")
 
 
 def json_request(path: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> bytes:
@@ -85,26 +62,6 @@ def closed_load(requests: bytes | list[bytes], concurrency: int, duration_s: flo
     """A closed loop at `concurrency` against HOST:PORT for `duration_s`, after 2 s of warm-up: its summary."""
     result = asyncio.run(closed_loop(HOST, PORT, requests, concurrency, duration_s, warmup_s=2.0, rows=rows))
     return result.summary()
-
-
-def model_stats(url: str, model: str) -> dict:
-    """The model's Triton statistics (/v2/models/M/stats)."""
-    with urllib.request.urlopen(f"{url}/v2/models/{model}/stats", timeout=10) as response:
-        return json.loads(response.read())["model_stats"][0]
-
-
-def rows_per_call(before: dict, after: dict) -> float:
-    """Rows per engine call between two readings of model_stats."""
-    calls = after["execution_count"] - before["execution_count"]
-    return (after["inference_count"] - before["inference_count"]) / calls if calls else float("nan")
-
-
-def served_batching(url: str, model: str) -> tuple[int, float]:
-    """max_batch_size and max_queue_delay_ms of the running model (Triton's model configuration)."""
-    with urllib.request.urlopen(f"{url}/v2/models/{model}/config", timeout=10) as response:
-        config = json.loads(response.read())
-    delay_us = config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0)
-    return int(config["max_batch_size"]), float(delay_us) / 1e3
 
 
 def ensure_model(repository: Path, config: Path) -> tuple[Path, Manifest]:

@@ -27,9 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import machine
-from benchmarks.harness import HOST, PORT, ROOT, URL, closed_load, ensure_model, json_request, serve_config
-from benchmarks.http_load import closed_loop
+from benchmarks import targets
+from benchmarks.harness import ROOT, closed_load, ensure_model, json_request
+from benchmarks.rendering import machine_line, table_row
+from runtime.capacity.load_generator import closed_loop
+from runtime.capacity.local_server import HOST, PORT, URL, serve_config
+from runtime.diagnostics import machine
 from runtime.engine.manifest import MANIFEST, read_manifest, write_manifest
 from runtime.serve.launcher import LocalServe
 
@@ -175,6 +178,46 @@ def measure(repository: Path, results: Path, window_s: float = 5.0, pairs: int =
     results.mkdir(parents=True, exist_ok=True)
     (results / "monitor.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def render(data: dict) -> list[str]:
+    costs, alarms = data["costs"], data["false_alarms"]
+    limits = {"capture10": targets.CAPTURE_10_COST, "capture100": targets.CAPTURE_100_COST, "drift": targets.DRIFT_COST}
+    names = {"capture10": "capture at 10 %", "capture100": "capture at 100 %", "drift": "drift accounting"}
+    first = next(iter(costs.values()))
+    lines = [
+        "## Model monitoring: the cost of capture and drift accounting, false drift alarms",
+        "",
+        machine_line(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks monitor`. Four identical copies of cnn in one application, one replica "
+        f"each: without monitoring, with capture at 10 % and at 100 % (mode all, Parquet), with drift accounting. "
+        f"Closed loop at c={data['concurrency']}, JSON; each cost is {first['pairs']} pairs of {first['window_s']:g} s "
+        "windows against the copy without monitoring, alternating which runs first; the medians of the pairs' "
+        f"on/off ratios. Baseline: {data['baseline']['rps']:.0f} req/s, p99 {data['baseline']['p99_ms']:.1f} ms. "
+        f"False alarms: unshifted standard-normal images for {alarms['windows']} windows of {alarms['window_s']:g} s.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for arm, limit in limits.items():
+        c = costs[arm]
+        lines.append(
+            table_row(
+                f"{names[arm]} costs at most {limit:.0%} of throughput and p99",
+                f"throughput x{c['throughput_ratio_median']:.3f}, p99 x{c['p99_ratio_median']:.3f}",
+                c["throughput_ratio_median"] >= 1 - limit and c["p99_ratio_median"] <= 1 + limit,
+            )
+        )
+    lines += [
+        table_row(
+            f"false drift alarms on unshifted traffic: at most {targets.FALSE_ALARMS:.0%} of windows",
+            f"{alarms['alarms']} of {alarms['windows']} windows",
+            alarms["windows"] >= 20 and alarms["alarms"] <= targets.FALSE_ALARMS * alarms["windows"],
+        ),
+        "",
+    ]
+    return lines
 
 
 def add_parser(sub) -> None:

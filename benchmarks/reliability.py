@@ -44,12 +44,15 @@ import numpy as np
 import psutil
 import yaml
 
-from benchmarks import machine
+from benchmarks import targets
 from benchmarks.abuse import MemoryWatch, Streamed, oversized_json_request, post, stream_body, waits_while
 from benchmarks.auth_toggle_app import HARDENING_SWITCH, SWITCH
-from benchmarks.harness import HOST, PORT, ROOT, ensure_model, json_request
-from benchmarks.http_load import closed_loop, open_loop
+from benchmarks.harness import ROOT, ensure_model, json_request
+from benchmarks.rendering import machine_line, table_row
 from runtime.auth.tokens import digest
+from runtime.capacity.load_generator import closed_loop, open_loop
+from runtime.capacity.local_server import HOST, PORT
+from runtime.diagnostics import machine
 from runtime.serve.launcher import LocalServe
 
 RATE = 150.0  # requests/s: a fifth of what one cnn replica sustains here, so a failure's effect is what shows
@@ -493,6 +496,166 @@ def measure(repository: Path, results: Path, window_s: float = 6.0, pairs: int =
     results.mkdir(parents=True, exist_ok=True)
     (results / "reliability.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+SCENARIOS = {
+    "kill_two": "two replicas, one SIGKILLed",
+    "redeploy": "two replicas, redeployed with changed args (every replica replaced)",
+    "downscale": "redeployed from two replicas to one",
+    "kill_one": "one replica, SIGKILLed",
+    "kill_one_short_queue": "one replica with max_queued_requests 16, SIGKILLed",
+    "shutdown": "SIGTERM to `trtserve serve` (`LocalServe.stop`)",
+}
+
+
+def auth_cost_met(cost: dict) -> bool:
+    """Met when the check's share of the CPU per request of the replica's request loop, the thread the check
+    runs on (an upper bound on the throughput it can cost while that thread is the bottleneck, and looser
+    when anything else is) is within
+    the target, and the end-to-end measurement does not contradict it: its interval for the median reaches
+    the target. The end-to-end ratio alone drifts by more than 3 % from window to window on this machine.
+    Runs from before the check was timed (two applications compared) are not met: they could not show it."""
+    share, interval = cost.get("check_share_of_replica_cpu"), cost.get("throughput_ratio_interval_95")
+    if share is None or interval is None:
+        return False
+    return share <= targets.AUTH_COST and interval[1] >= 1 - targets.AUTH_COST
+
+
+def _auth_cost_measured(cost: dict) -> str:
+    end_to_end = f"throughput x{cost['throughput_ratio_median']:.3f}, p99 x{cost['p99_ratio_median']:.3f}"
+    if cost.get("check_share_of_replica_cpu") is None:
+        return f"{end_to_end} (two applications compared, the check not timed)"
+    low, high = cost["throughput_ratio_interval_95"]
+    return (
+        f"the check {cost['check_us']:.1f} us per request, {cost['check_share_of_replica_cpu']:.2%} of the "
+        f"CPU per request of the replica's request loop ({cost['replica_loop_thread_cpu_ms_per_request']:.2f} ms, "
+        f"the process's {cost['replica_process_cpu_ms_per_request']:.2f} ms); end to "
+        f"end {end_to_end} (throughput's 95 % interval x{low:.3f} to x{high:.3f})"
+    )
+
+
+def hardening_cost_met(cost: dict) -> bool:
+    """Met when the replica's CPU per request with the hardening is within the target of its CPU without
+    (what noise moves least here) and the end-to-end interval for the median reaches the target."""
+    by_arm, interval = cost["replica_cpu_ms_per_request_by_arm"], cost["throughput_ratio_interval_95"]
+    return by_arm["on"] <= by_arm["off"] * (1 + targets.HARDENING_COST) and interval[1] >= 1 - targets.HARDENING_COST
+
+
+def _stall_row(stall: dict) -> str:
+    return table_row(
+        f"while a {stall['body_bytes'] / 1e6:.0f} MB body is refused, a small request every 0.1 s waits at most "
+        f"{targets.STALL_MAX_S:g} s",
+        f"refused {stall['refused']}; {stall['small_requests']} small requests, statuses "
+        f"{stall['small_statuses']}, the longest wait {stall['small_wait_max_s']:.2f} s (median "
+        f"{stall['small_wait_p50_s'] * 1e3:.1f} ms)",
+        all(400 <= status < 500 for status in stall["refused"])
+        and stall["small_statuses"] == [200]
+        and stall["small_wait_max_s"] <= targets.STALL_MAX_S,
+    )
+
+
+def _abuse_rows(abuse: dict, hardening: dict) -> list[str]:
+    bodies, labels = abuse["unauthenticated_bodies"], abuse["feedback_kill"]
+    by_arm = hardening["replica_cpu_ms_per_request_by_arm"]
+    low, high = hardening["throughput_ratio_interval_95"]
+    stalls = [abuse[key] for key in ("large_body", "largest_parsed_body") if key in abuse]
+    return [
+        table_row(
+            f"{bodies['clients']} concurrent unauthenticated {bodies['body_mib']} MiB bodies: refused, the replica "
+            f"grows by at most {targets.UNAUTHENTICATED_GROWTH_MIB} MiB",
+            f"statuses {bodies['statuses']}, answered within {bodies['answered_max_s']:.2f} s; the replica grew by "
+            f"{bodies['replica_growth_mib']:.0f} MiB",
+            set(bodies["statuses"]) == {401} and bodies["replica_growth_mib"] <= targets.UNAUTHENTICATED_GROWTH_MIB,
+        ),
+        *(_stall_row(stall) for stall in stalls),
+        table_row(
+            f"acknowledged labels lost across a replica SIGKILL: at most {targets.FEEDBACK_LOST}",
+            f"{labels['lost']} lost of {labels['acknowledged']} acknowledged ({labels['posters']} posters, "
+            f"statuses {labels['statuses']}): {labels.get('in_parquet', '?')} in Parquet (the killed replica's "
+            f"recovered by its replacement), {labels.get('in_open_streams', '?')} in the replacement's open stream",
+            labels["lost"] <= targets.FEEDBACK_LOST,
+        ),
+        table_row(
+            f"the request path's hardening costs at most {targets.HARDENING_COST:.0%} of throughput at "
+            f"c={hardening['concurrency']}",
+            f"replica CPU per request {by_arm['on']:.3f} ms on, {by_arm['off']:.3f} ms off "
+            f"(x{by_arm['on'] / by_arm['off']:.3f}); end to end throughput x{hardening['throughput_ratio_median']:.3f} "
+            f"(95 % interval x{low:.3f} to x{high:.3f}), p99 x{hardening['p99_ratio_median']:.3f}",
+            hardening_cost_met(hardening),
+        ),
+    ]
+
+
+def render(data: dict) -> list[str]:
+    s, cost = data["scenarios"], data["auth_cost"]
+    labels = {"kill_one": "", "kill_one_short_queue": "short queue: "}
+    lone = {label: s[name] for name, label in labels.items() if name in s}
+    one_statuses = set().union(*(r["statuses"] for r in lone.values()))
+    drained = {name: s[name]["failed"] for name in ("redeploy", "downscale")}
+    lines = [
+        "## Reliability: replicas killed, replaced, scaled down and stopped under load; the cost of auth",
+        "",
+        machine_line(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks reliability`. cnn behind the default (HAProxy) ingress as `trtserve serve` "
+        f"starts it; open loop, Poisson, {data['rate']:.0f} req/s, JSON; latency from each request's scheduled "
+        "time. Each scenario's event comes a few seconds into its load (the kill with two replicas 20 s into a "
+        f"60 s load: the minute around it). Auth: closed loop at c={cost['concurrency']}, {cost['pairs']} pairs "
+        f"of {cost['window_s']:g} s windows, the same requests (with a bearer token) to one cnn replica whose "
+        "token check is switched on for one window of each pair and off for the other "
+        "(`benchmarks/auth_toggle_app.py`), alternating which runs first; the medians of the pairs' on/off ratios. "
+        "The request path's hardening is measured the same way (its switch: the body read whole first and decoded "
+        "before any check, as before issue 30), with the token check on in both arms. Abuse: three clients stream "
+        "768 MiB each without a token to that replica (its RSS sampled every 20 ms); a 60 MB JSON request refused "
+        "three times while a small one goes every 0.1 s; labels posted by 8 clients while the replica is SIGKILLed, "
+        "then looked for in the Parquet files once its replacement is up.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        table_row(
+            "a replica SIGKILLed under load with two replicas: 0 failed requests",
+            f"{s['kill_two']['failed']} failed of {s['kill_two']['requests']}; p99 over the minute "
+            f"{s['kill_two']['p99_ms']:.1f} ms (before the kill {s['kill_two']['p99_before_ms']:.1f} ms)",
+            s["kill_two"]["failed"] <= targets.KILL_TWO_FAILED,
+        ),
+        table_row(
+            f"a lone replica SIGKILLed under load: callers get only {' or '.join(targets.ONE_REPLICA_STATUSES)}",
+            "; ".join(f"{label}statuses {r['statuses']}" for label, r in lone.items())
+            + " (0: connection failed or timed out)",
+            one_statuses <= set(targets.ONE_REPLICA_STATUSES),
+        ),
+        table_row(
+            "redeploy and downscale under load drain: 0 failed requests",
+            ", ".join(f"{name} {n} failed of {s[name]['requests']}" for name, n in drained.items()),
+            all(n <= targets.DRAIN_FAILED for n in drained.values()),
+        ),
+        table_row(
+            "shutdown under load: every request sent before it began is answered",
+            f"{s['shutdown']['failed_sent_before_event']} of those failed "
+            f"(statuses of all: {s['shutdown']['statuses']})",
+            s["shutdown"]["failed_sent_before_event"] <= targets.DRAIN_FAILED,
+        ),
+        table_row(
+            f"bearer tokens cost at most {targets.AUTH_COST:.0%} of throughput at c={cost['concurrency']}",
+            _auth_cost_measured(cost),
+            auth_cost_met(cost),
+        ),
+        *(_abuse_rows(data["abuse"], data["hardening_cost"]) if "abuse" in data else []),
+        "",
+        "| scenario | requests | statuses | failures from / to (s after the event) | p99 ms before | p99 ms, "
+        "10 s after | p99 ms, all | max ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, label in SCENARIOS.items():
+        if name not in s:  # a run from before the scenario existed
+            continue
+        r = s[name]
+        span = "-" if r["first_failure_s"] is None else f"{r['first_failure_s']:+.1f} / {r['last_failure_s']:+.1f}"
+        lines.append(
+            f"| {label} | {r['requests']} | {r['statuses']} | {span} | {r['p99_before_ms']} | "
+            f"{r['p99_first_10s_after_ms']} | {r['p99_ms']:.1f} | {r['max_ms']:.0f} |"
+        )
+    return [*lines, ""]
 
 
 def add_parser(sub) -> None:

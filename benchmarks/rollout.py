@@ -30,9 +30,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from benchmarks import machine
-from benchmarks.harness import HOST, PORT, ROOT, URL, binary_request, closed_load, ensure_model, serve_config
-from benchmarks.http_load import open_loop
+from benchmarks import targets
+from benchmarks.harness import ROOT, binary_request, closed_load, ensure_model
+from benchmarks.rendering import machine_line, table_row
+from runtime.capacity.load_generator import open_loop
+from runtime.capacity.local_server import HOST, PORT, URL, serve_config
+from runtime.diagnostics import machine
 from runtime.engine.evaluation import EVAL_FILE
 from runtime.engine.manifest import MANIFEST, read_manifest, write_manifest
 from runtime.serve.launcher import LocalServe
@@ -273,6 +276,62 @@ def measure(repository: Path, results: Path, window_s: float = 8.0, pairs: int =
     (results / "rollout.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"non-200 responses through every phase: {report['non_200']} ({statuses})", file=sys.stderr)
     return report
+
+
+def render(data: dict) -> list[str]:
+    shadow, bad, moves = data["shadow"], data["bad_candidate"], data["transitions"]
+    limit = data["failure_limit"] + targets.ROLLBACK_EXTRA_INTERVALS
+    cost = targets.SHADOW_COST
+    steps = ", ".join(f"{s['step']} ({s['state']})" for s in moves["steps"])
+    canary = ", ".join(f"{i['weight']:g} % {i['outcome']}" for i in moves["canary_intervals"])
+    return [
+        "## Model updates: shadow cost, automatic rollback, transitions",
+        "",
+        machine_line(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks rollout`. cnn v1 stable, one replica; open loop, Poisson, at "
+        f"{shadow['rate_rps']:.0f} req/s (half of the {data['stable_capacity_rps']:.0f} req/s the stable path "
+        f"sustains alone, closed loop at c=16). Shadow: {shadow['pairs']} pairs of {shadow['window_s']:g} s windows "
+        "without and with shadow 100 % to an identical v2, alternating which runs first; the medians of the "
+        f"pairs' on/off ratios. Rollback: canary to a bad v3 (classifier rows permuted) judged every "
+        f"{data['interval_s']:g} s, failure_limit {data['failure_limit']}, min_requests {data['min_requests']}.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        table_row(
+            f"shadow 100 % costs stable's p50 at most {cost:.0%}",
+            f"x{shadow['p50_ratio_median']:.3f} (median of {shadow['pairs']} pairs)",
+            shadow["p50_ratio_median"] <= 1 + cost,
+        ),
+        table_row(
+            f"... and its throughput at most {cost:.0%}",
+            f"x{shadow['throughput_ratio_median']:.3f}; {shadow['mirrored_share_median']:.0%} of requests mirrored",
+            shadow["throughput_ratio_median"] >= 1 - cost,
+        ),
+        table_row(
+            f"a bad candidate rolled back within failure_limit + {targets.ROLLBACK_EXTRA_INTERVALS} = {limit} "
+            "intervals",
+            f"{bad['state']} after {bad['intervals_to_rollback']} intervals ({bad['seconds_to_rollback']:.1f} s): "
+            f"{bad['reason']}",
+            bad["state"] == "rolled_back" and bad["intervals_to_rollback"] <= limit,
+        ),
+        table_row(
+            "0 non-200 responses through every transition",
+            f"{data['non_200']} of {sum(data['statuses'].values())} (statuses {data['statuses']})",
+            data["non_200"] == 0,
+        ),
+        "",
+        f"Stable's p50 in the shadow-off windows {_median_p50(shadow, False):.2f} ms, shadow-on "
+        f"{_median_p50(shadow, True):.2f} ms: at 100 % every request also runs the model a second time on the "
+        f"same {data['machine']['cores']} cores, which the replica, the ingress and the load generator share.",
+        "",
+        f"Transitions under load: {steps}. The canary to the identical v2 was judged: {canary}.",
+        "",
+    ]
+
+
+def _median_p50(shadow: dict, on: bool) -> float:
+    return statistics.median(w["p50_ms"] for w in shadow["windows"] if w["shadow"] is on)
 
 
 def add_parser(sub) -> None:

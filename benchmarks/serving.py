@@ -1,5 +1,5 @@
 """`python -m benchmarks serving`: the serving targets, measured in one run on this machine. Each server
-is started fresh (`harness.server`), loaded by `benchmarks.http_load` over loopback, stopped before the
+is started fresh (`local_server.server`), loaded by `load_generator` over loopback, stopped before the
 next."""
 
 from __future__ import annotations
@@ -12,8 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import machine
-from benchmarks.harness import ROOT, binary_request, closed_load, ensure_model, json_request, model_stats, server
+from benchmarks import targets
+from benchmarks.harness import ROOT, binary_request, closed_load, ensure_model, json_request
+from benchmarks.rendering import machine_line, table_row
+from runtime.capacity.local_server import server
+from runtime.capacity.server_stats import model_stats
+from runtime.diagnostics import machine
 from runtime.engine.signature import Signature
 
 
@@ -121,6 +125,84 @@ def _cold_start(running, model: str) -> dict:
         "ready_s": round(running.ready_after_s, 2),
         "warmup_s": round(model_stats(running.url, model)["warmup_seconds"], 3),
     }
+
+
+def render(data: dict) -> list[str]:
+    cnn = data["cnn_json"]
+    naive, naive_ha, ours = cnn["naive/proxy"], cnn["naive/haproxy"], cnn["trtserve/haproxy"]
+    raw = {int(k): v for k, v in data["minilm_raw_engine_sentences_per_s"].items()}
+    best_batch = max(raw, key=raw.get)
+    mix, pad128 = data["minilm_text_mix"]["rows_per_s"], data["minilm_pad128"]["rows_per_s"]
+    binary, as_json = data["image224_binary"]["rps"], data["image224_json"]["rps"]
+    throughput = ours["c32"]["rps"] / naive["c32"]["rps"]
+    p99 = ours["c32"]["p99_ms"] / naive["c32"]["p99_ms"]
+    p50_gap = ours["c1"]["p50_ms"] - naive_ha["c1"]["p50_ms"]
+    lines = [
+        "## Serving against a naive Ray Serve deployment",
+        "",
+        machine_line(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks serving` ({data['duration_s']:.0f} s measured per point after 2 s of "
+        "warm-up; trtserve behind its default ingress, HAProxy).",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        table_row(
+            f"tiny CNN, JSON, concurrency 32: >= {targets.CNN_C32_THROUGHPUT_VS_NAIVE:g}x the requests/s of naive "
+            "(default ingress)",
+            f"{ours['c32']['rps']:.0f} vs {naive['c32']['rps']:.0f} req/s = {throughput:.2f}x",
+            throughput >= targets.CNN_C32_THROUGHPUT_VS_NAIVE,
+        ),
+        table_row(
+            f"... with p99 <= {targets.CNN_C32_P99_VS_NAIVE:g}x naive's",
+            f"{ours['c32']['p99_ms']:.1f} vs {naive['c32']['p99_ms']:.1f} ms = {p99:.2f}x",
+            p99 <= targets.CNN_C32_P99_VS_NAIVE,
+        ),
+        table_row(
+            f"concurrency 1: p50 within {targets.CNN_C1_P50_GAP_MS:g} ms of naive behind the same ingress (HAProxy)",
+            f"{ours['c1']['p50_ms']:.2f} vs {naive_ha['c1']['p50_ms']:.2f} ms ({p50_gap:+.2f} ms)",
+            p50_gap <= targets.CNN_C1_P50_GAP_MS,
+        ),
+        table_row(
+            f"MiniLM, sentence mix: >= {targets.MINILM_VS_RAW_ENGINE:g}x the raw engine at its best batch size "
+            f"({best_batch})",
+            f"{mix:.0f} vs {raw[best_batch]:.0f} sentences/s = {mix / raw[best_batch]:.3f}x",
+            mix >= targets.MINILM_VS_RAW_ENGINE * raw[best_batch],
+        ),
+        table_row(
+            f"MiniLM, sentence mix: >= {targets.MINILM_VS_PAD128:g}x padding every request to 128 tokens",
+            f"{mix:.0f} vs {pad128:.0f} sentences/s = {mix / pad128:.2f}x",
+            mix >= targets.MINILM_VS_PAD128 * pad128,
+        ),
+        table_row(
+            f"3x224x224 FP32: binary tensors >= {targets.BINARY_VS_JSON:g}x the requests/s of JSON",
+            f"{binary:.0f} vs {as_json:.1f} req/s = {binary / as_json:.1f}x",
+            binary >= targets.BINARY_VS_JSON * as_json,
+        ),
+        "",
+        f"MiniLM inside the server: the engine took {data['minilm_server_compute_ms_per_sentence']:.2f} ms a "
+        f"sentence ({data['minilm_server_rows_per_engine_call']:.1f} sentences per engine call, from /stats); the "
+        f"raw engine, tokenization included, {1e3 / raw[best_batch]:.2f} ms a sentence at batch {best_batch}. "
+        "Raw engine sentences/s by batch size: " + ", ".join(f"{b}: {v:.0f}" for b, v in raw.items()) + ".",
+        "",
+        f"Cold start, `serve run` to ready (Ray start and warm-up included): cnn "
+        f"{data['cold_start_cnn']['ready_s']:.1f} s (warm-up {data['cold_start_cnn']['warmup_s']:.2f} s), minilm "
+        f"{data['cold_start_minilm']['ready_s']:.1f} s (warm-up {data['cold_start_minilm']['warmup_s']:.2f} s).",
+        "",
+        "Tiny CNN, JSON, every deployment and ingress:",
+        "",
+        "| deployment / ingress | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=32 req/s | c=32 p50 ms | c=32 p99 ms "
+        "| errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, entry in cnn.items():
+        c1, c32 = entry["c1"], entry["c32"]
+        errors = {k: v for k, v in {**c1["statuses"], **c32["statuses"]}.items() if k != "200"}
+        lines.append(
+            f"| {name} | {c1['rps']:.0f} | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | {c32['rps']:.0f} | "
+            f"{c32['p50_ms']:.1f} | {c32['p99_ms']:.1f} | {errors or 'none'} |"
+        )
+    return [*lines, ""]
 
 
 def add_parser(sub) -> None:

@@ -21,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from benchmarks import machine
-from benchmarks.harness import HOST, PORT, ROOT, binary_request, ensure_model, json_request, server
-from benchmarks.http_load import build_request, open_loop
+from benchmarks import targets
+from benchmarks.harness import ROOT, binary_request, ensure_model, json_request
+from benchmarks.rendering import machine_line, table_row
 from benchmarks.serving import sentences
+from runtime.capacity.load_generator import build_request, open_loop
+from runtime.capacity.local_server import HOST, PORT, server
+from runtime.diagnostics import machine
 from runtime.serve.launcher import LocalServe
 
 RATE = 150.0  # requests/s: about a third of what this replica sustains with this mix here
@@ -238,6 +241,92 @@ def measure(repository: Path, results: Path, minutes: float = 10.0) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     (results / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def render(data: dict) -> list[str]:
+    p99 = data["p99_ms_by_minute"]
+    growth, drift = data["rss_growth"], data["p99_last_vs_second"]
+    return [
+        f"## Soak: {data['minutes']:g} minutes of mixed load",
+        "",
+        machine_line(data["machine"]),
+        "",
+        f"Command: `python -m benchmarks soak`. One replica serving cnn and MiniLM; open loop, Poisson, "
+        f"{data['rate']:.0f} req/s of a fixed mix sent in turn ({data['mix']['cnn_json']} cnn JSON, "
+        f"{data['mix']['cnn_binary']} cnn binary, {data['mix']['minilm_json']} MiniLM text, {data['mix']['bad']} "
+        "planted bad requests: malformed JSON, a wrong shape, an unknown model), every status checked against "
+        "what its request should get; the replica's RSS sampled every 5 s.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        table_row(
+            "no answer but the expected (the planted bad requests' 4xx)",
+            f"{data['unexpected']} unexpected of {data['requests']} ({data['planted_bad']} planted bad); "
+            f"replica replaced: {'yes' if data['replica_replaced'] else 'no'}",
+            data["unexpected"] <= targets.SOAK_UNEXPECTED and not data["replica_replaced"],
+        ),
+        table_row(
+            f"replica RSS growth after the first minute at most {targets.SOAK_RSS_GROWTH:.0%}",
+            f"{data['rss_bytes_after_minute_1'] / 2**20:.0f} -> {data['rss_bytes_end'] / 2**20:.0f} MiB ({growth:+.1%})"
+            if growth is not None
+            else "no reading",
+            growth is not None and growth <= targets.SOAK_RSS_GROWTH,
+        ),
+        table_row(
+            f"p99 of the last minute at most {targets.SOAK_P99_DRIFT:.0%} above the second minute's",
+            f"{p99[-1]:.1f} vs {p99[1]:.1f} ms (x{drift:.3f})" if drift is not None else "too short",
+            drift is not None and drift <= 1 + targets.SOAK_P99_DRIFT,
+        ),
+        "",
+        f"p99 by minute (ms, good requests, from each request's scheduled time): {_series(p99)}.",
+        *_soak_split(data),
+        "",
+    ]
+
+
+def _series(values: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
+def _soak_split(data: dict) -> list[str]:
+    """The p99 split into the generator's lag and the server's time (runs from before these were kept lack them)."""
+    if "server_p99_ms_by_minute" not in data:
+        return []
+    lines = [
+        "",
+        f"Of that, the server's time (sent -> answered), p99 by minute: {_series(data['server_p99_ms_by_minute'])};",
+        f"the generator's send lag (scheduled -> sent), p99 by minute: {_series(data['send_lag_p99_ms_by_minute'])}.",
+    ]
+    if data.get("generator_behind"):
+        lines.append("The generator fell behind its schedule (send-lag p99 over 2 ms): it shares the 2 cores.")
+    if "replica_cpu_ms_per_request_by_minute" in data:
+        cpu = data["replica_cpu_ms_per_request_by_minute"]
+        lines += [
+            "",
+            f"The replica's CPU per request by minute (ms; the same mix each minute, so it follows the shared "
+            f"machine's speed, or a replica doing more as it ages): {', '.join(f'{v:.2f}' for v in cpu)}."
+            + (
+                f" Trend of the p99 from the second minute on: {data['p99_trend_per_minute']:+.1%} a minute."
+                if data.get("p99_trend_per_minute") is not None
+                else ""
+            ),
+            "",
+            "CPU seconds by minute, by process group:",
+            "",
+            "| group | " + " | ".join(f"min {m + 1}" for m in range(len(cpu))) + " |",
+            "|---|" + "---:|" * len(cpu),
+            *(f"| {g} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for g, values in _cpu_groups(data)),
+        ]
+    return lines
+
+
+def _cpu_groups(data: dict) -> list[tuple[str, list[float]]]:
+    """The soak's CPU by group, Ray's own processes summed into one row."""
+    groups: dict[str, list[float]] = {}
+    for group, values in data["cpu_s_by_minute"].items():
+        name = "ray (GCS, raylet, dashboard, agents)" if group.startswith("ray ") else group
+        groups[name] = [a + b for a, b in zip(groups.get(name, [0.0] * len(values)), values, strict=True)]
+    return sorted(groups.items())
 
 
 def add_parser(sub) -> None:

@@ -11,6 +11,10 @@ trtserve batch MODEL[:VERSION] --input PATH --output DIR
 trtserve monitor report MODEL --capture DIR
                          captures joined with feedback labels: the metric per version and hour, label
                          coverage, drift of what was captured against the reference, plots
+trtserve capacity profile | calibrate | simulate | plan | validate | load | pack ...
+                         capacity planning: measure a model and its HTTP path, simulate, plan replicas and
+                         batch limits for a p99 SLO at a rate, check the plan, pack replicas on a machine
+trtserve gpu-check       the TensorRT and CUDA path on this machine's GPU, step by step (skips without one)
 """
 
 from __future__ import annotations
@@ -74,7 +78,24 @@ def _parser() -> argparse.ArgumentParser:
     _token_parser(sub)
     _monitor_parser(sub)
     _batch_parser(sub)
+    _capacity_parser(sub)
+    _gpu_check_parser(sub)
     return parser
+
+
+def _capacity_parser(sub) -> None:
+    from runtime.capacity.subcommands import SUBCOMMANDS
+
+    capacity = sub.add_parser("capacity", help="capacity planning: profile, calibrate, simulate, plan, validate, ...")
+    subcommands = capacity.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    for subcommand in SUBCOMMANDS.values():
+        subcommand.add_parser(subcommands)
+
+
+def _gpu_check_parser(sub) -> None:
+    from runtime.diagnostics import gpu_check
+
+    gpu_check.add_parser(sub)
 
 
 def _token_argument(parser, help_text: str) -> None:
@@ -282,7 +303,7 @@ def _rollout_parser(sub) -> None:
                 type=float,
                 help="gate: the candidate engine's p99 at the serving batch limit, from --profile (none)",
             )
-            p.add_argument("--profile", type=Path, help="`python -m benchmarks profile` output for the candidate")
+            p.add_argument("--profile", type=Path, help="`trtserve capacity profile` output for the candidate")
             p.add_argument("--wait", action="store_true", help="until it ends: 0 promoted, 1 rolled back or refused")
 
 
@@ -326,7 +347,7 @@ def _profile(path: Path | None, budget_ms: float | None) -> dict | None:
     if budget_ms is None:
         return None
     if path is None:
-        raise UsageError("--latency-budget-ms needs --profile, a `python -m benchmarks profile` report")
+        raise UsageError("--latency-budget-ms needs --profile, a `trtserve capacity profile` report")
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -385,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         return _run_batch(args)
     if args.command == "token":
         return _token(args)
+    if args.command == "capacity":
+        return _capacity(args)
+    if args.command == "gpu-check":
+        from runtime.diagnostics import gpu_check
+
+        return gpu_check.run(args)
     if not args.config.is_file():
         _error(f"trtserve {args.command}: error: {args.config}: no such file")
         return 2
@@ -416,6 +443,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped", flush=True)
         return 0
+
+
+def _capacity(args) -> int:
+    from runtime.capacity.subcommands import SUBCOMMANDS
+
+    try:
+        SUBCOMMANDS[args.action].run(args)
+    except TrtserveError as e:  # a model, artifact or config that is not there: one line, no traceback
+        _error(f"trtserve capacity {args.action}: error: {e}")
+        return e.exit_code
+    return 0
 
 
 def _run_batch(args) -> int:

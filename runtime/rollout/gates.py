@@ -6,7 +6,7 @@ the figure that failed.
   manifest declares, both scored on the candidate's eval set (stable's own manifest figure when it was
   scored on the same file, else `stable_score`, computed offline by the engine layer);
 - latency budget (when given): the candidate engine's p99 at the serving batch limit, from a
-  `benchmarks profile` report of that version, within the budget.
+  `trtserve capacity profile` report of that version, within the budget.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class ProfilePoint(_Read):
 
 
 class ProfileReport(_Read):
-    """A `python -m benchmarks profile` report of one version (benchmarks/profile.py writes it)."""
+    """A `trtserve capacity profile` report of one version (runtime/capacity/latency_profile.py measures it)."""
 
     model: str
     version: int | str
@@ -91,7 +91,9 @@ def profile_p99_ms(profile: ProfileReport, candidate: Manifest) -> float:
     for point in profile.points:
         if point.sizes == {**profile.opt_sizes, "batch": limit} and point.p99_ms is not None:
             return point.p99_ms
-    raise GateInputError(f"the profile has no p99 at the serving batch limit ({limit}); rerun `benchmarks profile`")
+    raise GateInputError(
+        f"the profile has no p99 at the serving batch limit ({limit}); rerun `trtserve capacity profile`"
+    )
 
 
 def latency_failures(p99_ms: float, budget_ms: float, batch: int) -> list[str]:
@@ -121,7 +123,7 @@ def judge_gates(
         reasons += eval_failures(candidate.evaluation, stable_score)
     if latency_budget_ms is not None:
         if profile is None:
-            raise GateInputError("a latency budget needs a `benchmarks profile` report of the candidate")
+            raise GateInputError("a latency budget needs a `trtserve capacity profile` report of the candidate")
         p99 = profile_p99_ms(profile, candidate)
         batch = candidate.serving.max_batch_size
         figures["latency"] = {"p99_ms": p99, "budget_ms": latency_budget_ms, "batch": batch}

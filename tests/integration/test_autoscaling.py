@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from benchmarks.autoscale import APP, replica_count
-from benchmarks.harness import json_request, serve_config
-from benchmarks.http_load import closed_loop
+from benchmarks.harness import json_request
+from runtime.capacity.load_generator import closed_loop
+from runtime.capacity.local_server import serve_config
 
 pytestmark = [pytest.mark.slow]
 

@@ -1,4 +1,5 @@
-"""`python -m benchmarks profile | validate | plan | report` against the session's server, tiny durations:
+"""`trtserve capacity validate | profile | plan | simulate`, then `python -m benchmarks report`, against the
+session's server, tiny durations:
 the capacity-planning path runs end to end and writes what it promises. (The figures themselves are
 `make bench`'s business.) Slow tier: minutes of the machine, and a bound on them that holds when it is
 busy."""
@@ -9,14 +10,14 @@ import json
 
 import pytest
 
-from tests.integration.test_load_cli import run_benchmarks
+from tests.integration.test_load_cli import run_benchmarks, run_capacity
 
 pytestmark = [pytest.mark.slow]
 
 
 def test_validate_then_plan_then_report(server, built_repository, tmp_path):
     results = tmp_path / "results"
-    proc = run_benchmarks(
+    proc = run_capacity(
         "validate",
         "--model",
         "cnn",
@@ -44,9 +45,9 @@ def test_validate_then_plan_then_report(server, built_repository, tmp_path):
     assert report["measured"]["rows_per_engine_call"] >= 1 and report["predicted"]["rows_per_engine_call"] >= 1
     assert set(report["met"]) == {"max_rps", "p99_ms"}
 
-    proc = run_benchmarks("profile", built_repository / "cnn" / "1", "--repeats", "3", "--results", results / "cnn")
+    proc = run_capacity("profile", built_repository / "cnn" / "1", "--repeats", "3", "--results", results / "cnn")
     assert proc.returncode == 0, proc.stderr
-    proc = run_benchmarks(
+    proc = run_capacity(
         "plan",
         "--model",
         "cnn",
@@ -61,7 +62,25 @@ def test_validate_then_plan_then_report(server, built_repository, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "replica(s), max_batch_size" in proc.stdout
-    assert json.loads((results / "cnn" / "plan-cnn.json").read_text())["plan"]["replicas"] == 1
+    plan = json.loads((results / "cnn" / "plan-cnn.json").read_text())["plan"]
+    assert plan["replicas"] == 1
+
+    proc = run_capacity(
+        "simulate",
+        "--model",
+        "cnn",
+        "--rate",
+        "50",
+        "--max-batch-size",
+        plan["max_batch_size"],
+        "--max-queue-delay-ms",
+        plan["max_queue_delay_ms"],
+        "--results",
+        results / "cnn",
+    )
+    assert proc.returncode == 0, proc.stderr
+    simulated = json.loads((results / "cnn" / "simulate-cnn.json").read_text())
+    assert 0 < simulated["p50_ms"] <= simulated["p99_ms"] and simulated["rows_per_engine_call"] >= 1
 
     output = tmp_path / "RESULTS.md"
     proc = run_benchmarks("report", "--results", results, "--output", output)

@@ -43,7 +43,7 @@ def test_replicas_pack_fractionally_on_one_gpu(cnn_repository):
 
 
 def test_batch_limit_steps_down_under_gpu_memory_pressure(cnn_repository):
-    from benchmarks.packing import pressure
+    from runtime.capacity.replica_packing import pressure
 
     result = pressure(cnn_repository / "cnn" / "1", "torch", 64)
     assert result["under_pressure"] < result["configured"] == 64

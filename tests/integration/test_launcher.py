@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from benchmarks.harness import serve_config
+from runtime.capacity.local_server import serve_config
 from tests.fixtures.ports import free_port, haproxy_ports
 
 BIN = Path(sys.executable).parent

@@ -1,5 +1,5 @@
-"""`python -m benchmarks load` and `generator` smoke runs against the trivial endpoint, tiny durations; the
-CLI's errors for what is missing."""
+"""`trtserve capacity load` and `python -m benchmarks generator` smoke runs against the trivial endpoint,
+tiny durations; the CLI's errors for what is missing."""
 
 from __future__ import annotations
 
@@ -13,8 +13,17 @@ from tests.conftest import ROOT
 
 
 def run_benchmarks(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return _run("benchmarks", *args, timeout=timeout)
+
+
+def run_capacity(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`trtserve capacity ARGS...` (the console script's module, in this interpreter)."""
+    return _run("runtime.cli", "capacity", *args, timeout=timeout)
+
+
+def _run(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "benchmarks", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -22,7 +31,7 @@ def test_load_cli_writes_json_and_csv(tmp_path):
     body = tmp_path / "body.json"
     body.write_text("{}")
     with trivial_server.in_subprocess() as port:
-        proc = run_benchmarks(
+        proc = run_capacity(
             "load",
             "--url",
             f"http://127.0.0.1:{port}",
@@ -60,6 +69,6 @@ def test_plan_without_a_calibration_says_what_to_run(tmp_path):
     (tmp_path / "profile-cnn.json").write_text(
         json.dumps({"opt_sizes": {"batch": 1}, "points": [{"batch": 1, "sizes": {"batch": 1}, "median_ms": 1.0}]})
     )
-    proc = run_benchmarks("plan", "--model", "cnn", "--rate", "50", "--slo-p99-ms", "100", "--results", tmp_path)
+    proc = run_capacity("plan", "--model", "cnn", "--rate", "50", "--slo-p99-ms", "100", "--results", tmp_path)
     assert proc.returncode != 0
-    assert "benchmarks calibrate --model cnn" in proc.stderr and "Traceback" not in proc.stderr
+    assert "trtserve capacity calibrate --model cnn" in proc.stderr and "Traceback" not in proc.stderr

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from benchmarks.http_load import build_request, closed_loop, open_loop
+from runtime.capacity.load_generator import build_request, closed_loop, open_loop
 
 DELAY_S = 0.02
 
@@ -108,7 +108,7 @@ def test_a_keep_alive_connection_closed_while_idle_is_retried_once_and_counted()
     drops a fresh connection is still an error (status 0)."""
     import asyncio
 
-    from benchmarks.http_load import build_request, closed_loop, open_loop
+    from runtime.capacity.load_generator import build_request, closed_loop, open_loop
 
     async def main():
         async def one_answer_then_close(reader, writer):

@@ -1,4 +1,4 @@
-"""`benchmarks pack` on this machine's host memory: the replicas that fit are derived from the measured
+"""`trtserve capacity pack` on this machine's host memory: the replicas that fit are derived from the measured
 footprint and that many run at once (the GPU run of the same command is in test_gpu_memory.py's marker)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 
 def _pack(*args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "benchmarks", "pack", *map(str, args)]
+    command = [sys.executable, "-m", "runtime.cli", "capacity", "pack", *map(str, args)]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.abuse import MemoryWatch, Streamed, oversized_json_request, post, stream_body, waits_while
-from benchmarks.http_load import build_request, closed_loop, open_loop
 from runtime.auth.tokens import digest
+from runtime.capacity.load_generator import build_request, closed_loop, open_loop
 from runtime.serve.launcher import LocalServe
 from tests.fixtures.fuzz import infer_requests
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.reliability import median_interval
-from benchmarks.report import auth_cost_met
+from benchmarks.reliability import auth_cost_met, median_interval
 
 
 def test_the_median_interval_of_16_pairs_is_the_4th_to_the_13th():

@@ -1,10 +1,10 @@
-"""The pure parts of `benchmarks calibrate`: finding the event loop's stalls in an open-loop run, and
+"""The pure parts of `trtserve capacity calibrate`: finding the event loop's stalls in an open-loop run, and
 reading the server's /stats."""
 
 import numpy as np
 import pytest
 
-from benchmarks.calibrate import engine_calls, handler_seconds, stalls
+from runtime.capacity.calibrate import engine_calls, handler_seconds, stalls
 
 
 def test_a_stall_is_the_answering_time_lost_while_requests_waited():

@@ -2,8 +2,9 @@
 
 import json
 
-from benchmarks import gpu_check
-from benchmarks.gpu_check import Failed, Skip, Step
+from runtime.cli import main
+from runtime.diagnostics import gpu_check
+from runtime.diagnostics.gpu_check import Failed, Skip, Step
 from runtime.engine import cuda_device
 from runtime.engine.cuda_device import CudaDevice
 
@@ -60,3 +61,12 @@ def test_without_a_gpu_nothing_runs_and_nothing_is_written(monkeypatch, tmp_path
     _, passed = gpu_check.gpu_check(tmp_path, steps(calls))
     assert passed and calls == [] and list(tmp_path.iterdir()) == []
     assert all(line.endswith(": no CUDA device (no driver)") for line in capsys.readouterr().out.splitlines())
+
+
+def test_trtserve_gpu_check_here_skips_every_step_and_exits_0(monkeypatch, tmp_path, capsys):
+    for need in gpu_check.NEEDS:  # as on a machine without any of them, whatever this one has
+        monkeypatch.setitem(gpu_check.NEEDS, need, lambda need=need: f"no {need} here")
+    assert main(["gpu-check", "--results", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == [f"SKIP {step.name}" for step in gpu_check.STEPS]
+    assert list(tmp_path.iterdir()) == []

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from benchmarks.plan import HttpPath, Replica, plan, predict
-from benchmarks.profile import batch_seconds
+from runtime.capacity.latency_profile import batch_seconds
+from runtime.capacity.plan import HttpPath, Replica, plan, predict
 
 # 2 ms a call plus 0.5 ms a row: batching pays.
 PROFILE = {1: 0.0025, 2: 0.003, 4: 0.004, 8: 0.006, 16: 0.010}

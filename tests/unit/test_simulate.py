@@ -5,7 +5,7 @@ With a free event loop and batches of one it is a single-server queue: M/M/1 and
 import numpy as np
 import pytest
 
-from benchmarks.simulate import _Stalls, profile_service_time, simulate_replicas
+from runtime.capacity.simulate import _Stalls, profile_service_time, simulate_replicas
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.8])

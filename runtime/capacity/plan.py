@@ -1,13 +1,13 @@
-"""`python -m benchmarks plan`: the cheapest replica count and batch limit that meet a p99 SLO at a
-request rate, predicted by simulating the batcher (benchmarks.simulate) on two measurements:
+"""`trtserve capacity plan`: the cheapest replica count and batch limit that meet a p99 SLO at a
+request rate, predicted by simulating the batcher (runtime.capacity.simulate) on two measurements:
 
-- the engine's profile (`benchmarks profile`): seconds per engine call at each batch size;
-- the server path (`benchmarks calibrate`): the replica's event-loop time per request (HTTP, decoding,
+- the engine's profile (`trtserve capacity profile`): seconds per engine call at each batch size;
+- the server path (`trtserve capacity calibrate`): the replica's event-loop time per request (HTTP, decoding,
   encoding) and per engine call, how much slower the engine runs inside the replica than alone (from
   the server's own /stats, saturated and lightly loaded), and the latency added outside the replica
   (ingress, loopback, client) as measured samples, and the event loop's stalls at three loads.
 
-The simulation is `benchmarks.simulate.simulate_replicas`: the event loop's tasks in order (decoding,
+The simulation is `runtime.capacity.simulate.simulate_replicas`: the event loop's tasks in order (decoding,
 engine-call hand-off and hand-back), the batcher's rule (including max_queue_delay), the engine, stalls.
 Replicas are simulated as independent (each with its own cores or GPU); on one small machine they share
 the CPU, which is not modelled, so plans for this machine are made for one replica.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.simulate import SimResult, profile_service_time, simulate_replicas
+from runtime.capacity.simulate import SimResult, profile_service_time, simulate_replicas
 
 SIM_REQUESTS = 20_000
 LOAD_FRACTION = 0.7  # validate compares p99 at this fraction of the max sustainable rate
@@ -236,49 +236,3 @@ def predict(replica: Replica, slo_p99_ms: float) -> dict:
         "at_rps": round(max_rps * LOAD_FRACTION, 1),
         "curve": replica.curve(max_rps),
     }
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("plan", help="cheapest replicas x batch limit meeting a p99 SLO at a rate (simulated)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--rate", type=float, required=True, help="requests/s to serve")
-    p.add_argument("--slo-p99-ms", type=float, required=True)
-    p.add_argument(
-        "--http-overhead-ms",
-        type=float,
-        help="what-if: this per-request cost instead of the one `calibrate` measured (results/http-MODEL.json)",
-    )
-    p.add_argument("--max-replicas", type=int, default=4)
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-
-
-def run(args) -> None:
-    from benchmarks import profile
-
-    seconds = profile.batch_seconds(profile.read(args.results, args.model))
-    if args.http_overhead_ms is not None:
-        http = HttpPath.fixed(args.http_overhead_ms)
-    else:
-        measured = args.results / f"http-{args.model}.json"
-        if not measured.exists():
-            raise SystemExit(
-                f"{measured} not found: run `python -m benchmarks calibrate --model {args.model}` against a "
-                "running server first (or give --http-overhead-ms)"
-            )
-        http = HttpPath.read(measured)
-    result = plan(seconds, args.rate, args.slo_p99_ms, http, args.max_replicas)
-    (args.results / f"plan-{args.model}.json").write_text(json.dumps(result, indent=2) + "\n")
-    if result["plan"] is None:
-        raise SystemExit(
-            f"no configuration up to {args.max_replicas} replicas meets p99 <= {args.slo_p99_ms} ms "
-            f"at {args.rate} req/s"
-        )
-    best = result["plan"]
-    print(
-        f"{args.model}: {best['replicas']} replica(s), max_batch_size {best['max_batch_size']}: predicted "
-        f"max {best['max_rps']:.0f} req/s within p99 {args.slo_p99_ms} ms; p99 {best['p99_ms_at_rate']:.1f} ms "
-        f"at {args.rate:.0f} req/s (HTTP path {result['http_per_request_ms']:.3f} ms a request in the replica, "
-        f"{result['http_floor_p50_ms']:.2f} ms outside it)"
-    )
-    for point in result["curve"]:
-        print(f"  {point['rps']:.0f} req/s -> p99 {point['p99_ms']:.1f} ms")

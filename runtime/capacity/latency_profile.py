@@ -1,17 +1,17 @@
-"""`python -m benchmarks profile VERSION_DIR`: engine latency and throughput against batch size (and a
-swept dynamic dim), measured in-process after warm-up, with the replica's memory."""
+"""`trtserve capacity profile VERSION_DIR`: engine latency and throughput against batch size (and a
+swept dynamic dim), measured in-process after warm-up, with the replica's memory. What `plan` simulates
+with, and what a rollout's latency budget gate reads."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks import machine
 from runtime import load_engine
+from runtime.diagnostics import machine
 from runtime.engine.manifest import read_manifest
 from runtime.engine.memory import FootprintMeter
 from runtime.engine.signature import Signature
@@ -108,35 +108,5 @@ def read(results: Path, model: str) -> dict:
     """The profile `profile` wrote for `model` under `results`; a clear exit if there is none."""
     path = results / f"profile-{model}.json"
     if not path.exists():
-        raise SystemExit(f"{path} not found: run `python -m benchmarks profile` for {model} first")
+        raise SystemExit(f"{path} not found: run `trtserve capacity profile` for {model} first")
     return json.loads(path.read_text())
-
-
-def _sizes(text: str) -> dict[str, int]:
-    try:
-        return {k: int(v) for k, v in (item.split("=", 1) for item in text.split(","))}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected DIM=SIZE[,DIM=SIZE...], got {text!r}") from None
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("profile", help="engine latency and throughput against batch size, and memory")
-    p.add_argument("version_dir", type=Path)
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--sweep", help="also sweep this dynamic dim (e.g. seq)")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--sizes", type=_sizes, help="other dims at these sizes instead of opt, e.g. seq=12")
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-
-
-def run(args) -> None:
-    report = profile(args.version_dir, args.backend, args.sweep, args.repeats, sizes=args.sizes)
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"profile-{report['model']}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    for point in report["points"]:
-        print(
-            f"{point['sizes']}: median {point['median_ms']:.3f} ms "
-            f"(p10 {point['p10_ms']:.3f}, p90 {point['p90_ms']:.3f}), {point['rows_per_s']:.0f} rows/s"
-        )
-    print(f"memory: {report['memory']}; written to {out}")

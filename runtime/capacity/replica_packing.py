@@ -1,4 +1,4 @@
-"""`python -m benchmarks pack --model M`: how many replicas of a model fit one machine, derived from the
+"""`trtserve capacity pack --model M`: how many replicas of a model fit one machine, derived from the
 measured footprint the way `build_app` places replicas, then proven by running that many at once.
 
 1. `runtime.serve.placement.measure_replica` measures one replica (fresh process, warmed up at its largest batch).
@@ -69,7 +69,7 @@ def pack(
     max_replicas: int = 8,
     duration: float = 10.0,
 ) -> dict:
-    from benchmarks import machine
+    from runtime.diagnostics import machine
     from runtime.engine.cuda_device import visible_device
     from runtime.engine.memory import available_bytes, gpu_free_total, host_available_bytes
     from runtime.engine.repository import version_dir
@@ -91,7 +91,15 @@ def pack(
 
     batch = footprint["max_batch_size"]
     before = available_bytes(on_gpu)
-    command = [sys.executable, "-m", "benchmarks.packing", str(directory), backend, str(batch), str(duration)]
+    command = [
+        sys.executable,
+        "-m",
+        "runtime.capacity.replica_packing",
+        str(directory),
+        backend,
+        str(batch),
+        str(duration),
+    ]
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     workers = [subprocess.Popen(command, **pipes) for _ in range(replicas)]
     for w in workers:  # all loaded and warmed up, then one start time for all
@@ -179,49 +187,7 @@ def pressure(version_dir: Path, backend: str = "torch", max_batch_size: int = 64
     return result
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("pack", help="how many replicas of a model fit this machine (GPU or host), then run that many")
-    p.add_argument("--model", required=True)
-    p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--max-batch-size", type=int)
-    p.add_argument("--headroom", type=float, default=0.2)
-    p.add_argument("--max-replicas", type=int, default=8, help="run at most this many even if more fit")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds every replica runs full batches")
-    p.add_argument("--pressure", action="store_true", help="GPU only: also check the batch step-down")
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-
-
-def run(args) -> None:
-    from runtime.engine.repository import version_dir
-
-    report = pack(
-        args.repository, args.model, args.backend, args.max_batch_size, args.headroom, args.max_replicas, args.duration
-    )
-    if args.pressure:
-        batch = report["need"]["models"][args.model]["max_batch_size"]
-        report["pressure"] = pressure(version_dir(args.repository, args.model), args.backend, batch)
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"pack-{args.model}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    need, resource = report["need"], report["resource"]
-    per = need["device_bytes"] if resource == "gpu" else need["host_bytes"]
-    print(
-        f"{args.model} ({report['backend']}): a replica uses {per / 2**20:.0f} MiB of {resource} memory; "
-        f"options {report['actor_options']}; {report['replicas_fit']} fit, ran {report['replicas_run']}: "
-        f"{len(report['workers'])} finished, {report['rows_per_s_total']:.0f} rows/s together"
-    )
-    for failure in report["failures"]:
-        print(f"  a replica failed: {failure}")
-    if "pressure" in report:
-        p = report["pressure"]
-        print(f"pressure: max_batch_size {p['configured']} -> {p['under_pressure']} -> {p['recovered']}")
-    print(f"written to {out}")
-    if report["failures"]:
-        raise SystemExit(1)
-
-
 if __name__ == "__main__":
     if len(sys.argv) != 5:
-        sys.exit("usage: python -m benchmarks.packing VERSION_DIR BACKEND MAX_BATCH DURATION (a worker)")
+        sys.exit("usage: python -m runtime.capacity.replica_packing VERSION_DIR BACKEND MAX_BATCH DURATION (a worker)")
     print(json.dumps(_worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))

@@ -1,4 +1,4 @@
-"""`python -m benchmarks load`: closed-loop concurrency sweeps or open-loop rate sweeps against a KServe v2
+"""`trtserve capacity load`: closed-loop concurrency sweeps or open-loop rate sweeps against a KServe v2
 endpoint, each point measured in windows until three in a row agree within +-10% (perf_analyzer's rule)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from urllib.parse import urlparse
 import numpy as np
 import orjson
 
-from benchmarks import machine
-from benchmarks.http_load import build_request, closed_loop, open_loop
+from runtime.capacity.load_generator import build_request, closed_loop, open_loop
+from runtime.diagnostics import machine
 from runtime.engine.dtypes import from_kserve
 from runtime.engine.signature import synthetic
 
@@ -176,41 +176,3 @@ def sweep(
 def build(url: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
     parsed = urlparse(url)
     return build_request(parsed.hostname, parsed.port or 80, path, body, headers)
-
-
-def _numbers(kind):
-    return lambda text: [kind(x) for x in text.split(",")]
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("load", help="closed-loop concurrency or open-loop rate sweep against an endpoint")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--model", required=True)
-    p.add_argument("--concurrency", type=_numbers(int), help="e.g. 1,8,32")
-    p.add_argument("--rate", type=_numbers(float), help="requests/s, e.g. 100,200")
-    p.add_argument("--constant", action="store_true", help="evenly spaced sends instead of Poisson arrivals")
-    p.add_argument("--binary", action="store_true", help="binary tensor data instead of JSON")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--body", type=Path, help="send this file as the request body instead of generated data")
-    p.add_argument("--window", type=float, default=5.0, help="seconds per measurement window")
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-
-
-def run(args) -> None:
-    if not (args.concurrency or args.rate):
-        raise SystemExit("load: give --concurrency and/or --rate")
-    if args.body:
-        body, headers = args.body.read_bytes(), {"Content-Type": "application/json"}
-    else:
-        body, headers = request_body(args.url, args.model, args.batch, binary=args.binary)
-    request = build(args.url, f"/v2/models/{args.model}/infer", body, headers)
-    report = sweep(
-        args.url, request, args.results, args.model, args.concurrency, args.rate, not args.constant, args.window
-    )
-    for p in report["points"]:
-        label = f"c={p['concurrency']}" if p["concurrency"] else f"rate={p['rate']:g}/s"
-        print(
-            f"{label}: {p['throughput']:.1f} req/s, p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms, "
-            f"send lag p99 {p['send_lag_p99_ms']:.2f} ms, {'stable' if p['stable'] else 'NOT stable'} "
-            f"after {p['windows']} windows{', generator fell behind' if p['generator_behind'] else ''}"
-        )

@@ -1,4 +1,4 @@
-"""`python -m benchmarks calibrate`: what the HTTP path costs a replica, measured against a running server,
+"""`trtserve capacity calibrate`: what the HTTP path costs a replica, measured against a running server,
 so `plan` simulates measured figures, not assumed ones. Runs of one request kind:
 
 1. saturation, closed loop at concurrency 32: throughput X at b rows per engine call, and the engine's
@@ -32,10 +32,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from benchmarks import load, machine, profile
-from benchmarks.harness import model_stats, rows_per_call, served_batching
-from benchmarks.http_load import closed_loop, open_loop, settling_s
-from benchmarks.simulate import profile_service_time, simulate_replicas
+from runtime.capacity.load_generator import closed_loop, open_loop, settling_s
+from runtime.capacity.server_stats import model_stats, rows_per_call, served_batching
+from runtime.capacity.simulate import profile_service_time, simulate_replicas
+from runtime.diagnostics import machine
 
 SATURATION_CONCURRENCY = 32
 SMALL_BATCH_CONCURRENCY = 4
@@ -229,26 +229,3 @@ def write(report: dict, results: Path) -> Path:
     path = results / f"http-{report['model']}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     return path
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("calibrate", help="measure the HTTP path's own cost against a running server (for plan)")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--model", required=True)
-    p.add_argument("--window", type=float, default=8.0, help="seconds per run (stall runs: three times that)")
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-
-
-def run(args) -> None:
-    seconds = profile.batch_seconds(profile.read(args.results, args.model))
-    body, headers = load.request_body(args.url, args.model)
-    request = load.build(args.url, f"/v2/models/{args.model}/infer", body, headers)
-    report = calibrate(args.url, args.model, request, seconds, args.window)
-    path = write(report, args.results)
-    sat = report["saturation"]
-    print(
-        f"{args.model}: {report['per_request_ms']:.3f} ms a request and {report['per_call_ms']:.3f} ms an engine "
-        f"call on the replica's event loop (saturation {sat['rps']:.0f} req/s at {sat['rows_per_engine_call']} "
-        f"rows a call), {report['floor_p50_ms']:.2f} ms p50 / {report['floor_p99_ms']:.2f} ms p99 outside the "
-        f"replica; written to {path}"
-    )
