@@ -45,8 +45,7 @@ class Verdict:
     """What a request's Authorization header earns for the scope it needs."""
 
     allowed: bool
-    status: int = 200  # 401: no or a wrong token; 403: a valid token without the scope
-    reason: str = "ok"  # ok | missing | malformed | invalid | scope: the failure metric's label
+    reason: str = "ok"  # ok | missing | malformed | invalid (no valid token) | scope: the failure metric's label
     challenge: str | None = None  # the WWW-Authenticate header's value
 
 
@@ -111,13 +110,13 @@ class TokenTable:
         `insufficient_scope` for a valid one without `scope`."""
         realm = 'Bearer realm="trtserve"'
         if not authorization:
-            return Verdict(False, 401, "missing", realm)
+            return Verdict(False, "missing", realm)
         match = _BEARER.match(authorization)
         if match is None:
-            return Verdict(False, 401, "malformed", f'{realm}, error="invalid_request"')
+            return Verdict(False, "malformed", f'{realm}, error="invalid_request"')
         held = self.scopes_of(match["token"])
         if not held:
-            return Verdict(False, 401, "invalid", f'{realm}, error="invalid_token"')
+            return Verdict(False, "invalid", f'{realm}, error="invalid_token"')
         if scope not in held:
-            return Verdict(False, 403, "scope", f'{realm}, error="insufficient_scope", scope="{scope}"')
+            return Verdict(False, "scope", f'{realm}, error="insufficient_scope", scope="{scope}"')
         return Verdict(True)

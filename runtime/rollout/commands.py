@@ -8,14 +8,15 @@ A key given as null is the default, as if it were absent (the CLI leaves out wha
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from runtime.engine.schema import invalid, one_line
 from runtime.rollout.analysis import Thresholds
 from runtime.rollout.gates import ProfileReport
-from runtime.rollout.steps import RolloutOptions, RolloutSpec
+from runtime.rollout.steps import RolloutError, RolloutOptions, RolloutSpec
 
 MAX_TIMEOUT_S = 60.0  # a command waits at most this long for every replica to route as it says
 MAX_REASON = 500  # characters of a rollback's reason, kept in the history
@@ -76,7 +77,9 @@ class Start(Wait, RolloutOptions, Thresholds):
     @model_validator(mode="after")
     def _budget_with_profile(self) -> Start:
         if self.latency_budget_ms is not None and self.profile is None:
-            raise invalid("latency_budget_ms needs a `benchmarks profile` report of the candidate", key="profile")
+            raise invalid(
+                "latency_budget_ms needs a `trtserve capacity profile` report of the candidate", key="profile"
+            )
         return self
 
     def spec(self, model: str, stable: str) -> RolloutSpec:
@@ -113,6 +116,30 @@ def parse(action: Any, args: Any) -> CommandArgs:
         return command.model_validate(given, strict=True)
     except ValidationError as e:
         raise CommandError(_line(f"{action}: {one_line(e, command)}")) from None
+
+
+class CommandFailed(Exception):
+    """The decision-maker failed unexpectedly; its log has why, the client only that it failed."""
+
+
+@dataclass(frozen=True)
+class CommandReply:
+    """The decision-maker's answer to one command: its result, or why nothing was done. A value, not an
+    exception, so that it crosses the actor boundary as it is; `unwrap` raises the typed error again."""
+
+    result: Any = None
+    refused: Literal["invalid", "conflict"] | None = None  # arguments refused; not possible in this state
+    error: str = ""  # the refusal's one line
+    failed: bool = False
+
+    def unwrap(self) -> Any:
+        if self.failed:
+            raise CommandFailed("the rollout decision-maker failed; its log has the cause")
+        if self.refused == "invalid":
+            raise CommandError(self.error)
+        if self.refused == "conflict":
+            raise RolloutError(self.error)
+        return self.result
 
 
 def _line(message: str) -> str:

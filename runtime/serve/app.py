@@ -16,7 +16,7 @@ from ray import serve
 from runtime.serve.app_args import AppArgs, parse_args
 from runtime.serve.autoscaling import ray_autoscaling_config
 from runtime.serve.deployment import ModelServer
-from runtime.serve.handler import RETRY_AFTER_S
+from runtime.serve.error_codes import RETRY_AFTER_S
 from runtime.serve.placement import actor_options, cluster_free, replica_need
 from runtime.serve.rollout_controller import RolloutController
 

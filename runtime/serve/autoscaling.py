@@ -17,12 +17,14 @@ multi-node cluster the estimate is conservative (a node with no replica yet is n
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runtime.serve.app_args import RAY_AUTOSCALING_KEYS, Autoscaling
 
 if TYPE_CHECKING:
+    from runtime.serve.model import ServedModel
     from runtime.serve.placement import ReplicaNeed
 
 MiB = 2**20
@@ -34,6 +36,33 @@ REPLICA_HOST_BYTES = "trtserve_replica_host_bytes"  # the replica process after 
 HOST_AVAILABLE_BYTES = "trtserve_host_available_bytes"  # what the replica's node has left
 REPLICA_DEVICE_BYTES = "trtserve_replica_device_bytes"
 DEVICE_FREE_BYTES = "trtserve_device_free_bytes"
+
+
+class ServedLoad:
+    """The part of a replica's report (record_autoscaling_stats) its models make: how full their batches ran
+    since the last report, the rows they have queued, the device memory they hold. Only the versions served
+    now count: a retired one stops counting at once."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, int]] = {}  # version label -> (batches, rows) at the last report
+
+    def report(self, models: Iterable[ServedModel]) -> dict[str, float]:
+        fills, queued, device, last = [], 0, 0, {}
+        for model in models:
+            stats = model.batcher.stats
+            before = self._last.get(model.label, (0, 0))
+            calls, rows = stats.batches - before[0], stats.rows - before[1]
+            last[model.label] = (stats.batches, stats.rows)
+            if calls:
+                fills.append(rows / calls / model.max_batch_size)
+            queued += model.batcher.queued_rows
+            if model.footprint and model.footprint.device_bytes:
+                device += model.footprint.device_bytes
+        self._last = last
+        report = {BATCH_FILL: max(fills) if fills else 0.0, QUEUED_ROWS: float(queued)}
+        if device:
+            report[REPLICA_DEVICE_BYTES] = float(device)
+        return report
 
 
 @dataclass

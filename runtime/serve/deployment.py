@@ -27,6 +27,7 @@ from runtime.serve.drift_observer import DriftObserver
 from runtime.serve.handler import HttpHandler
 from runtime.serve.heap import freeze_startup_heap
 from runtime.serve.model import ServedModel
+from runtime.serve.model_registry import ModelRegistry
 from runtime.serve.telemetry import RayTelemetry
 from runtime.serve.traffic import Traffic
 from runtime.serve.versions import VersionManager
@@ -52,38 +53,36 @@ class ModelServer:
         app_secret: bytes,
     ) -> None:
         _log_like_ray_serve()
-        self._telemetry = RayTelemetry()
+        captures = {
+            spec.name: CaptureSink(spec.name, spec.capture_settings, app_secret)
+            for spec in models
+            if spec.capture_settings is not None and spec.capture_settings.destination is not None
+        }
+        self._registry = ModelRegistry(captures=captures)  # the one list of what this replica serves
+        self._telemetry = RayTelemetry(self._registry)
         self._monitor = DriftObserver(self._telemetry)
-        self._captures = {}
-        for spec in models:
-            settings = spec.capture_settings
-            if settings is not None and settings.destination is not None:
-                self._captures[spec.name] = CaptureSink(spec.name, settings, app_secret)
-                self._telemetry.watch_capture(spec.name, self._captures[spec.name])
-        self._models = []
+        self._registry.subscribe(added=self._monitor.register, retired=self._monitor.forget)
         for version, spec in zip(versions, models, strict=True):
             # A local path, or this node's verified download of a version in an object store.
             model = ServedModel(version_dir(repository, spec.name, version), spec, self._telemetry)
             model.warmup()
-            self._monitor.register(model)
-            self._models.append(model)
+            self._registry.add(model)
         self._rollouts = rollouts  # the decision-maker's handle (runtime.serve.rollout_controller)
         self.handler = HttpHandler(
-            self._models,
+            self._registry,
             max_body_bytes=int(max_body_mb * 2**20),
             telemetry=self._telemetry,
             rollout_command=self._rollout_command if rollouts is not None else None,
             traffic=Traffic(routing_key=app_secret),
             monitor=self._monitor,
-            captures=self._captures,
             # Until the watcher's first look (below, before any request) every token is refused.
             auth=TokenTable(()) if tokens_file else None,
         )
         self._bodies = BodyBudget(BODIES_IN_FLIGHT * max(self.handler.max_body_bytes, FEEDBACK_LIMIT))
         self._tokens_watch = TokensFileWatcher(tokens_file, self._use_tokens).start() if tokens_file else None
-        self._last_batches: dict[str, tuple[int, int]] = {}
+        self._load = autoscaling.ServedLoad()
         specs = {spec.name: (spec, repository) for spec in models}
-        self._versions = VersionManager(self.handler, specs, self._load_version)
+        self._versions = VersionManager(self._registry, self.handler.traffic, specs, self._load_version)
         self._configured = False
         self._applied = 0  # the decision-maker's generation this replica routes by
         self._reporting: asyncio.Task | None = None
@@ -99,7 +98,7 @@ class ModelServer:
         replica = serve.get_replica_context().replica_id.unique_id
         while True:
             try:
-                reports = {name: self.handler.traffic.report(name) for name in self.handler.models}
+                reports = {name: self.handler.traffic.report(name) for name in self._registry}
                 reply = await self._rollouts.report.remote(replica, self._applied, reports)
                 if reply["generation"] != self._applied:
                     await self._versions.apply({"rollouts": reply["rollouts"]}, wait=False)
@@ -122,20 +121,18 @@ class ModelServer:
     def _load_version(self, directory: Path, spec: ModelSpec) -> ServedModel:
         model = ServedModel(directory, spec, self._telemetry)
         model.warmup()
-        self._monitor.register(model)
-        self._models.append(model)
         freeze_startup_heap()
         return model
 
     def check_health(self) -> None:
         """Ray Serve calls this every few seconds: raising marks the replica unhealthy, so the ingress stops
         sending it requests (its /-/healthz answers 503) and Serve replaces it."""
-        for model in self._models:
+        for model in self._registry.served():
             problem = model.batcher.problem(stuck_after_s=max(STUCK_ENGINE_S, 2 * model.options.timeout_s))
             if problem is not None:
                 log.error("%s: unhealthy: %s", model.label, problem)
                 raise RuntimeError(f"{model.label}: {problem}")
-        for name, sink in self._captures.items():  # a writer whose thread died would lose what it is given
+        for name, sink in self._registry.captures.items():  # a writer whose thread died would lose what it is given
             problem = sink.problem()
             if problem is not None:
                 log.error("%s: unhealthy: %s", name, problem)
@@ -143,27 +140,12 @@ class ModelServer:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """What the memory-aware autoscaling policy reads (runtime.serve.autoscaling), per replica."""
-        fills, queued, device = [], 0, 0
-        for model in self._models:
-            stats = model.batcher.stats
-            last = self._last_batches.get(model.label, (0, 0))
-            calls, rows = stats.batches - last[0], stats.rows - last[1]
-            self._last_batches[model.label] = (stats.batches, stats.rows)
-            if calls:
-                fills.append(rows / calls / model.max_batch_size)
-            queued += model.batcher.queued_rows
-            if model.footprint and model.footprint.device_bytes:
-                device += model.footprint.device_bytes
-        report = {
-            autoscaling.BATCH_FILL: max(fills) if fills else 0.0,
-            autoscaling.QUEUED_ROWS: float(queued),
-            autoscaling.REPLICA_HOST_BYTES: float(host_rss_bytes() or 0),
-        }
+        report = self._load.report(self._registry.served())
+        report[autoscaling.REPLICA_HOST_BYTES] = float(host_rss_bytes() or 0)
         available = host_available_bytes()
         if available is not None:
             report[autoscaling.HOST_AVAILABLE_BYTES] = float(available)
-        if device:
-            report[autoscaling.REPLICA_DEVICE_BYTES] = float(device)
+        if autoscaling.REPLICA_DEVICE_BYTES in report:
             free_total = gpu_free_total()
             if free_total:
                 report[autoscaling.DEVICE_FREE_BYTES] = float(free_total[0])
@@ -175,11 +157,11 @@ class ModelServer:
             watch.stop()
         self._telemetry.close()
         self._monitor.close()
-        for sink in self._captures.values():
+        for sink in self._registry.captures.values():
             sink.close()
         self._versions.close()
         self.handler.close()
-        for model in self._models:
+        for model in self._registry.served():
             model.close()
 
     async def __call__(self, request: Request) -> Response:

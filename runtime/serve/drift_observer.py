@@ -4,7 +4,8 @@ hook (a bounded queue; full: the run's rows are left out of drift accounting and
 never wait), and one thread, every TICK_S, takes what is queued, adds it to the versions' windows
 (runtime.monitor.drift_window) as batches of alike runs, closes windows when due, and publishes what they found
 (gauges through the telemetry, the last window for GET .../monitor). Shadow runs count for the version
-that ran them; warm-up runs do not count (a version is registered once warm)."""
+that ran them; warm-up runs do not count (a version is registered once warm). It follows the replica's
+registry (runtime.serve.model_registry): a version added is registered, a version retired forgotten."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def _concatenated(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.nda
 class DriftObserver:
     def __init__(self, telemetry: Telemetry | None = None, queue_max: int = QUEUE_MAX) -> None:
         self.telemetry = telemetry or Telemetry()
-        self.windows: dict[tuple[str, str], DriftWindow] = {}
+        self.windows: dict[tuple[str, str], tuple[ServedModel, DriftWindow]] = {}
         self.last: dict[tuple[str, str], WindowResult] = {}
         self.dropped: dict[tuple[str, str], int] = {}
         self.observed = 0
@@ -79,7 +80,7 @@ class DriftObserver:
         clock = WindowClock(options.window_s, options.min_rows) if options else WindowClock()
         clock.start = time.time() if now is None else now
         with self._lock:
-            self.windows[(model.name, model.version)] = DriftWindow(reference, clock, seed=int(model.version))
+            self.windows[(model.name, model.version)] = (model, DriftWindow(reference, clock, seed=int(model.version)))
         model.batcher.on_results = functools.partial(self.observe, model)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="trtserve-drift", daemon=True)
@@ -101,7 +102,7 @@ class DriftObserver:
         if key not in self.windows:
             return
         try:
-            self._queue.put_nowait((key, model, feed, outputs, results or [outputs]))
+            self._queue.put_nowait((key, feed, outputs, results or [outputs]))
         except queue.Full:
             rows = next(iter(feed.values())).shape[0] if feed else 0
             self.dropped[key] = self.dropped.get(key, 0) + rows
@@ -137,12 +138,12 @@ class DriftObserver:
 
     def _add(self, key: tuple[str, str], runs: list[tuple]) -> None:
         """The engine runs of one model version since the last tick, counted as few batches."""
-        window = self.windows.get(key)
-        if window is None:
+        watched = self.windows.get(key)
+        if watched is None:
             return
-        model = runs[0][1]
+        model, window = watched
         whole, apart = [], []
-        for _, _, feed, outputs, results in runs:
+        for _, feed, outputs, results in runs:
             batch, pieces = _split(outputs, results)
             whole.append({**feed, **batch})
             apart.extend(pieces)
@@ -160,7 +161,7 @@ class DriftObserver:
                         self.telemetry.predictions(model, tensor["confidence"], tensor["entropy"])
 
     def close_due(self, now: float) -> None:
-        for key, window in list(self.windows.items()):
+        for key, (model, window) in list(self.windows.items()):
             try:
                 result = window.close_if_due(now)
             except Exception:
@@ -168,7 +169,7 @@ class DriftObserver:
                 continue
             if result is not None:
                 self.last[key] = result
-                self.telemetry.drift(key[0], key[1], result)
+                self.telemetry.drift(model, result)
                 drifted = [t.name for t in result.tensors if t.drifted]
                 log.info(
                     "%s v%s: drift window of %d rows: %s",
@@ -179,8 +180,13 @@ class DriftObserver:
                 )
 
     def forget(self, model: ServedModel) -> None:
+        """A version no longer served: its runs, windows and results are no longer counted or kept."""
         model.batcher.on_results = None
-        self.windows.pop((model.name, model.version), None)
+        key = (model.name, model.version)
+        with self._lock:
+            self.windows.pop(key, None)
+            self.last.pop(key, None)
+            self.dropped.pop(key, None)
 
     def drain(self, timeout_s: float = 10.0) -> None:
         """Wait until what was observed is counted (tests)."""

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -18,22 +18,24 @@ import orjson
 
 from runtime.auth.tokens import ADMIN, FEEDBACK, INFER, TokenTable
 from runtime.engine.credentials import scrub
-from runtime.engine.errors import InputError
 from runtime.serve import triton
-from runtime.serve.body import (
-    FEEDBACK_LIMIT,
-    SMALL_LIMIT,
-    BodiesInFlightFull,
-    Body,
-    BodyIncomplete,
-    BodyTooLarge,
-    BodyTooSlow,
-    BufferedBody,
-)
-from runtime.serve.capture_sink import CaptureSink, FeedbackError, FeedbackUnavailable
+from runtime.serve.body import FEEDBACK_LIMIT, SMALL_LIMIT, Body, BufferedBody
+from runtime.serve.capture_sink import CaptureSink
 from runtime.serve.drift_observer import DriftObserver
-from runtime.serve.dynamic_batcher import Overloaded, TimedOut
+from runtime.serve.dynamic_batcher import Overloaded
+from runtime.serve.error_codes import (
+    BEFORE_WORK,
+    MethodNotAllowed,
+    NotAuthenticated,
+    NotFound,
+    NotPermitted,
+    WarmingUp,
+    code_of,
+    http_headers,
+    message_of,
+)
 from runtime.serve.model import ServedModel
+from runtime.serve.model_registry import ModelRegistry
 from runtime.serve.protocol import (
     HEADER_LENGTH,
     MAX_ID_BYTES,
@@ -50,10 +52,7 @@ from runtime.serve.traffic import Traffic
 log = logging.getLogger("trtserve.server")
 
 SERVER_NAME = "trtserve"
-RETRY_AFTER_S = 1  # what a 503 (warming up, overloaded) asks a client to wait before trying again
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
-# Routes that need a scope other than infer (/v2/models/stats needs admin too); health routes need none.
-ROUTE_SCOPES = {"/rollout": ADMIN, "/monitor": ADMIN, "/stats": ADMIN, "/feedback": FEEDBACK}
 DECODING_THREADS = 2  # large requests are decoded and tokenized here, off the event loop
 _REFUSALS = {
     "missing": "authentication required: send Authorization: Bearer <token>",
@@ -61,7 +60,61 @@ _REFUSALS = {
     "invalid": "the bearer token is not valid",
     "scope": "the bearer token lacks the {scope!r} scope this route needs",
 }
-_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/[a-z]+)?$")
+
+
+@dataclass(frozen=True)
+class Route:
+    methods: tuple[str, ...]
+    scope: str | None  # the token scope it needs (where authentication is on); None: open to probes
+    action: str  # the HttpHandler method that answers it
+    versioned: bool = True  # a model route the path may name a version in
+
+
+# The HTTP API, declared once (docs/reference/http-api.md). A path no route matches needs the infer scope
+# before it is told 404: without a token nothing about the server shows.
+SERVER_ROUTES = {
+    "/v2/health/live": Route(("GET",), None, "_live"),
+    "/v2/health/ready": Route(("GET",), None, "_server_ready"),
+    "/v2": Route(("GET",), INFER, "_server_metadata"),
+    "/v2/models/stats": Route(("GET",), ADMIN, "_all_statistics"),
+}
+# /v2/models/{name}[/versions/{version}]{suffix}
+MODEL_ROUTES = {
+    "": Route(("GET",), INFER, "_metadata"),
+    "/ready": Route(("GET",), INFER, "_model_ready"),
+    "/config": Route(("GET",), INFER, "_config"),
+    "/infer": Route(("POST",), INFER, "_infer_route"),
+    "/stats": Route(("GET",), ADMIN, "_statistics"),
+    "/monitor": Route(("GET",), ADMIN, "_monitor"),
+    "/rollout": Route(("GET", "POST"), ADMIN, "_rollout", versioned=False),
+    "/feedback": Route(("POST",), FEEDBACK, "_feedback", versioned=False),
+}
+_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<suffix>/[a-z]+)?$")
+
+
+def match_route(path: str) -> tuple[Route | None, str | None, str | None]:
+    """(route, model name, version) of a path; route None where none matches."""
+    route = SERVER_ROUTES.get(path)
+    if route is not None:
+        return route, None, None
+    match = _MODEL.match(path)
+    if match is None:
+        return None, None, None
+    route = MODEL_ROUTES.get(match["suffix"] or "")
+    if route is None or (match["version"] is not None and not route.versioned):
+        return None, None, None
+    return route, match["name"], match["version"]
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Body | BufferedBody
+    request_id: str
+    name: str | None = None  # the model a model route names
+    version: str | None = None  # the version it names, if any
 
 
 @dataclass
@@ -89,74 +142,59 @@ def _error(status: int, message: str, **headers: str) -> HttpResponse:
     return HttpResponse(status, error_body(scrub(message)), {"content-type": "application/json", **headers})
 
 
-def _unavailable(message: str) -> HttpResponse:
-    """503 with Retry-After: warming up or overloaded, worth trying again shortly."""
-    return _error(503, message, **{"retry-after": str(RETRY_AFTER_S)})
+def error_response(error: BaseException, request_id: str, subject: str = "the server") -> HttpResponse:
+    """What the client is told of `error` (runtime.serve.error_codes: the one mapping); `subject`: what was
+    overloaded or timed out. A 500 names only the request id: the caller logs the details."""
+    code = code_of(error)
+    return _error(code.http, message_of(error, code, request_id, subject), **http_headers(error, code))
 
 
-def _internal_error(request_id: str) -> HttpResponse:
-    """A 500 says nothing of its cause (which is in the log, under the request id)."""
-    return _error(500, f"internal error; request id {request_id}")
+@dataclass
+class _Inference:
+    """One inference request as it goes: the version answering it, what it was decoded to and the timings."""
 
+    model: ServedModel
+    mirror: ServedModel | None
+    started: float
+    working: float = 0.0  # when the model's own work began: after the body came
+    request: InferRequest | None = None
+    feed: dict | None = None
+    outputs: dict | None = None
+    rows: int = 0
+    batch_rows: int = 0
+    queue_s: float = 0.0
+    compute_s: float = 0.0
 
-class NotFound(Exception):
-    """No such model, version or route (404)."""
-
-
-def error_response(error: Exception, request_id: str, subject: str = "the server") -> HttpResponse:
-    """The one mapping of what the request path raises to an HTTP answer (`subject`: what was overloaded or
-    timed out); anything not listed is a 500 that names only the request id (the caller logs the details)."""
-    if isinstance(error, ProtocolError):
-        return _error(error.status, str(error))
-    if isinstance(error, InputError | FeedbackError | BodyIncomplete):
-        return _error(400, str(error))
-    if isinstance(error, NotFound):
-        return _error(404, str(error))
-    if isinstance(error, BodyTooSlow):
-        return _error(408, str(error))
-    if isinstance(error, BodyTooLarge):
-        return _error(413, str(error))
-    if isinstance(error, Overloaded):
-        return _unavailable(f"{subject} is overloaded: {error}")
-    if isinstance(error, BodiesInFlightFull | FeedbackUnavailable):
-        return _unavailable(str(error))
-    if isinstance(error, TimedOut):
-        return _error(504, f"{subject} timed out: {error}")
-    return _internal_error(request_id)
-
-
-# Errors of the request's own making, before any model work: never a verdict on the model (a rollout's).
-_BEFORE_WORK = (BodyTooLarge, BodyTooSlow, BodyIncomplete, BodiesInFlightFull)
+    def __post_init__(self) -> None:
+        self.working = self.started
 
 
 class HttpHandler:
     def __init__(
         self,
-        models: list[ServedModel],
+        models: ModelRegistry | Iterable[ServedModel],  # the replica's registry, or the versions to serve (tests)
         max_body_bytes: int = 64 << 20,
         telemetry: Telemetry | None = None,
         traffic: Traffic | None = None,
-        rollout_command=None,  # async (model, action, args) -> {"status", "body"}: the decision-maker
+        rollout_command=None,  # async (model, action, args) -> CommandReply: the decision-maker
         monitor: DriftObserver | None = None,
-        captures: dict[str, CaptureSink] | None = None,  # model -> its payload capture and feedback
+        captures: dict[str, CaptureSink] | None = None,  # model -> its payload capture and feedback, with a list
         auth: TokenTable | None = None,  # bearer tokens and their scopes; None: no authentication
     ) -> None:
-        self.models: dict[str, dict[str, ServedModel]] = {}
-        for model in models:
-            self.add(model)
+        if not isinstance(models, ModelRegistry):
+            models = ModelRegistry(models, captures)
+        elif captures is not None:
+            raise ValueError("a registry holds its own capture sinks: give them to ModelRegistry, not the handler")
+        self.models = models  # name -> {version: ServedModel}, read on every request
         self.max_body_bytes = max_body_bytes
         self.telemetry = telemetry or Telemetry()
         self.traffic = traffic or Traffic()
         self.rollout_command = rollout_command
         self.monitor = monitor
-        self.captures = captures or {}
+        self.captures = models.captures
         self.auth = auth
         self.version = _package_version()
         self._decoding = ThreadPoolExecutor(DECODING_THREADS, thread_name_prefix="trtserve-decode")
-
-    def add(self, model: ServedModel) -> None:
-        """Serve one more version (a rollout's candidate, loaded and warm) beside those already here."""
-        self.models.setdefault(model.name, {})[model.version] = model
 
     def _versions(self, name: str) -> dict[str, ServedModel]:
         versions = self.models.get(name)
@@ -174,7 +212,7 @@ class HttpHandler:
         return versions[version]
 
     def _all(self) -> list[ServedModel]:
-        return [m for versions in self.models.values() for m in versions.values()]
+        return self.models.served()
 
     @property
     def ready(self) -> bool:
@@ -195,8 +233,8 @@ class HttpHandler:
         and only up to the route's limit (runtime.serve.body)."""
         request_id = request_id or headers.get("x-request-id") or uuid.uuid4().hex
         if len(request_id.encode(errors="surrogateescape")) > MAX_ID_BYTES:
-            response = _error(400, f"X-Request-ID is longer than {MAX_ID_BYTES} bytes")
             request_id = uuid.uuid4().hex
+            response = error_response(ProtocolError(f"X-Request-ID is longer than {MAX_ID_BYTES} bytes"), request_id)
         else:
             source = BufferedBody(body) if isinstance(body, bytes | bytearray) else body
             try:
@@ -208,119 +246,119 @@ class HttpHandler:
         response.headers["x-request-id"] = request_id
         return response
 
-    def _refusal(self, method: str, path: str, scope: str, headers, request_id: str) -> HttpResponse | None:
-        """401/403 unless the Authorization header holds a token with `scope`; decided from the headers alone,
-        before any of the body is read."""
-        verdict = self.auth.check(headers.get("authorization"), scope)
+    def _authenticate(self, request: Request, scope: str) -> None:
+        """NotAuthenticated/NotPermitted unless the Authorization header holds a token with `scope`; decided
+        from the headers alone, before any of the body is read."""
+        verdict = self.auth.check(request.headers.get("authorization"), scope)
         if verdict.allowed:
-            return None
+            return
         self.telemetry.auth_failed(verdict.reason)
+        refused = NotPermitted if verdict.reason == "scope" else NotAuthenticated
+        error = refused(_REFUSALS[verdict.reason].format(scope=scope), verdict.challenge)
         log.info(
             "refused %s %s: %s (scope %s)",
-            method,
-            path,
+            request.method,
+            request.path,
             verdict.reason,
             scope,
-            extra={"request_id": request_id, "status": verdict.status},
+            extra={"request_id": request.request_id, "status": code_of(error).http},
         )
-        message = _REFUSALS[verdict.reason].format(scope=scope)
-        return _error(verdict.status, message, **{"www-authenticate": verdict.challenge})
+        raise error
 
     async def _route(self, method: str, path: str, headers, body: Body | BufferedBody, request_id: str) -> HttpResponse:
-        if path == "/v2/health/live":  # open, with or without authentication: what probes call
-            return _json(200, {"live": True})
-        if path == "/v2/health/ready":
-            return _json(200, {"ready": True}) if self.ready else _unavailable("models are warming up")
-        match = _MODEL.match(path)
-        rest = (match["rest"] or "") if match else ""
-        if self.auth is not None:
-            # Before anything else, unknown routes included: without a token nothing about the server shows.
-            scope = ADMIN if path == "/v2/models/stats" else ROUTE_SCOPES.get(rest, INFER)
-            refusal = self._refusal(method, path, scope, headers, request_id)
-            if refusal is not None:
-                return refusal
-        if path == "/v2":
-            return _json(200, {"name": SERVER_NAME, "version": self.version, "extensions": EXTENSIONS})
-        if path == "/v2/models/stats":
-            return _json(200, {"model_stats": [triton.statistics(m) for m in self._all()]})
-        if not match:
-            return _error(404, f"no route {method} {path}")
-        if rest == "/rollout":
-            return await self._rollout(method, match["name"], body, request_id)
-        if rest == "/feedback" and match["version"] is None:
-            return await self._feedback(method, match["name"], body)
-        if rest == "/infer":
-            # Sticky on the request's key: its X-Request-ID (Ray Serve passes it on as its own) until the body
-            # is read, then the body's "id" where it has one (_infer routes again on it).
-            versions = self._versions(match["name"])
-            try:
-                model, route = self.traffic.route(match["name"], versions, request_id, match["version"])
-            except LookupError as e:  # a pinned version not loaded here
-                raise NotFound(str(e)) from None
-            if method != "POST":
-                return _error(405, "infer takes POST")
-            mirror = self.models[model.name].get(route.mirror) if route.mirror else None
-            pinned = match["version"] is not None
-            reroute = None if pinned else functools.partial(self._reroute, model.name, versions)
-            return await self._infer(model, headers, body, request_id, mirror, reroute, pinned)
-        model = self._model(match["name"], match["version"])
-        if method != "GET":
-            return _error(405, f"{path} takes GET")
-        if rest == "":
-            return _json(200, triton.metadata(model))
-        if rest == "/ready":
-            if model.ready:
-                return _json(200, {"name": model.name, "ready": True})
-            return _unavailable(f"model {model.name!r} is warming up")
-        if rest == "/config":
-            return _json(200, triton.model_config(model))
-        if rest == "/monitor":  # the last completed drift window of this version, in this replica
-            if self.monitor is None:
-                return _json(200, {"model": model.name, "version": model.version, "window": None, "tensors": []})
-            return _json(200, self.monitor.result(model))
-        if rest == "/stats":  # as Triton: every version of the model unless the path names one
-            versions = [model] if match["version"] else list(self.models[model.name].values())
-            return _json(200, {"model_stats": [triton.statistics(m) for m in versions]})
-        return _error(404, f"no route {method} {path}")
+        route, name, version = match_route(path)
+        request = Request(method, path, headers, body, request_id, name, version)
+        scope = INFER if route is None else route.scope
+        if self.auth is not None and scope is not None:
+            self._authenticate(request, scope)
+        if route is None:
+            raise NotFound(f"no route {method} {path}")
+        if method not in route.methods:
+            raise MethodNotAllowed(f"{path} takes {' or '.join(route.methods)}", route.methods)
+        return await getattr(self, route.action)(request)
 
-    async def _rollout(self, method: str, name: str, body: Body | BufferedBody, request_id: str) -> HttpResponse:
+    # --- the routes: each answers one entry of SERVER_ROUTES or MODEL_ROUTES ----------------------------
+
+    async def _live(self, request: Request) -> HttpResponse:
+        return _json(200, {"live": True})
+
+    async def _server_ready(self, request: Request) -> HttpResponse:
+        if not self.ready:
+            raise WarmingUp("models are warming up")
+        return _json(200, {"ready": True})
+
+    async def _server_metadata(self, request: Request) -> HttpResponse:
+        return _json(200, {"name": SERVER_NAME, "version": self.version, "extensions": EXTENSIONS})
+
+    async def _all_statistics(self, request: Request) -> HttpResponse:
+        return _json(200, {"model_stats": [triton.statistics(m) for m in self._all()]})
+
+    async def _metadata(self, request: Request) -> HttpResponse:
+        return _json(200, triton.metadata(self._model(request.name, request.version)))
+
+    async def _model_ready(self, request: Request) -> HttpResponse:
+        model = self._model(request.name, request.version)
+        if not model.ready:
+            raise WarmingUp(f"model {model.name!r} is warming up")
+        return _json(200, {"name": model.name, "ready": True})
+
+    async def _config(self, request: Request) -> HttpResponse:
+        return _json(200, triton.model_config(self._model(request.name, request.version)))
+
+    async def _statistics(self, request: Request) -> HttpResponse:
+        """As Triton: every version of the model unless the path names one."""
+        model = self._model(request.name, request.version)
+        versions = [model] if request.version else list(self._versions(model.name).values())
+        return _json(200, {"model_stats": [triton.statistics(m) for m in versions]})
+
+    async def _monitor(self, request: Request) -> HttpResponse:
+        """The last completed drift window of this version, in this replica."""
+        model = self._model(request.name, request.version)
+        if self.monitor is None:
+            return _json(200, {"model": model.name, "version": model.version, "window": None, "tensors": []})
+        return _json(200, self.monitor.result(model))
+
+    async def _infer_route(self, request: Request) -> HttpResponse:
+        """Sticky on the request's key: its X-Request-ID (Ray Serve passes it on as its own) until the body is
+        read, then the body's "id" where it has one (_prepare routes again on it)."""
+        versions = self._versions(request.name)
+        try:
+            model, route = self.traffic.route(request.name, versions, request.request_id, request.version)
+        except LookupError as e:  # a pinned version not loaded here
+            raise NotFound(str(e)) from None
+        mirror = versions.get(route.mirror) if route.mirror else None
+        pinned = request.version is not None
+        reroute = None if pinned else functools.partial(self._reroute, model.name, versions)
+        return await self._infer(model, request.headers, request.body, request.request_id, mirror, reroute, pinned)
+
+    async def _rollout(self, request: Request) -> HttpResponse:
         """GET: the rollout's status; POST {"action": start|pause|resume|promote|rollback|history, ...}."""
         if self.rollout_command is None:
-            return _error(404, "this application has no rollout decision-maker")
-        if method == "GET":
+            raise NotFound("this application has no rollout decision-maker")
+        if request.method == "GET":
             action, args = "status", {}
-        elif method == "POST":
-            try:
-                args = orjson.loads(await body.read(SMALL_LIMIT) or b"{}")
-            except orjson.JSONDecodeError as e:
-                return _error(400, f"malformed JSON: {e}")
-            if not isinstance(args, dict) or not isinstance(args.get("action"), str):
-                return _error(400, 'a rollout command is a JSON object with an "action" string')
-            action = args.pop("action")
         else:
-            return _error(405, "rollout takes GET or POST")
-        try:
-            result = await self.rollout_command(name, action, args)
-        except Exception:  # the decision-maker unreachable or failing: nothing of it reaches the client
-            log.exception("rollout command %s on %s failed", action, name, extra={"request_id": request_id})
-            return _internal_error(request_id)
-        if result["status"] >= 500:  # logged by the decision-maker; the answer is the same as any 500's
-            return _internal_error(request_id)
+            try:
+                args = orjson.loads(await request.body.read(SMALL_LIMIT) or b"{}")
+            except orjson.JSONDecodeError as e:
+                raise ProtocolError(f"malformed JSON: {e}") from None
+            if not isinstance(args, dict) or not isinstance(args.get("action"), str):
+                raise ProtocolError('a rollout command is a JSON object with an "action" string')
+            action = args.pop("action")
+        reply = await self.rollout_command(request.name, action, args)
         # The decision-maker's answers name versions and reasons, which may quote a repository URI: scrubbed.
-        body = scrub(orjson.dumps(result["body"]).decode()).encode()
-        return HttpResponse(result["status"], body, {"content-type": "application/json"})
+        answer = scrub(orjson.dumps(reply.unwrap()).decode()).encode()
+        return HttpResponse(200, answer, {"content-type": "application/json"})
 
-    async def _feedback(self, method: str, name: str, body: Body | BufferedBody) -> HttpResponse:
+    async def _feedback(self, request: Request) -> HttpResponse:
         """POST {"id", "label", "time"?} or a list of them: labels to join with the captures by id. A 200 means
         they are on this node's disk (runtime.serve.capture_sink)."""
-        if method != "POST":
-            return _error(405, "feedback takes POST")
-        self._versions(name)
-        sink = self.captures.get(name)
+        self._versions(request.name)
+        sink = self.captures.get(request.name)
         if sink is None:
-            raise NotFound(f"model {name!r} has no capture destination for feedback; set capture.destination")
+            raise NotFound(f"model {request.name!r} has no capture destination for feedback; set capture.destination")
         # Parsed, checked and written off the event loop; the answer comes once the labels are on disk.
-        return _json(200, {"accepted": await sink.add_feedback(await body.read(FEEDBACK_LIMIT))})
+        return _json(200, {"accepted": await sink.add_feedback(await request.body.read(FEEDBACK_LIMIT))})
 
     def _reroute(self, name: str, versions, key: str) -> tuple[ServedModel, ServedModel | None]:
         model, route = self.traffic.route(name, versions, key)
@@ -358,79 +396,92 @@ class HttpHandler:
         """Answer from `model`; with `mirror`, the same request also runs there after the answer is sent.
         With `reroute`, a body whose "id" differs from the request id is routed again on that id. A `pinned`
         request (its path named the version) is counted apart from the rollout's evidence."""
-        started = time.perf_counter()
-        queue_s = compute_s = 0.0
-        rows = timing_rows = 0
-        request = outputs = feed = None
+        work = _Inference(model, mirror, started=time.perf_counter())
         arrived = model  # counted in flight where it arrived, whichever version answers
         self.telemetry.in_flight(arrived, +1)
-        working = started  # when the model's own work began: after the body came
         try:
             if not model.ready:
-                response = _unavailable(f"model {model.name!r} is warming up")
+                response = error_response(WarmingUp(f"model {model.name!r} is warming up"), request_id)
             else:
-                header_length = _header_length(headers)
-                # No larger than the largest request the model's versions here can take: a body past that is
-                # refused unread, however much max_body_mb allows.
-                largest = max(m.max_request_bytes for m in self.models[model.name].values())
-                data = await body.read(min(self.max_body_bytes, largest))
-                working = time.perf_counter()
-                with model.batcher.arriving():
-                    prepare = (self._prepare, model, mirror, data, header_length, request_id, reroute)
-                    if len(data) >= model.offload_bytes:
-                        prepared = await asyncio.get_running_loop().run_in_executor(self._decoding, *prepare)
-                    else:
-                        prepared = prepare[0](*prepare[1:])
-                    model, mirror, request, feed = prepared
-                    if header_length is None:  # JSON: decoded into arrays of their own, the body is no longer held
-                        del data, prepare
-                        body.release()
-                    rows = next(iter(feed.values())).shape[0]
-                    pending = model.batcher.submit(feed, model.work_of(feed), model.options.timeout_s)
-                # Awaited outside `arriving()`: once queued, the request no longer counts as on its way.
-                outputs, timing = await pending
-                self.traffic.ran(model, 200, timing.get("compute_s", 0.0), pinned=pinned)
-                queue_s, compute_s = timing.get("queue_s", 0.0), timing.get("compute_s", 0.0)
-                timing_rows = timing.get("batch_rows", rows)
-                payload, extra = encode_response(model.name, model.version, outputs, request)
-                response = HttpResponse(200, payload, extra)
-                if mirror is not None:
-                    self.traffic.mirror(model, mirror, feed, outputs)
+                response = await self._run(work, headers, body, request_id, reroute)
+                self.traffic.ran(work.model, 200, work.compute_s, pinned=pinned)
+                if work.mirror is not None:
+                    self.traffic.mirror(work.model, work.mirror, work.feed, work.outputs)
         except Exception as e:
-            response = error_response(e, request_id, f"model {model.name!r}")
+            response = error_response(e, request_id, f"model {work.model.name!r}")
             if response.status == 500:
-                log.exception("inference failed", extra={"request_id": request_id, "model": model.name})
-            if response.status >= 500 and not isinstance(e, _BEFORE_WORK):
-                ran_s = 0.0 if isinstance(e, Overloaded) else time.perf_counter() - working
-                self.traffic.ran(model, response.status, ran_s, pinned=pinned)
+                log.exception("inference failed", extra={"request_id": request_id, "model": work.model.name})
+            if response.status >= 500 and not isinstance(e, BEFORE_WORK):
+                ran_s = 0.0 if isinstance(e, Overloaded) else time.perf_counter() - work.working
+                self.traffic.ran(work.model, response.status, ran_s, pinned=pinned)
         finally:
             self.telemetry.in_flight(arrived, -1)
-        seconds = time.perf_counter() - started
-        if feed is not None:  # only requests that passed the model's checks are remembered or captured
-            self._capture(model, request, outputs, response.status, seconds, request_id)
-        model.counts.record(response.status == 200, seconds, rows)
-        self.traffic.answered(model, response.status, seconds, pinned=pinned)
-        self.telemetry.request(model, response.status, seconds, queue_s, compute_s)
+        self._account(work, response.status, request_id, pinned)
+        return response
+
+    async def _run(
+        self,
+        work: _Inference,
+        headers,
+        body: Body | BufferedBody,
+        request_id: str,
+        reroute: Callable[[str], tuple[ServedModel, ServedModel | None]] | None,
+    ) -> HttpResponse:
+        """Read, check, decode, batch and encode one request; `work` keeps what the accounting needs."""
+        header_length = _header_length(headers)
+        # No larger than the largest request the model's versions here can take: a body past that is refused
+        # unread, however much max_body_mb allows.
+        largest = max(m.max_request_bytes for m in self._versions(work.model.name).values())
+        data = await body.read(min(self.max_body_bytes, largest))
+        work.working = time.perf_counter()
+        with work.model.batcher.arriving():
+            prepare = (self._prepare, work.model, work.mirror, data, header_length, request_id, reroute)
+            if len(data) >= work.model.offload_bytes:
+                prepared = await asyncio.get_running_loop().run_in_executor(self._decoding, *prepare)
+            else:
+                prepared = prepare[0](*prepare[1:])
+            work.model, work.mirror, work.request, work.feed = prepared
+            if header_length is None:  # JSON: decoded into arrays of their own, the body is no longer held
+                del data, prepare
+                body.release()
+            work.rows = next(iter(work.feed.values())).shape[0]
+            model = work.model
+            pending = model.batcher.submit(work.feed, model.work_of(work.feed), model.options.timeout_s)
+        # Awaited outside `arriving()`: once queued, the request no longer counts as on its way.
+        work.outputs, timing = await pending
+        work.queue_s, work.compute_s = timing.get("queue_s", 0.0), timing.get("compute_s", 0.0)
+        work.batch_rows = timing.get("batch_rows", work.rows)
+        payload, extra = encode_response(work.model.name, work.model.version, work.outputs, work.request)
+        return HttpResponse(200, payload, extra)
+
+    def _account(self, work: _Inference, status: int, request_id: str, pinned: bool) -> None:
+        """Counts, capture, metrics and the request's log line, once it is answered."""
+        model = work.model
+        seconds = time.perf_counter() - work.started
+        if work.feed is not None:  # only requests that passed the model's checks are remembered or captured
+            self._capture(model, work.request, work.outputs, status, seconds, request_id)
+        model.counts.record(status == 200, seconds, work.rows)
+        self.traffic.answered(model, status, seconds, pinned=pinned)
+        self.telemetry.request(model, status, seconds, work.queue_s, work.compute_s)
         log.info(
             "%s v%s %d in %.2f ms",
             model.name,
             model.version,
-            response.status,
+            status,
             seconds * 1e3,
             extra={
                 "request_id": request_id,
                 "model": model.name,
                 "model_version": model.version,
                 "backend": model.engine.backend,
-                "status": response.status,
-                "rows": rows,
-                "batch_rows": timing_rows,
+                "status": status,
+                "rows": work.rows,
+                "batch_rows": work.batch_rows,
                 "latency_ms": round(seconds * 1e3, 3),
-                "queue_ms": round(queue_s * 1e3, 3),
-                "compute_ms": round(compute_s * 1e3, 3),
+                "queue_ms": round(work.queue_s * 1e3, 3),
+                "compute_ms": round(work.compute_s * 1e3, 3),
             },
         )
-        return response
 
     def _capture(self, model: ServedModel, request: InferRequest, outputs, status: int, seconds: float, request_id):
         sink = self.captures.get(model.name)

@@ -79,6 +79,12 @@ class CumulativeHistogram:
             series[0] = [a + int(b) for a, b in zip(series[0], counts, strict=True)]
             series[1] += float(values.sum())
 
+    def keep_only(self, keep: Callable[[dict[str, str]], bool]) -> None:
+        """Drop the series whose tags `keep` refuses: they are published no more."""
+        with self._lock:
+            for key in [key for key in self._series if not keep(dict(key))]:
+                del self._series[key]
+
     def snapshot(self) -> dict[tuple[tuple[str, str], ...], tuple[list[int], float]]:
         """Cumulative bucket counts (one per bound, +Inf last) and the sum, per tag set."""
         with self._lock:
@@ -108,7 +114,7 @@ def _cumulative(counts: list[int]) -> list[int]:
 
 class Publisher:
     """Flushes histograms every `interval_s` from a daemon thread, and calls `refresh` functions (which
-    set other gauges again) at the same pace."""
+    set other gauges again, and may drop series no longer wanted) at the same pace, just before."""
 
     def __init__(
         self,
@@ -134,10 +140,10 @@ class Publisher:
                 log.exception("publishing histograms failed")
 
     def flush(self) -> None:
-        for histogram in self._histograms:
-            histogram.flush()
         for refresh in self._refresh:
             refresh()
+        for histogram in self._histograms:
+            histogram.flush()
 
     def stop(self) -> None:
         self._stop.set()

@@ -34,11 +34,7 @@ DATATYPES = (*NUMPY_DTYPES, "BYTES")
 
 
 class ProtocolError(Exception):
-    """A request the protocol cannot accept; `status` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+    """A request the protocol cannot accept; the message names what is wrong (a client error: error_codes)."""
 
 
 @dataclass

@@ -24,7 +24,7 @@ from runtime.engine.errors import TrtserveError
 from runtime.engine.evaluation import score_version
 from runtime.engine.manifest import read_manifest
 from runtime.engine.repository import version_dir
-from runtime.rollout.commands import CommandError, Rollback, Start, Wait, parse
+from runtime.rollout.commands import CommandError, CommandReply, Rollback, Start, Wait, parse
 from runtime.rollout.gates import GateInputError, judge_gates, profile_p99_ms, stable_score_on_file
 from runtime.rollout.intervals import interval_figures
 from runtime.rollout.steps import Rollout, RolloutError
@@ -78,27 +78,29 @@ class RolloutController:
 
     # --- commands ---------------------------------------------------------------------------------------
 
-    async def command(self, model: str, action: Any, args: Any) -> dict[str, Any]:
-        """Carry out a `trtserve rollout` command: {"status": HTTP status, "body": ...}. Its arguments are
-        checked whole before anything else (runtime.rollout.commands), so an answer other than 200 means
-        nothing changed; an unexpected failure is logged and answered as an internal error, without its text."""
+    async def command(self, model: str, action: Any, args: Any) -> CommandReply:
+        """Carry out a `trtserve rollout` command. Its arguments are checked whole before anything else
+        (runtime.rollout.commands), so a refusal means nothing changed; an unexpected failure is logged and
+        answered as failed, without its text."""
         self._ensure_loop()
         try:
-            return await self._command(model, action, args)
-        except (TrtserveError, CommandError) as e:  # RolloutError and GateInputError are TrtserveErrors
-            return {"status": 409 if isinstance(e, RolloutError) else 400, "body": {"error": scrub(str(e))}}
+            return CommandReply(result=await self._command(model, action, args))
+        except RolloutError as e:
+            return CommandReply(refused="conflict", error=scrub(str(e)))
+        except (TrtserveError, CommandError) as e:  # GateInputError is a TrtserveError
+            return CommandReply(refused="invalid", error=scrub(str(e)))
         except Exception:
             log.exception("a rollout command on model %.100r failed", model)
-            return {"status": 500, "body": {"error": "internal error"}}
+            return CommandReply(failed=True)
 
-    async def _command(self, model: str, action: Any, args: Any) -> dict[str, Any]:
+    async def _command(self, model: str, action: Any, args: Any) -> Any:
         parsed = parse(action, args)
         if model not in self._configured:
             raise RolloutError(f"this application serves no model {model!r}")
         if not isinstance(parsed, Wait):  # status and history read; every other command moves the rollout
             if action == "status":
-                return {"status": 200, "body": self.status(model)}
-            return {"status": 200, "body": [e.model_dump(mode="json") for e in self._rollout(model).history]}
+                return self.status(model)
+            return [e.model_dump(mode="json") for e in self._rollout(model).history]
         now = time.time()
         if isinstance(parsed, Start):
             rollout = await self._start(model, parsed, now)
@@ -108,7 +110,7 @@ class RolloutController:
             rollout = _MOVES[action](self._rollout(model), now)
         self._set(model, rollout)
         applied = await self._wait_applied(timeout_s=parsed.timeout_s)
-        return {"status": 200, "body": {**self.status(model), "applied_everywhere": applied}}
+        return {**self.status(model), "applied_everywhere": applied}
 
     def status(self, model: str) -> dict[str, Any]:
         rollout = self.rollouts.get(model)

@@ -1,17 +1,20 @@
 """What a server reports as it works: one set of hooks, passed to the models and the handler when they
 are built. `Telemetry` does nothing; `RayTelemetry` exports Prometheus metrics through Ray's metrics
-system, in base units, labelled by model and version."""
+system, in base units, labelled by model and version. Every hook about a model takes the version it is
+about as a `ModelVersion` (a ServedModel is one): the models report here, and this module imports none of
+them, nor the registry it reads what a replica serves from."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from runtime.serve.histograms import CumulativeHistogram, Publisher
 
 if TYPE_CHECKING:
+    from runtime.engine.memory import Footprint
     from runtime.monitor.drift_window import WindowResult
     from runtime.serve.capture_sink import CaptureSink
-    from runtime.serve.model import ServedModel
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -19,27 +22,42 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 ENTROPY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 
 
-class Telemetry:
-    def request(self, model: ServedModel | None, status: int, seconds: float, queue_s: float, compute_s: float) -> None:
-        """A request answered (`model` None when it named no served model)."""
+class ModelVersion(Protocol):
+    """The model version a hook is about (runtime.serve.model.ServedModel), published as its `model` and
+    `version` labels."""
 
-    def in_flight(self, model: ServedModel, delta: int) -> None:
+    name: str
+    version: str
+    warmup_s: float | None
+    footprint: Footprint | None
+
+
+class ServedNow(Protocol):
+    """What a replica serves, read at every refresh (runtime.serve.model_registry.ModelRegistry)."""
+
+    captures: Mapping[str, CaptureSink]
+
+    def served(self) -> Iterable[ModelVersion]: ...
+
+
+class Telemetry:
+    def request(self, model: ModelVersion, status: int, seconds: float, queue_s: float, compute_s: float) -> None:
+        """A request answered."""
+
+    def in_flight(self, model: ModelVersion, delta: int) -> None:
         """A request entered (+1) or left (-1) the model's handling."""
 
-    def batch_done(self, model: ServedModel, rows: int, seconds: float, requests: int) -> None:
+    def batch_done(self, model: ModelVersion, rows: int, seconds: float, requests: int) -> None:
         """An engine call of `rows` rows for `requests` requests took `seconds`."""
 
-    def warmed_up(self, model: ServedModel) -> None:
+    def warmed_up(self, model: ModelVersion) -> None:
         """The model is warm: its warm-up time and memory footprint are known."""
 
-    def predictions(self, model: ServedModel, confidence, entropy) -> None:
+    def predictions(self, model: ModelVersion, confidence, entropy) -> None:
         """A classifier's top-1 confidence and entropy of the rows it answered (arrays)."""
 
-    def drift(self, model: str, version: str, result: WindowResult) -> None:
+    def drift(self, model: ModelVersion, result: WindowResult) -> None:
         """A drift window of the model version closed (runtime.monitor.drift_window)."""
-
-    def watch_capture(self, model: str, sink: CaptureSink) -> None:
-        """Publish what the model's capture wrote, dropped and lost, from now on."""
 
     def auth_failed(self, reason: str) -> None:
         """A request was refused: missing, malformed or invalid token (401), or a scope it lacks (403)."""
@@ -49,9 +67,10 @@ class Telemetry:
 
 
 class RayTelemetry(Telemetry):
-    """Histograms are aggregated in the replica and published once a second (runtime.serve.histograms)."""
+    """Histograms are aggregated in the replica and published once a second (runtime.serve.histograms), when
+    the gauges of the versions `serving` serves now, and its capture sinks' counts, are set again."""
 
-    def __init__(self, publish_interval_s: float = 1.0) -> None:
+    def __init__(self, serving: ServedNow, publish_interval_s: float = 1.0) -> None:
         from ray.serve.metrics import Counter, Gauge
 
         tags = ("model", "version")
@@ -111,25 +130,23 @@ class RayTelemetry(Telemetry):
             "Requests refused by authentication (reason: missing, malformed, invalid: 401; scope: 403).",
             tag_keys=("reason",),
         )
+        self._serving = serving
         self._judged: dict[tuple[str, str, str], int] = {}
         self._inflight: dict[tuple[str, str], int] = {}
-        self._warm: list[ServedModel] = []
-        self._drift: dict[tuple[str, str], WindowResult] = {}
-        self._captures: dict[str, CaptureSink] = {}
+        self._drift: dict[tuple[str, str], WindowResult] = {}  # (model, version) -> its last window
         self._captured: dict[tuple[str, str, str], int] = {}
+        self._histograms = [self.latency, self.queue, self.compute, self.batch, self.confidence, self.entropy]
         self.publisher = Publisher(
-            [self.latency, self.queue, self.compute, self.batch, self.confidence, self.entropy],
+            self._histograms,
             publish_interval_s,
             refresh=[self._refresh],
         ).start()
 
     @staticmethod
-    def _tags(model: ServedModel) -> dict[str, str]:
+    def _tags(model: ModelVersion) -> dict[str, str]:
         return {"model": model.name, "version": model.version}
 
     def request(self, model, status, seconds, queue_s, compute_s) -> None:
-        if model is None:
-            return
         tags = self._tags(model)
         self.requests.inc(1, {**tags, "status": str(status)})
         self.latency.observe(seconds, tags)
@@ -147,7 +164,6 @@ class RayTelemetry(Telemetry):
         self.compute.observe(seconds, tags)
 
     def warmed_up(self, model) -> None:
-        self._warm.append(model)
         self._set_model_gauges(model)
 
     def predictions(self, model, confidence, entropy) -> None:
@@ -155,13 +171,11 @@ class RayTelemetry(Telemetry):
         self.confidence.observe_many(confidence, tags)
         self.entropy.observe_many(entropy, tags)
 
-    def drift(self, model, version, result) -> None:
-        self._drift[(model, version)] = result
-        self.drift_windows.inc(1, {"model": model, "version": version})
-        self._set_drift_gauges(model, version, result)
-
-    def watch_capture(self, model, sink) -> None:
-        self._captures[model] = sink
+    def drift(self, model, result) -> None:
+        self._drift[(model.name, model.version)] = result
+        tags = self._tags(model)
+        self.drift_windows.inc(1, tags)
+        self._set_drift_gauges(tags, result)
 
     def auth_failed(self, reason) -> None:
         self.auth_failures.inc(1, {"reason": reason})
@@ -170,11 +184,19 @@ class RayTelemetry(Telemetry):
         self.publisher.stop()
 
     def _refresh(self) -> None:
-        for model in list(self._warm):
+        served = list(self._serving.served())
+        for model in served:
             self._set_model_gauges(model)
+        # A retired version's series are left alone from now on: they drop out of Ray's report.
+        versions = {(model.name, model.version) for model in served}
+        for histogram in self._histograms:
+            histogram.keep_only(lambda tags: (tags["model"], tags["version"]) in versions)
         for (model, version), result in list(self._drift.items()):
-            self._set_drift_gauges(model, version, result)
-        for model, sink in list(self._captures.items()):
+            if (model, version) in versions:
+                self._set_drift_gauges({"model": model, "version": version}, result)
+            else:
+                self._drift.pop((model, version), None)
+        for model, sink in self._serving.captures.items():
             for stream, writer in (("capture", sink.records), ("feedback", sink.feedback)):
                 if writer is None:
                     continue
@@ -194,8 +216,7 @@ class RayTelemetry(Telemetry):
                     self.feedback_labels.inc(now - self._judged.get(key, 0), tags)
                     self._judged[key] = now
 
-    def _set_drift_gauges(self, model: str, version: str, result) -> None:
-        tags = {"model": model, "version": version}
+    def _set_drift_gauges(self, tags: dict[str, str], result: WindowResult) -> None:
         self.drift_rows.set(result.rows, tags)
         for tensor in result.tensors:
             tensor_tags = {**tags, "tensor": tensor.name}
@@ -205,7 +226,7 @@ class RayTelemetry(Telemetry):
                 if f.psi is not None:
                     self.drift_score.set(f.psi, {**tensor_tags, "feature": f.feature, "test": "psi"})
 
-    def _set_model_gauges(self, model: ServedModel) -> None:
+    def _set_model_gauges(self, model: ModelVersion) -> None:
         tags = self._tags(model)
         self.warmup.set(model.warmup_s or 0.0, tags)
         if model.footprint is not None:

@@ -27,8 +27,9 @@ from runtime.engine.repository import version_dir
 from runtime.engine.schema import Schema, one_line
 from runtime.rollout.steps import Rollout
 from runtime.serve.app_args import ModelSpec
-from runtime.serve.handler import HttpHandler
 from runtime.serve.model import ServedModel
+from runtime.serve.model_registry import ModelRegistry
+from runtime.serve.traffic import Traffic
 
 log = logging.getLogger("trtserve.server")
 
@@ -47,12 +48,14 @@ def parse_user_config(config: dict[str, Any] | None) -> ServerUserConfig:
 class VersionManager:
     def __init__(
         self,
-        handler: HttpHandler,
+        registry: ModelRegistry,  # the replica's versions: added here when loaded, retired when no longer wanted
+        traffic: Traffic,
         specs: dict[str, tuple[ModelSpec, str | Path]],  # model -> (how to serve it, its repository)
         load: Callable[[Path, ModelSpec], ServedModel],  # build and warm up one version
         grace_s: float = 60.0,
     ) -> None:
-        self.handler = handler
+        self.registry = registry
+        self.traffic = traffic
         self.specs = specs
         self._load = load
         self.grace_s = grace_s
@@ -72,11 +75,11 @@ class VersionManager:
         loads = []
         for name, rollout in user.rollouts.items():
             wanted = rollout.loaded(now)
-            self.handler.traffic.set_routing(name, rollout.routing())
-            held = self.handler.models.get(name, {})
-            for version in sorted(set(held) - wanted, key=int):
-                self._retire(held.pop(version))
-            loads += [self._loading_of(name, v) for v in sorted(wanted - set(held), key=int)]
+            self.traffic.set_routing(name, rollout.routing())
+            held = set(self.registry.get(name, {}))
+            for version in sorted(held - wanted, key=int):
+                self._retire(self.registry.retire(name, version))
+            loads += [self._loading_of(name, v) for v in sorted(wanted - held, key=int)]
         if wait and loads:
             await asyncio.gather(*loads)
 
@@ -96,7 +99,7 @@ class VersionManager:
         except Exception:
             log.exception("%s v%s: loading for the rollout failed; its traffic stays with stable", name, version)
             raise
-        self.handler.add(model)
+        self.registry.add(model)
         log.info("%s: loaded for the rollout", model.label)
 
     async def settle(self) -> None:
@@ -105,7 +108,7 @@ class VersionManager:
             await asyncio.gather(*list(self._loading.values()), return_exceptions=True)
 
     def _retire(self, model: ServedModel) -> None:
-        """No new requests reach it (it left the handler); closed once the grace period has passed."""
+        """No new requests reach it (it left the registry); closed once the grace period has passed."""
         log.info("%s: no longer needed; closing in %.0f s", model.label, self.grace_s)
         self.closing.append(model)
         asyncio.get_running_loop().call_later(self.grace_s, self._close, model)

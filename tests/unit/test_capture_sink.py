@@ -23,7 +23,13 @@ import runtime.serve.capture_sink as capture
 from runtime.monitor.capture_writer import IN_PROGRESS
 from runtime.monitor.quality_report import read_feedback
 from runtime.serve.app_args import Capture
-from runtime.serve.capture_sink import MAX_FEEDBACK_ENTRIES, CaptureError, CaptureSink, FeedbackError, FeedbackUnavailable
+from runtime.serve.capture_sink import (
+    MAX_FEEDBACK_ENTRIES,
+    CaptureError,
+    CaptureSink,
+    FeedbackError,
+    FeedbackUnavailable,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = b"deployment-secret-0123456789abcdef"

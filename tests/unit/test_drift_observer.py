@@ -68,7 +68,7 @@ def test_runs_handed_over_one_by_one_count_as_one_batch(tmp_path):
     hand_over({"x": np.zeros((1, 5), np.float32)}, {"logits": logits[:1]}, [])  # not countable: logged, skipped
     monitor.drain()
     monitor.close()
-    window = monitor.windows[("m", "1")]
+    _, window = monitor.windows[("m", "1")]
     assert window.rows == 50 and monitor.observed == 50
     direct = DriftWindow(reference, WindowClock(3600, 1), seed=0)
     direct.add({"x": x, "logits": logits})
@@ -90,7 +90,7 @@ def test_an_output_padded_in_the_run_is_counted_request_by_request(tmp_path):
     model.batcher.on_results(feed, batch, [{"tokens": short}, {"tokens": long}])
     monitor.drain()
     monitor.close()
-    window = monitor.windows[("m", "1")]
+    _, window = monitor.windows[("m", "1")]
     assert window.rows == 2
     direct = DriftWindow(reference, WindowClock(3600, 1), seed=0)
     direct.add(feed)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from runtime.serve.error_codes import code_of
 from runtime.serve.handler import HttpHandler
 from runtime.serve.model import ServedModel
 from runtime.serve.protocol import InferRequest, ProtocolError, decode_request
@@ -31,7 +32,7 @@ def _decoded_or_refused(body: bytes, header_length: int | None) -> None:
     try:
         request = decode_request(body, header_length)
     except ProtocolError as e:
-        assert 400 <= e.status < 500
+        assert 400 <= code_of(e).http < 500
         assert str(e) and "\n" not in str(e)
         return
     assert isinstance(request, InferRequest) and request.inputs

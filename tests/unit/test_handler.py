@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from runtime.auth.tokens import TokenTable, digest
+from runtime.rollout.commands import CommandReply
 from runtime.serve import handler as handler_module
 from runtime.serve.body import FEEDBACK_LIMIT, SMALL_LIMIT, Body, BodyBudget
 from runtime.serve.handler import HttpHandler
@@ -190,7 +191,7 @@ def test_the_token_is_checked_before_a_byte_of_the_body_is_read(tmp_path):
 )
 def test_every_route_that_takes_a_body_has_a_limit(tmp_path, path, limit):
     async def command(model, action, args):
-        return {"status": 200, "body": {}}
+        return CommandReply(result={})
 
     model = ServedModel(sequence_model(tmp_path / "seq" / "1"))
     model.warmup()
@@ -359,7 +360,7 @@ def test_no_answer_shows_credentials_of_a_repository_uri(handler):
     secret = "s3://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG@bucket/models"
 
     async def command(model, action, args):
-        return {"status": 400, "body": {"error": f"eval gate: {secret}/seq/2 cannot be read"}}
+        return CommandReply(refused="invalid", error=f"eval gate: {secret}/seq/2 cannot be read")
 
     handler.rollout_command = command
     answer = call(handler, "POST", "/v2/models/seq/rollout", orjson.dumps({"action": "start", "to": 2}))

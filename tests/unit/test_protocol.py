@@ -4,6 +4,7 @@ import numpy as np
 import orjson
 import pytest
 
+from runtime.serve.error_codes import code_of
 from runtime.serve.protocol import (
     HEADER_LENGTH,
     InferRequest,
@@ -144,7 +145,7 @@ def test_bad_requests_are_400_and_name_the_input(header, chunks, length, message
         header_length = auto if length == "auto" else length
     with pytest.raises(ProtocolError) as info:
         decode_request(body, header_length)
-    assert info.value.status == 400
+    assert code_of(info.value).http == 400
     assert message in str(info.value)
 
 

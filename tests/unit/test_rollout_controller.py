@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from runtime.rollout.commands import CommandReply
 from runtime.serve import rollout_controller
 from tests.fixtures.artifacts import sequence_model
 from tests.fixtures.fuzz import json_values
@@ -86,9 +87,9 @@ def test_a_candidate_scoring_below_stable_is_refused_with_the_figure(controller)
     make, _ = controller
     c = make()
     result = command(c, "start", to="3")
-    assert result["status"] == 200 and result["body"]["state"] == "refused"
-    assert "eval accuracy 0.0000 below stable's 1.0000 minus margin 0.01" in result["body"]["reason"]
-    event = command(c, "history")["body"][-1]
+    assert result.refused is None and result.result["state"] == "refused"
+    assert "eval accuracy 0.0000 below stable's 1.0000 minus margin 0.01" in result.result["reason"]
+    event = command(c, "history").result[-1]
     assert event["figures"]["gates"]["eval"] == {"metric": "accuracy", "candidate": 0.0, "stable": 1.0, "margin": 0.01}
 
 
@@ -96,21 +97,21 @@ def test_a_latency_budget_without_a_matching_profile_is_a_bad_request(controller
     make, _ = controller
     profile = {"model": "seq", "version": 1, "opt_sizes": {"batch": 1}, "points": []}
     result = command(make(), "start", to="2", latency_budget_ms=5, profile=profile)
-    assert result["status"] == 400 and "not of the candidate seq version 2" in result["body"]["error"]
+    assert result.refused == "invalid" and "not of the candidate seq version 2" in result.error
 
 
 def test_a_restarted_decision_maker_resumes_the_rollout(controller):
     make, kv = controller
     first = make()
-    assert command(first, "start", to="2", steps=[50, 100], interval_s=30)["body"]["state"] == "progressing"
-    assert command(first, "pause")["body"]["state"] == "paused"
-    assert command(first, "resume")["body"]["state"] == "progressing"
+    assert command(first, "start", to="2", steps=[50, 100], interval_s=30).result["state"] == "progressing"
+    assert command(first, "pause").result["state"] == "paused"
+    assert command(first, "resume").result["state"] == "progressing"
     saved = json.loads(next(iter(kv.store.values())))
     assert saved["rollouts"]["seq"]["state"] == "progressing"
 
     second = make()  # a new replica of the decision-maker, as Ray Serve starts one after a crash
     assert second.rollouts == first.rollouts and second.generation > first.generation
-    assert [e["state"] for e in command(second, "history")["body"]] == ["progressing", "paused", "progressing"]
+    assert [e["state"] for e in command(second, "history").result] == ["progressing", "paused", "progressing"]
     reply = asyncio.run(second.report("replica-a", first.generation, {"seq": {}}))
     assert reply["rollouts"]["seq"]["spec"]["candidate"] == "2"  # replicas apply the resumed state again
     started = second.rollouts["seq"].interval_started
@@ -131,8 +132,8 @@ def test_a_second_start_while_the_first_judges_its_gates_is_refused(controller):
         return await first, second
 
     first, second = asyncio.run(both())
-    assert first["body"]["state"] == "refused"  # its eval gate
-    assert second["status"] == 409 and "being started" in second["body"]["error"]
+    assert first.result["state"] == "refused"  # its eval gate
+    assert second.refused == "conflict" and "being started" in second.error
 
 
 # --- commands: checked whole before anything changes -------------------------------------------------
@@ -142,11 +143,11 @@ def in_state(make, state):
     """A decision-maker whose rollout of seq (1 -> 2) is in `state` (None: never started)."""
     c = make()
     if state is not None:
-        assert command(c, "start", to="2", steps=[50, 100])["status"] == 200
+        assert command(c, "start", to="2", steps=[50, 100]).refused is None
     if state == "paused":
-        assert command(c, "pause")["status"] == 200
+        assert command(c, "pause").refused is None
     if state == "promoted":
-        assert command(c, "promote")["status"] == 200
+        assert command(c, "promote").refused is None
     return c
 
 
@@ -207,8 +208,8 @@ def test_a_bad_command_is_a_bad_request_that_changes_nothing(controller, state, 
     c = in_state(make, state)
     before = snapshot(c, kv)
     result = asyncio.run(c.command("seq", action, args))
-    assert result["status"] == 400, result
-    assert result["body"]["error"] and "\n" not in result["body"]["error"]
+    assert result.refused == "invalid", result
+    assert result.error and "\n" not in result.error
     assert snapshot(c, kv) == before
 
 
@@ -217,7 +218,7 @@ def test_a_pause_with_a_bad_timeout_does_not_pause(controller):
     make, _ = controller
     c = in_state(make, "progressing")
     result = asyncio.run(c.command("seq", "pause", {"timeout_s": "x"}))
-    assert result == {"status": 400, "body": {"error": "pause: timeout_s: Input should be a valid number"}}
+    assert result == CommandReply(refused="invalid", error="pause: timeout_s: Input should be a valid number")
     assert c.rollouts["seq"].state == "progressing"
 
 
@@ -231,7 +232,7 @@ def test_an_unexpected_failure_is_an_internal_error_that_changes_nothing(control
     monkeypatch.setattr(rollout_controller, "read_manifest", broken)
     before = snapshot(c, kv)
     result = asyncio.run(c.command("seq", "start", {"to": "2", "timeout_s": 0.1}))
-    assert result == {"status": 500, "body": {"error": "internal error"}}
+    assert result == CommandReply(failed=True)
     assert snapshot(c, kv) == before
     # The cause is in the replica's log (Serve's handlers), with its traceback, scrubbed of credentials.
     assert "trtserve.rollouts ERROR a rollout command on model 'seq' failed\nTraceback" in serve_log.text
@@ -251,7 +252,7 @@ def test_a_stable_version_that_cannot_be_scored_is_a_bad_request_without_credent
     before = snapshot(c, kv)
     result = command(c, "start", to="3")
     error = "eval gate: scoring version 1 failed: OSError: When reading s3://***@bucket/seq/1/model.onnx: AWS Error"
-    assert result == {"status": 400, "body": {"error": f"{error} ACCESS_DENIED"}}
+    assert result == CommandReply(refused="invalid", error=f"{error} ACCESS_DENIED")
     assert snapshot(c, kv) == before
 
 
@@ -264,7 +265,7 @@ def test_a_checkpoint_that_cannot_be_written_changes_nothing(controller, monkeyp
         raise ConnectionError("GCS unreachable")
 
     monkeypatch.setattr(kv, "_internal_kv_put", unwritable)
-    assert command(c, "pause") == {"status": 500, "body": {"error": "internal error"}}
+    assert command(c, "pause") == CommandReply(failed=True)
     assert snapshot(c, kv) == before
 
 
@@ -318,11 +319,11 @@ def test_no_command_body_is_a_server_error_and_a_refusal_changes_nothing(reposit
         c = in_state(functools.partial(controller, {"seq": "1"}, {"seq": str(repository)}), state)
         before = snapshot(c, kv)
         result = asyncio.run(c.command("seq", action, args))
-    event(f"{action if isinstance(action, str) else 'junk'} {result['status']}")
-    assert result["status"] in (200, 400, 409), result
-    if result["status"] != 200:
+    event(f"{action if isinstance(action, str) else 'junk'} {result.refused or 'done'}")
+    assert not result.failed, result
+    if result.refused is not None:
         assert snapshot(c, kv) == before
-        assert result["body"]["error"] and "\n" not in result["body"]["error"]
+        assert result.error and "\n" not in result.error
 
 
 async def no_wait(self, timeout_s: float) -> bool:

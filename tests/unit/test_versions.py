@@ -27,7 +27,8 @@ def replica(tmp_path):
         return model
 
     handler = HttpHandler([load(repository / "seq" / "1", ModelSpec(name="seq", version=1))])
-    manager = VersionManager(handler, {"seq": (ModelSpec(name="seq", version=1), repository)}, load, grace_s=0)
+    specs = {"seq": (ModelSpec(name="seq", version=1), repository)}
+    manager = VersionManager(handler.models, handler.traffic, specs, load, grace_s=0)
     yield handler, manager, loaded
     for model in loaded:
         model.close()
