@@ -1,7 +1,7 @@
 """The `convert` command: a thin layer over convert.build, convert.check and convert.inspect.
 
-Exit codes (as the README lists them): 0 ok; 1 parity failed; 2 bad config, usage, artifact or unexportable model;
-3 a requested backend is unavailable here; 4 an internal error (a bug: please report it).
+Exit codes (as docs/reference/cli.md lists them): 0 ok; 1 parity failed; 2 bad config, usage, artifact or
+unexportable model; 3 a requested backend is unavailable here; 4 an internal error (a bug: please report it).
 """
 
 from __future__ import annotations

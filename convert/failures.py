@@ -1,4 +1,4 @@
-"""Errors of the convert stage, each with its CLI exit code (as the README lists them)."""
+"""Errors of the convert stage, each with its CLI exit code (as docs/reference/cli.md lists them)."""
 
 from __future__ import annotations
 

@@ -6,14 +6,13 @@ the file when it starts and every CHECK_EVERY_S after, and swaps its table in on
 contents changed. The path is watched as given, symlinks unresolved: a Kubernetes Secret volume swaps a
 `..data` symlink and deletes the old target.
 
-Every doubt fails closed. A replica never serves the tokens the app was built with: the file must be on
-every node that runs a replica (README: how to mount it). A file that is not there, at a replica's start or
-after it existed, and a file emptied of tokens, mean no valid token: every request is refused (401) until a
-file with tokens is back, and that is logged at ERROR. A file that is there but cannot be read or has a bad
-line stops a replica from starting (its error surfaces in `trtserve serve`); later, while the replica runs,
-it leaves the last good table, read from the file, in force (a half-written edit must not lock every client
-out), logged at ERROR once per distinct problem.
-"""
+Every doubt fails closed. A replica never serves the tokens the app was built with: the file must be on every
+node that runs a replica (docs/guide/security.md: how to mount it). A file that is not there, at a replica's
+start or after it existed, and a file emptied of tokens, mean no valid token: every request is refused (401)
+until a file with tokens is back, and that is logged at ERROR. A file that is there but cannot be read or has
+a bad line stops a replica from starting (its error surfaces in `trtserve serve`); later, while the replica
+runs, it leaves the last good table, read from the file, in force (a half-written edit must not lock every
+client out), logged at ERROR once per distinct problem."""
 
 from __future__ import annotations
 

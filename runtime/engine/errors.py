@@ -1,6 +1,6 @@
 """Errors shared by the runtime and the convert stage.
 
-Each carries the process exit code a CLI should end with (the README's exit codes), so a command can
+Each carries the process exit code a CLI should end with (docs/reference/cli.md lists them), so a command can
 turn any of them into one clear line without a traceback. Their messages are scrubbed of credentials
 (runtime.engine.credentials) when made: whatever text they wrap (a URI, a storage library's own message)
 reaches a user, a log or an HTTP answer without the secrets a repository URI may carry.

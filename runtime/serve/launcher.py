@@ -8,9 +8,9 @@ spawns. Those processes are tracked by process id (with their start times, so a 
 mistaken for one of them) while the server runs, and `stop` ends them and nothing else: not another
 Ray cluster, not another HAProxy, even when one of ours outlived its parent.
 
-The ingress is Ray's HAProxy unless TRTSERVE_INGRESS=proxy picks Ray's Python proxy
-(`serve_env` lists the environment each gets; benchmarks/RESULTS.md has the measurements behind the
-default). HAProxy's stats page listens on loopback only (`stats_on_loopback`).
+The ingress is Ray's HAProxy unless TRTSERVE_INGRESS=proxy picks Ray's Python proxy (`serve_env` lists
+the environment each gets; docs/design/ingress-and-retries.md says why, with its measurements). HAProxy's
+stats page listens on loopback only (`stats_on_loopback`).
 
 `wait_ready` (and `start`) return once the server answers ready, and raise `DeployFailed` with the one
 line that says why as soon as Ray Serve gives up on an application (a replica whose constructor raises,
@@ -55,21 +55,8 @@ STATUS_MAX_BYTES = 16 << 20  # Serve's status of every application, with a trace
 REASON_MAX_CHARS = 500  # a failure's one line, as the user reads it
 
 
-# A request whose replica died under it is sent again, to another replica (`option redispatch 1` is Ray's):
-# HAProxy's default retries only connection failures, so a replica killed mid-request turned its requests
-# into 500s. empty-response / junk-response: the replica closed the connection before a complete response
-# came back, so nothing was answered and inference (idempotent) can run again. Not retried: a response
-# that came back (a 503 of backpressure, a 504 of a deadline) and timeouts.
-# 16 tries: HAProxy keeps idle connections to each replica (`http-reuse always`), and when a replica dies
-# a retry may take one of its dead idle connections before HAProxy has noticed they are closed; each such
-# try fails at once. With a lone replica, measured here (HAProxy logs), requests in flight at the kill
-# needed up to 9 retries before health checks marked the replica down and the next try went to Ray's
-# fallback proxy, which holds requests until the replacement is up; with 3 retries some ran out and were
-# 500s or closed connections. The price: a request that itself kills replicas can take down several
-# before it fails (each dead replica is marked down after 3 failed tries, so the retries spread).
-# HAProxy can replay only a request it still holds in one buffer: 256 KiB (Ray's default is 16 KiB, less
-# than a JSON cnn request) holds every demo request; larger bodies are not retried. Memory: about 2
-# buffers per connection in flight.
+# A request whose replica closed its connection without answering is sent again, to another replica, up to 16
+# times, from 256 KiB buffers. Why these values, and what they cost: docs/design/ingress-and-retries.md.
 HAPROXY_RETRIES = {
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
     "RAY_SERVE_HAPROXY_RETRIES": "16",
@@ -80,14 +67,9 @@ HAPROXY_RETRIES = {
 def serve_env(ingress: str) -> dict[str, str]:
     """The environment `serve run` gets.
 
-    haproxy: Ray's high-throughput mode, RAY_SERVE_ENABLE_HA_PROXY=1 with RAY_SERVE_THROUGHPUT_OPTIMIZED=1
-    (user code on the replica's own event loop, replica logs to files only, not copied to the driver's
-    console). That mode also buffers request logs 1000 lines at a time; we keep them unbuffered so a
-    request's log line is in the file when the response is sent. Replicas push autoscaling metrics every
-    second instead of every 10 s. A stopping replica stays reachable for 2 s, not 30: Ray's default gives
-    an external load balancer time to deregister it, and here the only one is the HAProxy in front of it,
-    which hears of it from Serve at once and retries refused connections (Ctrl-C took 35 s with it).
-    proxy: Ray's defaults (the Python proxy)."""
+    haproxy: Ray's high-throughput mode with unbuffered request logs, autoscaling metrics every second, a
+    2 s drain and HAProxy's retries; proxy: Ray's defaults (the Python proxy). Why each:
+    docs/design/ingress-and-retries.md."""
     if ingress not in INGRESSES:
         raise ValueError(f"unknown ingress {ingress!r}; expected one of {', '.join(INGRESSES)}")
     if ingress == "proxy":

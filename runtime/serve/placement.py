@@ -12,7 +12,7 @@ candidate, both loaded and warm).
 A measurement is kept (`$TRTSERVE_CACHE/replica-need/`, keyed by the models' manifests, their specs and
 the software that loads them), so deploying the same models again (a config change, a redeploy) does not
 load them once more: an application's build is that much shorter, and during a rebuild Ray's HAProxy has
-no servers for the application (see the README's "Reliability and security").
+no servers for the application (docs/design/ingress-and-retries.md).
 
     python -m runtime.serve.placement REPOSITORY '[{"name": "cnn", "max_batch_size": 64}]'   # prints the JSON
 """
@@ -225,7 +225,7 @@ def measure_replica(repository: str | Path, models: list[ModelSpec], timeout_s: 
 
 
 def _measure_here(repository: str | Path, models: list[ModelSpec]) -> ReplicaNeed:
-    # A replica has Ray Serve imported: count it (where Ray is installed; `benchmarks pack` may run without).
+    # A replica has Ray Serve imported: count it (where Ray is installed; `trtserve capacity pack` may run without).
     with contextlib.suppress(ImportError):
         import ray.serve  # noqa: F401
 
