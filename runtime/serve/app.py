@@ -36,7 +36,13 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
         # check_health is cheap (no engine call): ask often, so a broken replica leaves the ingress sooner.
         "health_check_period_s": 2,
         "health_check_timeout_s": 10,
-        "logging_config": {"encoding": "JSON", "log_level": args.log_level},
+        # Ray Serve's own access line (one more JSON record per request) only where every request is to be
+        # logged: otherwise ours, sampled, is the access log (runtime.serve.access_log).
+        "logging_config": {
+            "encoding": "JSON",
+            "log_level": args.log_level,
+            "enable_access_log": args.logging.requests == "all",
+        },
     }
     if args.max_replicas_per_node is not None:
         options["max_replicas_per_node"] = args.max_replicas_per_node
@@ -85,5 +91,12 @@ def build_app_with(args: dict[str, Any], deployment) -> serve.Application:
     # pick ids that are captured, or that a rollout's candidate answers.
     app_secret = secrets.token_bytes(32)
     return server.bind(
-        repository, versions, args.models, args.max_body_mb, rollouts, tokens_file, app_secret=app_secret
+        repository,
+        versions,
+        args.models,
+        args.max_body_mb,
+        rollouts,
+        tokens_file,
+        app_secret=app_secret,
+        request_logging=args.logging,
     )

@@ -183,6 +183,17 @@ class Auth(Schema):
         return TokenTable.read(self.tokens_path)
 
 
+class RequestLogging(Schema):
+    """Which answered inference requests get an access line (runtime.serve.access_log); every one is counted
+    in the metrics whatever this says."""
+
+    # all: every request; sampled: errors (status >= 400), slow ones and sample_percent of the rest;
+    # errors: errors and slow ones only
+    requests: Literal["all", "sampled", "errors"] = "sampled"
+    sample_percent: Annotated[float, Field(ge=0, le=100)] = 1.0
+    slow_ms: Positive = 1000.0  # a request that took longer is logged whatever `requests` says
+
+
 class AppArgs(Schema):
     repository: str  # a model repository: a path (relative ones resolve where the app is built), s3://, gs://
     models: Annotated[
@@ -199,6 +210,7 @@ class AppArgs(Schema):
     max_ongoing_requests: PositiveInt = 512
     max_queued_requests: int = 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    logging: RequestLogging = Field(default_factory=RequestLogging)
     capture: Capture = Field(default_factory=Capture)  # every model's, unless its entry overrides keys
     auth: Auth | None = None  # off: no authentication (put the server behind something that authenticates)
 

@@ -20,7 +20,8 @@ from runtime.engine.credentials import log_through
 from runtime.engine.memory import gpu_free_total, host_available_bytes, host_rss_bytes
 from runtime.engine.repository import version_dir
 from runtime.serve import autoscaling
-from runtime.serve.app_args import ModelSpec
+from runtime.serve.access_log import AccessLog
+from runtime.serve.app_args import ModelSpec, RequestLogging
 from runtime.serve.body import FEEDBACK_LIMIT, Body, BodyBudget, BodyIncomplete
 from runtime.serve.capture_sink import CaptureSink
 from runtime.serve.drift_observer import DriftObserver
@@ -28,6 +29,7 @@ from runtime.serve.handler import HttpHandler
 from runtime.serve.heap import freeze_startup_heap
 from runtime.serve.model import ServedModel
 from runtime.serve.model_registry import ModelRegistry
+from runtime.serve.replica_log import writing_directly
 from runtime.serve.telemetry import RayTelemetry
 from runtime.serve.traffic import Traffic
 from runtime.serve.versions import VersionManager
@@ -51,6 +53,7 @@ class ModelServer:
         # The application's secret: which requests are captured, and which a rollout's candidate answers,
         # decided by keyed hashes of their ids, so that no client can choose.
         app_secret: bytes,
+        request_logging: RequestLogging | None = None,  # which requests get a log line; default: sampled
     ) -> None:
         _log_like_ray_serve()
         captures = {
@@ -77,6 +80,7 @@ class ModelServer:
             monitor=self._monitor,
             # Until the watcher's first look (below, before any request) every token is refused.
             auth=TokenTable(()) if tokens_file else None,
+            access_log=AccessLog(request_logging),
         )
         self._bodies = BodyBudget(BODIES_IN_FLIGHT * max(self.handler.max_body_bytes, FEEDBACK_LIMIT))
         self._tokens_watch = TokensFileWatcher(tokens_file, self._use_tokens).start() if tokens_file else None
@@ -211,5 +215,7 @@ def _ray_request_id() -> str | None:
 def _log_like_ray_serve() -> None:
     """Send the trtserve loggers through the replica's Serve handlers (JSON, per LoggingConfig), each
     scrubbing credentials from what it writes (Serve's own records included: a repository URI may hold
-    them)."""
-    log_through(logging.getLogger("trtserve"), logging.getLogger("ray.serve"))
+    them); into its log file without Ray's per-record costs (runtime.serve.replica_log)."""
+    ours = logging.getLogger("trtserve")
+    log_through(ours, logging.getLogger("ray.serve"))
+    ours.handlers = writing_directly(ours.handlers)

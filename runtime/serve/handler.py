@@ -19,6 +19,7 @@ import orjson
 from runtime.auth.tokens import ADMIN, FEEDBACK, INFER, TokenTable
 from runtime.engine.credentials import scrub
 from runtime.serve import triton
+from runtime.serve.access_log import AccessLog
 from runtime.serve.body import FEEDBACK_LIMIT, SMALL_LIMIT, Body, BufferedBody
 from runtime.serve.capture_sink import CaptureSink
 from runtime.serve.drift_observer import DriftObserver
@@ -180,6 +181,7 @@ class HttpHandler:
         monitor: DriftObserver | None = None,
         captures: dict[str, CaptureSink] | None = None,  # model -> its payload capture and feedback, with a list
         auth: TokenTable | None = None,  # bearer tokens and their scopes; None: no authentication
+        access_log: AccessLog | None = None,  # which requests get a log line; default: sampled
     ) -> None:
         if not isinstance(models, ModelRegistry):
             models = ModelRegistry(models, captures)
@@ -193,6 +195,7 @@ class HttpHandler:
         self.monitor = monitor
         self.captures = models.captures
         self.auth = auth
+        self.access_log = access_log or AccessLog()
         self.version = _package_version()
         self._decoding = ThreadPoolExecutor(DECODING_THREADS, thread_name_prefix="trtserve-decode")
 
@@ -455,7 +458,8 @@ class HttpHandler:
         return HttpResponse(200, payload, extra)
 
     def _account(self, work: _Inference, status: int, request_id: str, pinned: bool) -> None:
-        """Counts, capture, metrics and the request's log line, once it is answered."""
+        """Counts, capture, metrics and, where the access log wants one, the request's log line, once it is
+        answered."""
         model = work.model
         seconds = time.perf_counter() - work.started
         if work.feed is not None:  # only requests that passed the model's checks are remembered or captured
@@ -463,6 +467,8 @@ class HttpHandler:
         model.counts.record(status == 200, seconds, work.rows)
         self.traffic.answered(model, status, seconds, pinned=pinned)
         self.telemetry.request(model, status, seconds, work.queue_s, work.compute_s)
+        if not (self.access_log.wants(status, seconds) and log.isEnabledFor(logging.INFO)):
+            return
         log.info(
             "%s v%s %d in %.2f ms",
             model.name,

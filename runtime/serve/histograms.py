@@ -1,4 +1,5 @@
-"""Prometheus histograms kept in the replica and exported as cumulative gauges.
+"""Prometheus histograms kept in the replica and exported as cumulative gauges; counters kept in the
+replica and published as their growth; the thread that publishes both once a second.
 
 Ray's `Histogram` is exact but costs per observation where it hurts: every 10 s each worker reports
 its histograms to the node's metrics agent, which replays every observation one by one
@@ -8,6 +9,8 @@ Here an observation is a bucket increment in this process; a background thread p
 cumulative counts once a second as gauges named like Prometheus' own histogram series
 (`<name>_bucket{le=...}`, `<name>_sum`, `<name>_count`), so `histogram_quantile` and `rate` work on
 them unchanged, and the agent handles a few dozen values per report whatever the request rate.
+Counters likewise: a request adds 1 to a dict entry here (Ray's `Counter.inc` costs microseconds per call
+in the replica's event loop), and what each count grew by is published at the same pace.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ log = logging.getLogger("trtserve.server")
 
 class GaugeLike(Protocol):
     def set(self, value: float, tags: dict[str, str]) -> None: ...
+
+
+class CounterLike(Protocol):
+    def inc(self, value: float, tags: dict[str, str]) -> None: ...
 
 
 GaugeFactory = Callable[[str, str, tuple[str, ...]], GaugeLike]  # (name, description, tag keys)
@@ -102,6 +109,24 @@ class CumulativeHistogram:
                 self._bucket.set(count, {**tags, "le": label})
             self._sum.set(total, tags)
             self._count.set(cumulative[-1], tags)
+
+
+class CounterGrowth:
+    """Publishes cumulative counts kept elsewhere (a dict, an object's stats) to a Ray Counter: each time,
+    what each count grew by since the last time. Keys are tuples of tag values, in `tag_keys`' order."""
+
+    def __init__(self, counter: CounterLike, tag_keys: Sequence[str]) -> None:
+        self._counter = counter
+        self._tag_keys = tuple(tag_keys)
+        self._published: dict[tuple, int] = {}
+
+    def publish(self, counts: Mapping[tuple, int]) -> None:
+        """`counts`: a snapshot (a copy of a dict another thread writes, never the dict itself)."""
+        for key, now in counts.items():
+            before = self._published.get(key, 0)
+            if now > before:
+                self._counter.inc(now - before, dict(zip(self._tag_keys, map(str, key), strict=True)))
+                self._published[key] = now
 
 
 def _cumulative(counts: list[int]) -> list[int]:

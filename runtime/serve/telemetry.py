@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from runtime.serve.histograms import CumulativeHistogram, Publisher
+from runtime.serve.histograms import CounterGrowth, CumulativeHistogram, Publisher
 
 if TYPE_CHECKING:
     from runtime.engine.memory import Footprint
@@ -67,8 +67,9 @@ class Telemetry:
 
 
 class RayTelemetry(Telemetry):
-    """Histograms are aggregated in the replica and published once a second (runtime.serve.histograms), when
-    the gauges of the versions `serving` serves now, and its capture sinks' counts, are set again."""
+    """Histograms and counters are aggregated in the replica and published once a second
+    (runtime.serve.histograms), when the gauges of the versions `serving` serves now, and its capture sinks'
+    counts, are set again: no hook called per request calls Ray."""
 
     def __init__(self, serving: ServedNow, publish_interval_s: float = 1.0) -> None:
         from ray.serve.metrics import Counter, Gauge
@@ -131,10 +132,17 @@ class RayTelemetry(Telemetry):
             tag_keys=("reason",),
         )
         self._serving = serving
-        self._judged: dict[tuple[str, str, str], int] = {}
+        # Written by the event loop alone, read by the publisher's thread through copies (a dict's copy is
+        # one step under the GIL): no lock on the request path.
+        self._answered: dict[tuple[str, str, int], int] = {}  # (model, version, status) -> requests
         self._inflight: dict[tuple[str, str], int] = {}
+        self._inflight_set: dict[tuple[str, str], int] = {}  # what the gauge was last set to
+        self._refused: dict[tuple[str], int] = {}  # (reason,) -> requests
         self._drift: dict[tuple[str, str], WindowResult] = {}  # (model, version) -> its last window
-        self._captured: dict[tuple[str, str, str], int] = {}
+        self._requests_growth = CounterGrowth(self.requests, (*tags, "status"))
+        self._refused_growth = CounterGrowth(self.auth_failures, ("reason",))
+        self._capture_growth = CounterGrowth(self.capture, ("model", "stream", "outcome"))
+        self._judged_growth = CounterGrowth(self.feedback_labels, (*tags, "outcome"))
         self._histograms = [self.latency, self.queue, self.compute, self.batch, self.confidence, self.entropy]
         self.publisher = Publisher(
             self._histograms,
@@ -147,8 +155,9 @@ class RayTelemetry(Telemetry):
         return {"model": model.name, "version": model.version}
 
     def request(self, model, status, seconds, queue_s, compute_s) -> None:
+        key = (model.name, model.version, status)
+        self._answered[key] = self._answered.get(key, 0) + 1
         tags = self._tags(model)
-        self.requests.inc(1, {**tags, "status": str(status)})
         self.latency.observe(seconds, tags)
         if status == 200:
             self.queue.observe(queue_s, tags)
@@ -156,7 +165,6 @@ class RayTelemetry(Telemetry):
     def in_flight(self, model, delta) -> None:
         key = (model.name, model.version)
         self._inflight[key] = self._inflight.get(key, 0) + delta
-        self.inflight.set(self._inflight[key], self._tags(model))
 
     def batch_done(self, model, rows, seconds, requests) -> None:
         tags = self._tags(model)
@@ -178,7 +186,8 @@ class RayTelemetry(Telemetry):
         self._set_drift_gauges(tags, result)
 
     def auth_failed(self, reason) -> None:
-        self.auth_failures.inc(1, {"reason": reason})
+        key = (reason,)
+        self._refused[key] = self._refused.get(key, 0) + 1
 
     def close(self) -> None:
         self.publisher.stop()
@@ -196,25 +205,24 @@ class RayTelemetry(Telemetry):
                 self._set_drift_gauges({"model": model, "version": version}, result)
             else:
                 self._drift.pop((model, version), None)
+        self._requests_growth.publish(self._answered.copy())
+        self._refused_growth.publish(self._refused.copy())
+        for key, requests in self._inflight.copy().items():
+            # A retired version's is set once more when it changed (to 0 as its last request leaves), then
+            # left alone.
+            if key in versions or requests != self._inflight_set.get(key):
+                self.inflight.set(requests, dict(zip(("model", "version"), key, strict=True)))
+                self._inflight_set[key] = requests
+        captured, judged = {}, {}
         for model, sink in self._serving.captures.items():
             for stream, writer in (("capture", sink.records), ("feedback", sink.feedback)):
-                if writer is None:
-                    continue
-                for outcome in ("written", "dropped", "failed"):
-                    key = (model, stream, outcome)
-                    now = getattr(writer.stats, outcome)
-                    if now > self._captured.get(key, 0):
-                        self.capture.inc(
-                            now - self._captured.get(key, 0),
-                            dict(zip(("model", "stream", "outcome"), key, strict=True)),
-                        )
-                        self._captured[key] = now
+                if writer is not None:
+                    for outcome in ("written", "dropped", "failed"):
+                        captured[(model, stream, outcome)] = getattr(writer.stats, outcome)
             for (version, outcome), now in list(sink.judged.items()):
-                key = (model, version, outcome)
-                if now > self._judged.get(key, 0):
-                    tags = {"model": model, "version": version, "outcome": outcome}
-                    self.feedback_labels.inc(now - self._judged.get(key, 0), tags)
-                    self._judged[key] = now
+                judged[(model, version, outcome)] = now
+        self._capture_growth.publish(captured)
+        self._judged_growth.publish(judged)
 
     def _set_drift_gauges(self, tags: dict[str, str], result: WindowResult) -> None:
         self.drift_rows.set(result.rows, tags)

@@ -299,20 +299,31 @@ def test_metrics_are_exported_by_model_and_version(client, server):
 
 
 def test_json_logs_carry_request_id_model_and_latency_split(server):
+    """By default (logging.requests: sampled) every error gets a line, and one in a hundred of the rest: of
+    100 answered in a row by the one cnn replica, one (or a few more, if some were slower than 1 s)."""
     import time
 
-    status, _, _ = raw(server, "POST", "/v2/models/cnn/infer", _json_infer([IMAGE]), {"X-Request-ID": "log-check-1"})
-    assert status == 200
+    for i in range(100):
+        status, _, _ = raw(server, "POST", "/v2/models/cnn/infer", _json_infer([IMAGE]), {"X-Request-ID": f"log-{i}"})
+        assert status == 200
+    bad = _json_infer([{**IMAGE, "name": "picture"}])
+    assert raw(server, "POST", "/v2/models/cnn/infer", bad, {"X-Request-ID": "log-bad"})[0] == 400
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for path in (server.session_dir / "logs" / "serve").glob("replica_*.log"):
-            for line in path.read_text(errors="replace").splitlines():
-                if "log-check-1" in line and '"model"' in line:
-                    record = json.loads(line)
-                    assert record["request_id"] == "log-check-1"
-                    assert (record["model"], record["model_version"], record["backend"]) == ("cnn", "1", "onnxruntime")
-                    assert record["status"] == 200 and record["rows"] == 1 and record["batch_rows"] >= 1
-                    assert {"latency_ms", "queue_ms", "compute_ms"} <= set(record)
-                    return
+        records = [
+            json.loads(line)
+            for path in (server.session_dir / "logs" / "serve").glob("replica_*.log")
+            for line in path.read_text(errors="replace").splitlines()
+            if '"log-' in line and '"model_version"' in line
+        ]
+        answered = [r for r in records if r["request_id"].startswith("log-") and r["status"] == 200]
+        refused = [r for r in records if r["request_id"] == "log-bad"]
+        if answered and refused:
+            assert 1 <= len(answered) < 10 and refused[0]["status"] == 400, [r["request_id"] for r in answered]
+            for record in (answered[0], refused[0]):
+                assert (record["model"], record["model_version"], record["backend"]) == ("cnn", "1", "onnxruntime")
+                assert {"latency_ms", "queue_ms", "compute_ms", "rows", "batch_rows"} <= set(record)
+            assert answered[0]["rows"] == 1 and answered[0]["batch_rows"] >= 1
+            return
         time.sleep(1)
-    raise AssertionError("no JSON log line with the request id")
+    raise AssertionError("no JSON log line of an answered request and of the refused one")

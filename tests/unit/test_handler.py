@@ -12,6 +12,8 @@ import pytest
 from runtime.auth.tokens import TokenTable, digest
 from runtime.rollout.commands import CommandReply
 from runtime.serve import handler as handler_module
+from runtime.serve.access_log import AccessLog
+from runtime.serve.app_args import RequestLogging
 from runtime.serve.body import FEEDBACK_LIMIT, SMALL_LIMIT, Body, BodyBudget
 from runtime.serve.handler import HttpHandler
 from runtime.serve.model import ServedModel
@@ -324,6 +326,31 @@ def test_ids_longer_than_256_bytes_are_refused(handler):
     assert call(handler, "POST", "/v2/models/seq/infer", infer_body([[1.0]], id="i" * 256)).status == 200
     response = call(handler, "POST", "/v2/models/seq/infer", infer_body([[1.0]]), {"x-request-id": "r" * 257})
     assert response.status == 400 and len(response.headers["x-request-id"]) == 32  # not echoed back
+
+
+def test_access_lines_follow_the_logging_args_and_name_the_request_and_version(tmp_path, caplog):
+    """Sampled (the default) and errors: the 400 alone of four requests here; all: each. Every line written
+    names its request, model and version."""
+    model = ServedModel(sequence_model(tmp_path / "seq" / "1"))
+    model.warmup()
+    good, bad = infer_body([[1.0]]), infer_body([[1.0]], name="y")  # 200, 400
+    written = {}
+    for requests in ("sampled", "errors", "all"):
+        handler = HttpHandler([model], access_log=AccessLog(RequestLogging(requests=requests)))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="trtserve.server"):
+            for request_id, body in (("ok-0", good), ("ok-1", good), ("ok-2", good), ("bad", bad)):
+                call(handler, "POST", "/v2/models/seq/infer", body, {"x-request-id": request_id})
+        lines = [r for r in caplog.records if hasattr(r, "latency_ms")]
+        assert all((r.model, r.model_version) == ("seq", "1") for r in lines)
+        written[requests] = [(r.request_id, r.status) for r in lines]
+        handler.close()
+    model.close()
+    assert written == {
+        "sampled": [("bad", 400)],
+        "errors": [("bad", 400)],
+        "all": [("ok-0", 200), ("ok-1", 200), ("ok-2", 200), ("bad", 400)],
+    }
 
 
 def test_a_500_names_the_request_id_and_nothing_of_its_cause(handler, caplog):
