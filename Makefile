@@ -45,11 +45,11 @@ lint: install
 
 # Everything but the `slow` end-to-end scenarios (a few minutes).
 test: lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" --durations=15
 
 # The `slow` end-to-end scenarios: benchmark subcommands run end to end, the autoscaling ramp.
 test-slow: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow --durations=15
 
 bench: models
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks convert configs/models/minilm.yaml configs/models/cnn.yaml --results benchmarks/results
@@ -58,6 +58,7 @@ bench: models
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks validate --model cnn --slo-p99-ms 50 --repository $(REPOSITORY) --results benchmarks/results/cnn
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks validate --model minilm --slo-p99-ms 100 --repository $(REPOSITORY) --results benchmarks/results/minilm
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks compare --repository $(REPOSITORY) --results benchmarks/results
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks overhead --repository $(REPOSITORY) --results benchmarks/results
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks autoscale --repository $(REPOSITORY) --results benchmarks/results
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks rollout --repository $(REPOSITORY) --results benchmarks/results
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks monitor --repository $(REPOSITORY) --results benchmarks/results

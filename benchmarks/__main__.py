@@ -23,6 +23,7 @@ COMMANDS = {
     "plan": SUBCOMMANDS["plan"],
     "validate": SUBCOMMANDS["validate"],
     "compare": "compare",
+    "overhead": "overhead",
     "autoscale": "autoscale",
     "rollout": "rollout",
     "monitor": "monitor",

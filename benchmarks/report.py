@@ -16,6 +16,7 @@ from benchmarks import (
     generator_check,
     gpu_results,
     monitor,
+    overhead,
     reliability,
     rollout,
     serving,
@@ -41,6 +42,7 @@ BEFORE_CAPACITY = (
 )
 AFTER_CAPACITY = (
     ("compare.json", compare.render),
+    ("overhead.json", overhead.render),
     ("autoscale.json", autoscale.render),
     ("rollout.json", rollout.render),
     ("monitor.json", monitor.render),

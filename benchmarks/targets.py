@@ -21,6 +21,13 @@ MINILM_VS_RAW_ENGINE = 0.85  # at least this fraction of the raw engine's senten
 MINILM_VS_PAD128 = 2.0  # at least this many times the sentences/s of padding every request to 128 tokens
 BINARY_VS_JSON = 5.0  # binary tensors at least this many times the requests/s of JSON (3x224x224 FP32)
 
+# What a request costs the replica (`overhead`, issue 32): its CPU per request (all threads, open loop at a
+# steady rate) at most this many times the raw engine's CPU per call (ONNX Runtime in process, batch 1, one
+# intra-op thread, measured in the same run).
+OVERHEAD_CNN_JSON = 4.0  # cnn, one 1x3x32x32 FP32 image per request as JSON, 250 req/s
+OVERHEAD_CNN_BINARY = 2.7  # the same as binary tensors
+OVERHEAD_MINILM_TEXT = 1.3  # MiniLM, one sentence per request as text, 60 req/s (the raw engine's tokenizer included)
+
 # Capacity planning (`validate`): predicted within this relative error of measured.
 CAPACITY = ACCURACY
 
