@@ -2,7 +2,7 @@
 
 trtserve serve CONFIG    serve a Ray Serve config on this machine in the foreground; Ctrl-C or
                          SIGTERM stops everything it started, and nothing else
-trtserve demo CONFIG     serve the demo models, query them with tritonclient, print, stop
+trtserve demo CONFIG     serve the demo models, query them over plain HTTP, print, stop
 trtserve rollout ACTION MODEL ...
                          start, status, pause, resume, promote, rollback or history of a model's
                          rollout in a running application (--url, default http://127.0.0.1:8000)
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text in (
         ("serve", "serve a Ray Serve config on this machine until Ctrl-C"),
-        ("demo", "serve the demo models, query them with tritonclient, stop"),
+        ("demo", "serve the demo models, query them (JSON and binary tensors), stop"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config", type=Path, help="a Ray Serve config, e.g. configs/serve/demo.yaml")
