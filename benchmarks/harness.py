@@ -64,6 +64,12 @@ def closed_load(requests: bytes | list[bytes], concurrency: int, duration_s: flo
     return result.summary()
 
 
+def arm_order(pair: int, arms: tuple[str, ...]) -> tuple[str, ...]:
+    """Which arm of an on/off or current/baseline comparison runs first alternates from pair to pair, so the
+    machine's drift cancels in the pairs' ratios."""
+    return arms if pair % 2 == 0 else tuple(reversed(arms))
+
+
 def ensure_model(repository: Path, config: Path) -> tuple[Path, Manifest]:
     """The latest version of the model `config` describes, built first unless it is up to date."""
     subprocess.run(

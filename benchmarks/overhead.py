@@ -6,9 +6,10 @@ seeded by pair) at a fixed rate, one workload at a time:
 - `cnn-binary`: the same image as binary tensor data, the output asked for as binary, 250 req/s;
 - `minilm-text`: one sentence per request (BYTES JSON, the 300 reference sentences in turn), 60 req/s.
 Each window runs after a warm-up at its rate that it does not count. Per window: the replica process's CPU
-(utime + stime of all its threads, /proc/<pid>/stat) per request answered; the engine's share and the rest of
-an engine call (Triton's compute_infer / compute_input / compute_output from /v2/models/M/stats, wall time in
-the replica, per request); rows per engine call; the achieved rate; p50/p99 from each request's scheduled time.
+(user + system time of all its threads, from /proc through psutil) per request answered; the engine's share
+and the rest of an engine call (Triton's compute_infer / compute_input / compute_output from
+/v2/models/M/stats, wall time in the replica, per request); rows per engine call; the achieved rate; p50/p99
+from each request's scheduled time.
 
 The yardstick is the raw engine in this process, before any server starts: ONNX Runtime, batch 1, one intra-op
 thread, its CPU per call (time.process_time); for minilm the served model's tokenizer on one sentence included.
@@ -36,9 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from benchmarks import targets
-from benchmarks.harness import ROOT, binary_request, ensure_model, json_request
+from benchmarks.harness import ROOT, arm_order, binary_request, ensure_model, json_request
 from benchmarks.rendering import machine_line, table_row
 from runtime.capacity.load_generator import open_loop
 from runtime.capacity.local_server import HOST, PORT, serve_config
@@ -70,16 +72,10 @@ WORKLOADS = (
 )
 
 
-def stat_cpu_s(stat: str, ticks_per_s: int) -> float:
-    """The CPU seconds so far (utime + stime) in a /proc/<pid>/stat line: the kernel sums all the process's
-    threads there. Fields are counted after the command name's last ')', since the name may hold spaces and
-    parentheses; utime and stime are fields 14 and 15 (proc(5)), the state (field 3) the first after it."""
-    fields = stat[stat.rindex(")") + 1 :].split()
-    return (int(fields[11]) + int(fields[12])) / ticks_per_s
-
-
-def process_cpu_s(pid: int) -> float:
-    return stat_cpu_s(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+def process_cpu_s(process: psutil.Process) -> float:
+    """The process's CPU seconds so far, all its threads (the kernel's utime + stime)."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def window_figures(summary: dict, cpu_s: float, before: dict, after: dict) -> dict:
@@ -123,11 +119,6 @@ def paired_ratios(windows: list[dict], key: str = "cpu_ms_per_request") -> list[
         if w[key] is not None:
             by_pair.setdefault(w["pair"], {})[w["arm"]] = w[key]
     return [round(p["current"] / p["baseline"], 4) for _, p in sorted(by_pair.items()) if len(p) == 2]
-
-
-def arm_order(pair: int, arms: tuple[str, ...]) -> tuple[str, ...]:
-    """Which arm runs first alternates from pair to pair, so the machine's drift cancels in the ratios."""
-    return arms if pair % 2 == 0 else tuple(reversed(arms))
 
 
 def engine_cpu_ms_per_call(version_dir: Path, texts: list[str] | None, seconds: float = YARDSTICK_S) -> float:
@@ -190,15 +181,15 @@ def served_from(tree: Path, config: Path, log: Path) -> Iterator[LocalServe]:
 
 
 def measure_window(
-    local: LocalServe, pid: int, workload: Workload, requests: list[bytes], window_s: float, seed: int
+    local: LocalServe, replica: psutil.Process, workload: Workload, requests: list[bytes], window_s: float, seed: int
 ) -> dict:
     """Warm up at the workload's rate, then one window: its figures (`window_figures`)."""
     port = local.port
     asyncio.run(open_loop(HOST, port, requests, workload.rate, WARMUP_S, seed=seed))
     before = model_stats(local.url, workload.model)
-    cpu_before = process_cpu_s(pid)
+    cpu_before = process_cpu_s(replica)
     result = asyncio.run(open_loop(HOST, port, requests, workload.rate, window_s, seed=seed))
-    cpu_s = process_cpu_s(pid) - cpu_before
+    cpu_s = process_cpu_s(replica) - cpu_before
     return window_figures(result.summary(), cpu_s, before, model_stats(local.url, workload.model))
 
 
@@ -210,11 +201,11 @@ def measure_server(
         replicas = local.replicas(APP)
         if len(replicas) != 1:
             raise RuntimeError(f"expected one replica of {APP}, found {len(replicas)} ({log})")
-        pid = replicas[0].pid
-        windows = {w.name: measure_window(local, pid, w, requests[w.name], window_s, seed) for w in WORKLOADS}
-        idle_before = process_cpu_s(pid)
+        (replica,) = replicas
+        windows = {w.name: measure_window(local, replica, w, requests[w.name], window_s, seed) for w in WORKLOADS}
+        idle_before = process_cpu_s(replica)
         time.sleep(IDLE_S)
-        return windows, round(1e3 * (process_cpu_s(pid) - idle_before) / IDLE_S, 2)
+        return windows, round(1e3 * (process_cpu_s(replica) - idle_before) / IDLE_S, 2)
 
 
 def working_tree() -> dict:

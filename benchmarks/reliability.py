@@ -47,7 +47,7 @@ import yaml
 from benchmarks import targets
 from benchmarks.abuse import MemoryWatch, Streamed, oversized_json_request, post, stream_body, waits_while
 from benchmarks.auth_toggle_app import HARDENING_SWITCH, SWITCH
-from benchmarks.harness import ROOT, ensure_model, json_request
+from benchmarks.harness import ROOT, arm_order, ensure_model, json_request
 from benchmarks.rendering import machine_line, table_row
 from runtime.auth.tokens import digest
 from runtime.capacity.load_generator import closed_loop, open_loop
@@ -217,7 +217,7 @@ def alternating_windows(server: LocalServe, request: bytes, route: str, window_s
     (replica,) = server.replicas(SECURED)
     windows = []
     for pair in range(pairs):
-        for arm in ("off", "on") if pair % 2 == 0 else ("on", "off"):
+        for arm in arm_order(pair, ("off", "on")):
             switch(route, arm)
             cpu_before = thread_cpu_s(replica)
             result = asyncio.run(closed_loop(HOST, PORT, request, CONCURRENCY, window_s, warmup_s=1.0))

@@ -1,30 +1,21 @@
-"""`python -m benchmarks overhead`'s arithmetic: CPU read from a /proc stat line, a window's figures from the
-model's statistics, the pairs' ratios, and the section it renders (with and without a baseline)."""
+"""`python -m benchmarks overhead`'s arithmetic: a window's figures from the model's statistics, the pairs'
+ratios, and the section it renders (with and without a baseline)."""
 
 from __future__ import annotations
 
 import pytest
 
+from benchmarks.harness import arm_order
 from benchmarks.overhead import (
     WORKLOADS,
-    arm_order,
     arm_summary,
     on_port,
     paired_ratios,
     render,
-    stat_cpu_s,
     summarize,
     window_figures,
 )
 from runtime.capacity.load_generator import build_request
-
-# proc(5): pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime ...
-STAT = "4242 (ray::Serve) Replica) S 1 4242 4242 0 -1 4194560 9000 0 12 0 {utime} {stime} 0 0 20 0 37 0 5000"
-
-
-def test_cpu_is_utime_plus_stime_in_ticks_also_when_the_name_holds_spaces_and_parentheses():
-    assert stat_cpu_s(STAT.format(utime=250, stime=50), 100) == pytest.approx(3.0)
-    assert stat_cpu_s(STAT.format(utime=7, stime=0), 1000) == pytest.approx(0.007)
 
 
 def _stats(rows: int, calls: int, infer_ns: int, input_ns: int = 0, output_ns: int = 0) -> dict:
