@@ -4,6 +4,7 @@ missing capability named."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,24 +64,45 @@ def run_convert(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="session")
-def built_repository(tmp_path_factory) -> Path:
-    """The demo models built once per session through the CLI."""
-    repo = tmp_path_factory.mktemp("model_repository")
-    for name in ("cnn", "minilm"):
-        proc = run_convert("build", f"configs/models/{name}.yaml", "--repository", repo)
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == str(repo / name / "1")
+def _demo_model(config: pytest.Config, name: str) -> Path:
+    """A demo model built through the CLI once per state of the code and config that build it, in pytest's
+    cache (`make test-slow` after `make test`, as CI runs them, builds nothing): its repository."""
+    import hashlib
+
+    from filelock import FileLock
+
+    digest = hashlib.sha256()
+    sources = [*sorted((ROOT / "convert").rglob("*.py")), *sorted((ROOT / "runtime" / "engine").rglob("*.py"))]
+    for path in [*sources, ROOT / "configs" / "models" / f"{name}.yaml"]:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    built = config.cache.mkdir("trtserve-demo-models") / f"{name}-{digest.hexdigest()[:16]}"
+    with FileLock(str(built) + ".lock"):
+        if not (built / "done").exists():
+            shutil.rmtree(built, ignore_errors=True)
+            proc = run_convert("build", f"configs/models/{name}.yaml", "--repository", built)
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stdout.strip() == str(built / name / "1")
+            (built / "done").touch()
+    return built
+
+
+def _copy_models(config: pytest.Config, repo: Path, names: tuple[str, ...]) -> Path:
+    """A session's own copy of the demo models `names` (version 1 of each), as `convert build` wrote them."""
+    for name in names:
+        shutil.copytree(_demo_model(config, name) / name, repo / name)
     return repo
 
 
 @pytest.fixture(scope="session")
-def cnn_repository(tmp_path_factory) -> Path:
+def built_repository(request, tmp_path_factory) -> Path:
+    """The demo models as `convert build` writes them (version 1 of each), a copy of this session's own."""
+    return _copy_models(request.config, tmp_path_factory.mktemp("model_repository"), ("cnn", "minilm"))
+
+
+@pytest.fixture(scope="session")
+def cnn_repository(request, tmp_path_factory) -> Path:
     """A repository with the cnn alone: what the GPU tests need, also where MiniLM's weights are not installed."""
-    repo = tmp_path_factory.mktemp("cnn_repository")
-    proc = run_convert("build", "configs/models/cnn.yaml", "--repository", repo)
-    assert proc.returncode == 0, proc.stderr
-    return repo
+    return _copy_models(request.config, tmp_path_factory.mktemp("cnn_repository"), ("cnn",))
 
 
 @pytest.fixture(scope="session")
