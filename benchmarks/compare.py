@@ -4,6 +4,8 @@ Workload: the `cnn` demo model, one 1x3x32x32 FP32 image per request as KServe v
 concurrency 1 and 32 over loopback. Contenders:
 - raw engine: ONNX Runtime in this process, no server (batch 1, and at the batch size trtserve formed);
 - torch eager in this process, batch 1 (the model rebuilt from its recorded factory);
+- FastAPI + uvicorn + ONNX Runtime, one process, no batching (benchmarks/fastapi_app.py), plain (as the
+  tutorials write it: the targets' contender) and hand-tuned;
 - naive Ray Serve + ONNX Runtime (benchmarks/naive_app.py) with Ray's default ingress;
 - trtserve (HAProxy ingress, ONNX Runtime backend), and trtserve with the `torch` backend.
 Each server is started fresh and stopped before the next. Ratios are requests/s against trtserve (ONNX
@@ -20,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import fastapi_app, targets
 from benchmarks.harness import ROOT, closed_load, ensure_model, json_request
-from benchmarks.rendering import machine_line
+from benchmarks.rendering import machine_line, table_row
 from runtime import load_engine
-from runtime.capacity.local_server import server
+from runtime.capacity.local_server import HOST, PORT, server
 from runtime.capacity.server_stats import model_stats, rows_per_call
 from runtime.diagnostics import machine
 
+FASTAPI = "plain FastAPI + uvicorn + ONNX Runtime"  # as the tutorials write it: the targets' contender
+FASTAPI_TUNED = "hand-tuned FastAPI + uvicorn + ONNX Runtime"
 WORKLOAD = "cnn, one 1x3x32x32 FP32 image per request, KServe v2 JSON, closed loop"
 
 
@@ -64,6 +69,12 @@ def measure(repository: Path, results: Path, duration_s: float = 8.0) -> dict:
         ("trtserve (onnxruntime)", "runtime.serve.app:build_app", {"models": [{"name": "cnn"}]}, "haproxy"),
         ("trtserve (torch eager)", "runtime.serve.app:build_app", torch_models, "haproxy"),
     )
+    with fastapi_app.serving(cnn / "model.onnx", HOST, PORT, work / "fastapi.log"):
+        for label, path in ((FASTAPI, "/v2/models/cnn/infer"), (FASTAPI_TUNED, "/tuned/v2/models/cnn/infer")):
+            request = json_request(path, image)
+            c1, c32 = closed_load(request, 1, duration_s), closed_load(request, 32, duration_s)
+            rows[f"{label} [uvicorn]"] = {"ingress": "uvicorn", "c1": c1, "c32": c32}
+            print(f"{label}: c1 {c1['rps']} req/s, c32 {c32['rps']} req/s", file=sys.stderr)
     trtserve_batch = 1
     for label, import_path, args, ingress in servers:
         if import_path.startswith("runtime."):
@@ -128,6 +139,7 @@ def render(data: dict) -> list[str]:
         "point. Ratios: requests/s against trtserve (ONNX Runtime, HAProxy) at the same concurrency; in-process "
         "rows (the engine called back to back, no HTTP) against its concurrency 32.",
         "",
+        *_fastapi_targets(data["runs"]),
         "| contender | where | req/s | p50 ms | p99 ms | vs trtserve |",
         "|---|---|---:|---:|---:|---:|",
     ]
@@ -140,8 +152,40 @@ def render(data: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _fastapi_targets(runs: dict) -> list[str]:
+    """trtserve (ONNX Runtime, HAProxy) judged against the FastAPI contender, where the run has one."""
+    fastapi, ours = runs.get(f"{FASTAPI} [uvicorn]"), runs.get("trtserve (onnxruntime) [haproxy]")
+    if fastapi is None or ours is None:
+        return []
+    rps = ours["c32"]["rps"] / fastapi["c32"]["rps"]
+    p99 = ours["c32"]["p99_ms"] / fastapi["c32"]["p99_ms"]
+    p50 = ours["c1"]["p50_ms"] / fastapi["c1"]["p50_ms"]
+    return [
+        "| target (trtserve against FastAPI + uvicorn + ONNX Runtime) | measured | met |",
+        "|---|---|---|",
+        table_row(
+            f"concurrency 32: >= {targets.VS_FASTAPI_C32_THROUGHPUT:g}x its requests/s",
+            f"{ours['c32']['rps']:.0f} vs {fastapi['c32']['rps']:.0f} = {rps:.2f}x",
+            rps >= targets.VS_FASTAPI_C32_THROUGHPUT,
+        ),
+        table_row(
+            f"concurrency 32: p99 <= {targets.VS_FASTAPI_C32_P99:g}x its p99",
+            f"{ours['c32']['p99_ms']:.2f} vs {fastapi['c32']['p99_ms']:.2f} ms = {p99:.2f}x",
+            p99 <= targets.VS_FASTAPI_C32_P99,
+        ),
+        table_row(
+            f"concurrency 1: p50 <= {targets.VS_FASTAPI_C1_P50:g}x its p50",
+            f"{ours['c1']['p50_ms']:.2f} vs {fastapi['c1']['p50_ms']:.2f} ms = {p50:.2f}x",
+            p50 <= targets.VS_FASTAPI_C1_P50,
+        ),
+        "",
+    ]
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("compare", help="one workload against raw engine, naive Ray Serve, trtserve, torch eager")
+    p = sub.add_parser(
+        "compare", help="one workload against raw engine, FastAPI, naive Ray Serve, trtserve, torch eager"
+    )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--duration", type=float, default=8.0, help="seconds measured per load point")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))

@@ -11,6 +11,12 @@ and the rest of an engine call (Triton's compute_infer / compute_input / compute
 /v2/models/M/stats, wall time in the replica, per request); rows per engine call; the achieved rate; p50/p99
 from each request's scheduled time.
 
+Beside trtserve, in the current tree's servers, the same ingress serves benchmarks/ray_floor_app.py under
+/floor: a Ray Serve deployment that reads the body and answers a fixed response, nothing else. The same
+workloads against it give Ray Serve's own CPU per request (its replica process), so that the replica's CPU
+splits into Ray Serve's part and trtserve's (replica less floor). Nothing on Ray Serve's HTTP path can cost
+less than floor + engine.
+
 The yardstick is the raw engine in this process, before any server starts: ONNX Runtime, batch 1, one intra-op
 thread, its CPU per call (time.process_time); for minilm the served model's tokenizer on one sentence included.
 
@@ -38,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import yaml
 
-from benchmarks import targets
+from benchmarks import ray_floor_app, targets
 from benchmarks.harness import ROOT, arm_order, binary_request, ensure_model, json_request
 from benchmarks.rendering import machine_line, table_row
 from runtime.capacity.load_generator import open_loop
@@ -193,19 +200,53 @@ def measure_window(
     return window_figures(result.summary(), cpu_s, before, model_stats(local.url, workload.model))
 
 
+def measure_floor_window(
+    local: LocalServe, replica: psutil.Process, workload: Workload, requests: list[bytes], window_s: float, seed: int
+) -> dict:
+    """The same warm-up and window against the Ray Serve floor: its replica's CPU per request answered."""
+    requests = [to_floor(r) for r in requests]
+    asyncio.run(open_loop(HOST, local.port, requests, workload.rate, WARMUP_S, seed=seed))
+    cpu_before = process_cpu_s(replica)
+    summary = asyncio.run(open_loop(HOST, local.port, requests, workload.rate, window_s, seed=seed)).summary()
+    cpu_s = process_cpu_s(replica) - cpu_before
+    answered = summary["statuses"].get("200", 0)
+    return {
+        "cpu_ms_per_request": round(1e3 * cpu_s / answered, 4) if answered else None,
+        "achieved_rps": summary["achieved_rps"],
+        "statuses": summary["statuses"],
+    }
+
+
+def to_floor(request: bytes) -> bytes:
+    """A request the harness built for trtserve, addressed to the floor application's prefix instead."""
+    method, _, rest = request.partition(b" ")
+    return method + b" /" + ray_floor_app.APP.encode() + rest if rest.startswith(b"/") else request
+
+
+def _one_replica(local: LocalServe, app: str, deployment: str, log: Path) -> psutil.Process:
+    replicas = local.replicas(app, deployment)
+    if len(replicas) != 1:
+        raise RuntimeError(f"expected one replica of {app}:{deployment}, found {len(replicas)} ({log})")
+    return replicas[0]
+
+
 def measure_server(
-    tree: Path, config: Path, log: Path, requests: dict[str, list[bytes]], window_s: float, seed: int
-) -> tuple[dict[str, dict], float]:
-    """One server from `tree`: a window of every workload, then the replica's idle CPU in ms per second."""
+    tree: Path, config: Path, log: Path, requests: dict[str, list[bytes]], window_s: float, seed: int, floor: bool
+) -> tuple[dict[str, dict], float, dict[str, dict]]:
+    """One server from `tree`: a window of every workload, the replica's idle CPU in ms per second, and with
+    `floor` a window of every workload against the Ray Serve floor served beside it."""
     with served_from(tree, config, log) as local:
-        replicas = local.replicas(APP)
-        if len(replicas) != 1:
-            raise RuntimeError(f"expected one replica of {APP}, found {len(replicas)} ({log})")
-        (replica,) = replicas
+        replica = _one_replica(local, APP, "trtserve", log)
         windows = {w.name: measure_window(local, replica, w, requests[w.name], window_s, seed) for w in WORKLOADS}
         idle_before = process_cpu_s(replica)
         time.sleep(IDLE_S)
-        return windows, round(1e3 * (process_cpu_s(replica) - idle_before) / IDLE_S, 2)
+        idle = round(1e3 * (process_cpu_s(replica) - idle_before) / IDLE_S, 2)
+        floors = {}
+        if floor:
+            floor_replica = _one_replica(local, ray_floor_app.APP, "floor", log)
+            for w in WORKLOADS:
+                floors[w.name] = measure_floor_window(local, floor_replica, w, requests[w.name], window_s, seed)
+        return windows, idle, floors
 
 
 def working_tree() -> dict:
@@ -255,9 +296,14 @@ def measure(
     print(f"raw engine CPU per call (batch 1, one intra-op thread): {yardstick}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="trtserve-overhead-"))
     args = {"repository": str(repository), "models": [{"name": "cnn"}, {"name": "minilm"}]}
-    config = serve_config(work / "serve.yaml", args, port=port)
+    # The baseline tree predates the floor application: only the current tree's servers hold it.
+    configs = {
+        "current": floor_config(work / "current.yaml", args, port),
+        "baseline": serve_config(work / "baseline.yaml", args, port=port),
+    }
     requests = workload_requests(port, texts)
     windows: dict[str, list[dict]] = {w.name: [] for w in WORKLOADS}
+    floors: dict[str, list[dict]] = {w.name: [] for w in WORKLOADS}
     idle: dict[str, list[float]] = {}
     with contextlib.ExitStack() as stack:
         trees = {"current": ROOT}
@@ -267,8 +313,16 @@ def measure(
         for pair in range(pairs):
             for arm in arm_order(pair, tuple(trees)):
                 log = work / f"{arm}-{pair}.log"
-                by_workload, idle_ms_per_s = measure_server(trees[arm], config, log, requests, window_s, pair)
+                by_workload, idle_ms_per_s, floor = measure_server(
+                    trees[arm], configs[arm], log, requests, window_s, pair, floor=arm == "current"
+                )
                 idle.setdefault(arm, []).append(idle_ms_per_s)
+                for name, figures in floor.items():
+                    floors[name].append({"pair": pair, **figures})
+                    print(
+                        f"pair {pair} Ray Serve floor {name}: {figures['cpu_ms_per_request']} ms/request",
+                        file=sys.stderr,
+                    )
                 for name, figures in by_workload.items():
                     windows[name].append({"pair": pair, "arm": arm, **figures})
                     print(
@@ -287,16 +341,31 @@ def measure(
         "baseline": {"rev": baseline, "commit": commit} if baseline is not None else None,
         "engine_cpu_ms_per_call": yardstick,
         "idle_cpu_ms_per_s": idle,
-        "workloads": {w.name: summarize(w, windows[w.name], yardstick[w.model]) for w in WORKLOADS},
+        "workloads": {w.name: summarize(w, windows[w.name], yardstick[w.model], floors[w.name]) for w in WORKLOADS},
     }
     results.mkdir(parents=True, exist_ok=True)
     (results / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def summarize(workload: Workload, windows: list[dict], engine_ms: float) -> dict:
-    """A workload's windows, each arm's medians and its CPU per request against the raw engine's per call, and
-    the pairs' current/baseline ratios of CPU per request with their median."""
+def floor_config(path: Path, args: dict, port: int) -> Path:
+    """serve_config's application, and the Ray Serve floor beside it under its own prefix."""
+    serve_config(path, args, port=port)
+    doc = yaml.safe_load(path.read_text())
+    floor = {
+        "name": ray_floor_app.APP,
+        "route_prefix": f"/{ray_floor_app.APP}",
+        "import_path": "benchmarks.ray_floor_app:build",
+    }
+    doc["applications"].append({**floor, "args": {}})
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def summarize(workload: Workload, windows: list[dict], engine_ms: float, floors: list[dict] | None = None) -> dict:
+    """A workload's windows, each arm's medians and its CPU per request against the raw engine's per call, the
+    pairs' current/baseline ratios of CPU per request with their median, and the Ray Serve floor's windows
+    with the median of their CPU per request."""
     arms = {}
     for arm in ARMS:
         if any(w["arm"] == arm for w in windows):
@@ -313,7 +382,15 @@ def summarize(workload: Workload, windows: list[dict], engine_ms: float) -> dict
         "arms": arms,
         "vs_baseline": {"ratios": ratios, "median": round(statistics.median(ratios), 4)} if ratios else None,
         "windows": windows,
+        "floor": _floor_summary(floors or []),
     }
+
+
+def _floor_summary(floors: list[dict]) -> dict | None:
+    cpu = [f["cpu_ms_per_request"] for f in floors if f["cpu_ms_per_request"] is not None]
+    if not cpu:
+        return None
+    return {"cpu_ms_per_request": round(statistics.median(cpu), 4), "windows": floors}
 
 
 def render(data: dict) -> list[str]:
@@ -371,6 +448,7 @@ def render(data: dict) -> list[str]:
                 _figure(versus["median"], ".2f", "x") if arm == "current" and versus else "-",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += _floor_table(data)
     errors = {
         f"{name} {_tree(w['arm'], baseline)} pair {w['pair']}": w["statuses"]
         for name, workload in data["workloads"].items()
@@ -390,6 +468,37 @@ def render(data: dict) -> list[str]:
             "request, the two servers started in turn (one at a time), which runs first alternating."
         )
     return [*lines, ""]
+
+
+def _floor_table(data: dict) -> list[str]:
+    """The current replica's CPU per request split into Ray Serve's (the floor application's replica, same
+    ingress and requests) and trtserve's; and floor + raw engine: what no Ray Serve HTTP deployment gets under."""
+    workloads = {n: w for n, w in data["workloads"].items() if w.get("floor")}
+    if not workloads:
+        return []
+    lines = [
+        "",
+        "Where the current replica's CPU per request goes: Ray Serve's own part is what the same requests cost "
+        "benchmarks/ray_floor_app.py (reads the body, answers a fixed response), served beside trtserve behind "
+        "the same ingress; floor + raw engine is the least any deployment on Ray Serve's HTTP path could cost.",
+        "",
+        "| workload | replica CPU ms | Ray Serve floor ms | trtserve beyond the floor ms | raw engine ms "
+        "| floor + raw engine, x raw engine |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, w in workloads.items():
+        cpu, floor = w["arms"]["current"].get("cpu_ms_per_request"), w["floor"]["cpu_ms_per_request"]
+        engine = w["engine_cpu_ms_per_call"]
+        cells = [
+            name,
+            _figure(cpu, ".3f"),
+            f"{floor:.3f}",
+            _figure(cpu - floor if cpu is not None else None, ".3f"),
+            f"{engine:.3f}",
+            f"{(floor + engine) / engine:.2f}x",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _figure(value: float | None, spec: str, suffix: str = "") -> str:
@@ -434,6 +543,8 @@ def run(args) -> None:
                 f"{s.get('engine_ms_per_request')} ms/request, {s['rows_per_engine_call']} rows/call, "
                 f"{s['achieved_rps']} req/s, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms"
             )
+        if w["floor"]:
+            print(f"{name}: Ray Serve floor {w['floor']['cpu_ms_per_request']} ms/request (current tree's server)")
         if w["vs_baseline"]:
             versus = w["vs_baseline"]
             print(f"{name}: current/baseline CPU per request, median x{versus['median']} of {versus['ratios']}")

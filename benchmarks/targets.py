@@ -28,6 +28,11 @@ OVERHEAD_CNN_JSON = 4.0  # cnn, one 1x3x32x32 FP32 image per request as JSON, 25
 OVERHEAD_CNN_BINARY = 2.7  # the same as binary tensors
 OVERHEAD_MINILM_TEXT = 1.3  # MiniLM, one sentence per request as text, 60 req/s (the raw engine's tokenizer included)
 
+# Against plain FastAPI + uvicorn + ONNX Runtime, one process, no batching (`compare`, issue 32): cnn JSON.
+VS_FASTAPI_C32_THROUGHPUT = 2.0  # at least this many times its requests/s at concurrency 32
+VS_FASTAPI_C32_P99 = 0.5  # at most this fraction of its p99 at concurrency 32
+VS_FASTAPI_C1_P50 = 1.0  # at most this fraction of its p50 at concurrency 1
+
 # Capacity planning (`validate`): predicted within this relative error of measured.
 CAPACITY = ACCURACY
 

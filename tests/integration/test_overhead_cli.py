@@ -1,6 +1,7 @@
 """`python -m benchmarks overhead --no-baseline`, tiny windows, on a port of its own beside the session's
 server: the replica's CPU per request and its components come out positive and plausible for every workload,
-and `report` renders the section. (The figures themselves are `make bench`'s business.)"""
+the Ray Serve floor served beside it answers every request, and `report` renders the section. (The figures
+themselves are `make bench`'s business.)"""
 
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def test_overhead_measures_every_workload_and_report_renders_it(built_repository
         assert 0 < window["engine_ms_per_request"] < window["cpu_ms_per_request"] * 3, window
         assert window["rows_per_engine_call"] >= 1 and 0 < window["p50_ms"] <= window["p99_ms"], window
         assert entry["vs_baseline"] is None
+        # Ray Serve alone, beside it behind the same ingress: every request answered, at some CPU each.
+        (floor,) = entry["floor"]["windows"]
+        assert floor["statuses"] == {"200": sum(floor["statuses"].values())} and floor["achieved_rps"] > 0, floor
+        assert 0 < entry["floor"]["cpu_ms_per_request"] < 100, floor
 
     output = tmp_path / "RESULTS.md"
     proc = subprocess.run(
@@ -56,4 +61,5 @@ def test_overhead_measures_every_workload_and_report_renders_it(built_repository
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "## Overhead: what a request costs the replica" in output.read_text()
+    text = output.read_text()
+    assert "## Overhead: what a request costs the replica" in text and "| Ray Serve floor ms |" in text

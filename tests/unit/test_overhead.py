@@ -13,6 +13,7 @@ from benchmarks.overhead import (
     paired_ratios,
     render,
     summarize,
+    to_floor,
     window_figures,
 )
 from runtime.capacity.load_generator import build_request
@@ -100,12 +101,23 @@ def test_requests_built_for_the_default_port_are_readdressed():
     assert on_port(request, 8000) == request
 
 
-def _report(with_baseline: bool) -> dict:
+def test_requests_for_the_floor_go_to_its_prefix_and_nowhere_else_changes():
+    request = build_request("127.0.0.1", 8000, "/v2/models/cnn/infer", b'{"a": "POST /v2"}')
+    moved = to_floor(request)
+    assert moved.startswith(b"POST /floor/v2/models/cnn/infer HTTP/1.1\r\n")
+    assert moved.replace(b"/floor", b"", 1) == request
+
+
+def _report(with_baseline: bool, floor: bool = False) -> dict:
     arms = ("current", "baseline") if with_baseline else ("current",)
     workloads = {}
     for w in WORKLOADS:
         windows = [_window(p, arm, 2.0 if arm == "current" else 2.5) for p in range(2) for arm in arms]
-        workloads[w.name] = summarize(w, windows, engine_ms=0.64 if w.model == "cnn" else 4.0)
+        floors = [
+            {"pair": p, "cpu_ms_per_request": c, "achieved_rps": 250, "statuses": {}} for p, c in enumerate((0.5, 0.7))
+        ]
+        engine_ms = 0.64 if w.model == "cnn" else 4.0
+        workloads[w.name] = summarize(w, windows, engine_ms=engine_ms, floors=floors if floor else None)
     return {
         "machine": {"cpu": "x", "cores": 2, "memory_gib": 8, "os": "Linux", "python": "3.11", "gpu": "none"},
         "window_s": 10.0,
@@ -135,3 +147,12 @@ def test_the_section_without_a_baseline_has_no_baseline_rows():
     assert all(w["vs_baseline"] is None for w in report["workloads"].values())
     text = "\n".join(render(report))
     assert "baseline 9f639d3" not in text and "CPU vs baseline: the median" not in text
+
+
+def test_the_floor_splits_the_replicas_cpu_into_ray_serves_and_trtserves():
+    report = _report(with_baseline=False, floor=True)
+    assert report["workloads"]["cnn-json"]["floor"]["cpu_ms_per_request"] == 0.6  # the median of its windows
+    text = "\n".join(render(report))
+    # replica 2.0 ms, floor 0.6: trtserve's own 1.4; floor + raw engine = 1.24 ms = 1.94x the raw engine's 0.64
+    assert "| cnn-json | 2.000 | 0.600 | 1.400 | 0.640 | 1.94x |" in text
+    assert "Ray Serve floor" not in "\n".join(render(_report(with_baseline=False)))
