@@ -56,7 +56,7 @@ from runtime.diagnostics import machine
 from runtime.serve.launcher import READY_TIMEOUT_S, LocalServe
 
 BASELINE = "9f639d3"  # the release before issue 32's work
-WARMUP_S = 2.0  # at the window's rate before each window, not counted
+WARMUP_S = 2.0  # at the window's rate before each window, not counted (shorter windows: as long as the window)
 IDLE_S = 3.0  # the replica left alone after its windows: its background CPU
 YARDSTICK_S = 3.0  # the raw engine called back to back, per model
 APP = "bench"  # serve_config's application name: how the replica is found
@@ -192,7 +192,7 @@ def measure_window(
 ) -> dict:
     """Warm up at the workload's rate, then one window: its figures (`window_figures`)."""
     port = local.port
-    asyncio.run(open_loop(HOST, port, requests, workload.rate, WARMUP_S, seed=seed))
+    asyncio.run(open_loop(HOST, port, requests, workload.rate, min(WARMUP_S, window_s), seed=seed))
     before = model_stats(local.url, workload.model)
     cpu_before = process_cpu_s(replica)
     result = asyncio.run(open_loop(HOST, port, requests, workload.rate, window_s, seed=seed))
@@ -205,7 +205,7 @@ def measure_floor_window(
 ) -> dict:
     """The same warm-up and window against the Ray Serve floor: its replica's CPU per request answered."""
     requests = [to_floor(r) for r in requests]
-    asyncio.run(open_loop(HOST, local.port, requests, workload.rate, WARMUP_S, seed=seed))
+    asyncio.run(open_loop(HOST, local.port, requests, workload.rate, min(WARMUP_S, window_s), seed=seed))
     cpu_before = process_cpu_s(replica)
     summary = asyncio.run(open_loop(HOST, local.port, requests, workload.rate, window_s, seed=seed)).summary()
     cpu_s = process_cpu_s(replica) - cpu_before
@@ -335,7 +335,7 @@ def measure(
         "benchmark": "overhead",
         "machine": machine.describe(),
         "window_s": window_s,
-        "warmup_s": WARMUP_S,
+        "warmup_s": min(WARMUP_S, window_s),
         "pairs": pairs,
         "current": current,
         "baseline": {"rev": baseline, "commit": commit} if baseline is not None else None,

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow]
 
 def test_overhead_measures_every_workload_and_report_renders_it(built_repository, tmp_path):
     results = tmp_path / "results"
-    command = ["--no-baseline", "--window", "2", "--pairs", "1", "--port", str(free_port())]
+    command = ["--no-baseline", "--window", "1", "--pairs", "1", "--port", str(free_port())]
     command += ["--repository", str(built_repository), "--results", str(results)]
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "overhead", *command],

@@ -110,6 +110,47 @@ def test_full_queue_is_refused_and_slow_requests_time_out():
     assert all(isinstance(r, TimedOut) for r in results)
 
 
+def test_a_request_whose_caller_is_gone_or_timed_out_is_never_run_and_the_rest_are():
+    """While a slow call runs, three requests wait: one's caller is cancelled (its client went away), one times
+    out; neither reaches the engine, the third does, and the queue's rows come back to zero."""
+    from runtime.engine.signature import DimRange, Signature, TensorSpec
+
+    ran = []
+
+    def slow(batch):
+        ran.extend(batch["x"][:, 0].tolist())
+        time.sleep(0.15)
+        return {"doubled": batch["x"] * 2, "total": batch["x"].sum(1)}
+
+    sig = Signature(
+        (TensorSpec("x", "float32", ("batch", 4)),),
+        (TensorSpec("doubled", "float32", ("batch", 4)), TensorSpec("total", "float32", ("batch",))),
+        {"batch": DimRange(1, 1, 4)},
+    )
+
+    def x(value: float) -> dict:
+        return {"x": np.full((1, 4), value, np.float32)}
+
+    async def main():
+        batcher = DynamicBatcher(slow, sig, max_rows=1, max_delay_s=0, max_queued_rows=8)
+        first = asyncio.ensure_future(batcher.submit(x(1), Work(1, {}), 5))
+        await asyncio.sleep(0.02)  # the first call is under way
+        gone = asyncio.ensure_future(batcher.submit(x(2), Work(1, {}), 5))
+        late = asyncio.ensure_future(batcher.submit(x(3), Work(1, {}), 0.05))
+        kept = asyncio.ensure_future(batcher.submit(x(4), Work(1, {}), 5))
+        await asyncio.sleep(0)
+        gone.cancel()
+        results = await asyncio.gather(first, gone, late, kept, return_exceptions=True)
+        queued = batcher.queued_rows
+        batcher.close()
+        return results, queued
+
+    (first, gone, late, kept), queued = asyncio.run(main())
+    assert isinstance(gone, asyncio.CancelledError) and isinstance(late, TimedOut)
+    assert first[0]["total"].tolist() == [4.0] and kept[0]["total"].tolist() == [16.0]
+    assert ran == [1.0, 4.0] and queued == 0
+
+
 def test_calibration_turns_two_timings_into_a_call_cost(engine):
     batcher = DynamicBatcher(
         engine.infer, engine.signature, max_rows=8, max_delay_s=0, max_queued_rows=8, pad_values=PAD

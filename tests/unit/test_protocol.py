@@ -3,6 +3,8 @@ import struct
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.serve.error_codes import code_of
 from runtime.serve.protocol import (
@@ -251,3 +253,39 @@ def test_outputs_named_twice_and_overlong_ids_are_refused():
     with pytest.raises(ProtocolError, match="'id' must be a string"):
         parse_request(orjson.dumps({"inputs": inputs, "id": {"a": 1}}))
     assert parse_request(orjson.dumps({"inputs": inputs, "id": 7})).id == "7"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    datatype=st.sampled_from(["FP16", "FP32", "FP64", "INT8", "UINT8", "INT16", "INT32", "UINT32", "INT64", "BOOL"]),
+    data=st.data(),
+)
+def test_json_numbers_decode_as_numpy_would_convert_them_and_out_of_range_is_a_400(datatype, data):
+    """JSON numbers decode to what numpy's own conversion of the list gives, value for value, and what it
+    refuses as out of range (a float too large for FP16 or FP32, an integer beyond its type) is a 400 naming
+    the input, never a 500."""
+    dtype = np.dtype(
+        {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BOOL": np.bool_}.get(datatype, datatype.lower())
+    )
+    if dtype.kind == "f":
+        values = data.draw(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=64), max_size=20))
+    elif dtype.kind == "b":
+        values = data.draw(st.lists(st.booleans(), max_size=20))
+    else:
+        info = np.iinfo(dtype)
+        values = data.draw(
+            st.lists(
+                st.integers(max(int(info.min) * 2 - 1, -(2**63)), min(int(info.max) * 2 + 1, 2**64 - 1)), max_size=20
+            )
+        )
+    body = orjson.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": [len(values)], "data": values}]})
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            expected = np.asarray(values, dtype=dtype)
+    except (FloatingPointError, OverflowError):
+        with pytest.raises(ProtocolError, match="input 'x'"):
+            decode_request(body)
+        return
+    decoded = decode_request(body).inputs["x"]
+    assert decoded.dtype == dtype and decoded.shape == (len(values),)
+    np.testing.assert_array_equal(decoded, expected)
