@@ -82,18 +82,23 @@ def test_a_failing_request_fails_alone(engine):
     assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 3)
 
 
+def _rows_of_four():
+    """x (batch, 4) in; its double and its rows' totals out."""
+    from runtime.engine.signature import DimRange, Signature, TensorSpec
+
+    return Signature(
+        (TensorSpec("x", "float32", ("batch", 4)),),
+        (TensorSpec("doubled", "float32", ("batch", 4)), TensorSpec("total", "float32", ("batch",))),
+        {"batch": DimRange(1, 1, 4)},
+    )
+
+
 def test_full_queue_is_refused_and_slow_requests_time_out():
     def slow(batch):
         time.sleep(0.2)
         return {"doubled": batch["x"] * 2, "total": batch["x"].sum(1)}
 
-    from runtime.engine.signature import DimRange, Signature, TensorSpec
-
-    sig = Signature(
-        (TensorSpec("x", "float32", ("batch", 4)),),
-        (TensorSpec("doubled", "float32", ("batch", 4)), TensorSpec("total", "float32", ("batch",))),
-        {"batch": DimRange(1, 1, 4)},
-    )
+    sig = _rows_of_four()
 
     async def main():
         batcher = DynamicBatcher(slow, sig, max_rows=1, max_delay_s=0, max_queued_rows=2)
@@ -113,8 +118,6 @@ def test_full_queue_is_refused_and_slow_requests_time_out():
 def test_a_request_whose_caller_is_gone_or_timed_out_is_never_run_and_the_rest_are():
     """While a slow call runs, three requests wait: one's caller is cancelled (its client went away), one times
     out; neither reaches the engine, the third does, and the queue's rows come back to zero."""
-    from runtime.engine.signature import DimRange, Signature, TensorSpec
-
     ran = []
 
     def slow(batch):
@@ -122,11 +125,7 @@ def test_a_request_whose_caller_is_gone_or_timed_out_is_never_run_and_the_rest_a
         time.sleep(0.15)
         return {"doubled": batch["x"] * 2, "total": batch["x"].sum(1)}
 
-    sig = Signature(
-        (TensorSpec("x", "float32", ("batch", 4)),),
-        (TensorSpec("doubled", "float32", ("batch", 4)), TensorSpec("total", "float32", ("batch",))),
-        {"batch": DimRange(1, 1, 4)},
-    )
+    sig = _rows_of_four()
 
     def x(value: float) -> dict:
         return {"x": np.full((1, 4), value, np.float32)}
