@@ -64,32 +64,55 @@ def run_convert(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     )
 
 
-def _demo_model(config: pytest.Config, name: str) -> Path:
+def _copy_demo_model(config: pytest.Config, name: str, repo: Path) -> None:
     """A demo model built through the CLI once per state of the code and config that build it, in pytest's
-    cache (`make test-slow` after `make test`, as CI runs them, builds nothing): its repository."""
+    cache (`make test-slow` after `make test`, as CI runs them, builds nothing), copied into `repo`."""
     import hashlib
 
     from filelock import FileLock
 
     digest = hashlib.sha256()
-    sources = [*sorted((ROOT / "convert").rglob("*.py")), *sorted((ROOT / "runtime" / "engine").rglob("*.py"))]
+    # Every file convert/ and runtime/engine/ hold (code, and data such as convert/zoo/data/*.txt), bytecode aside.
+    sources = sorted(
+        path
+        for top in (ROOT / "convert", ROOT / "runtime" / "engine")
+        for path in top.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    )
     for path in [*sources, ROOT / "configs" / "models" / f"{name}.yaml"]:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    built = config.cache.mkdir("trtserve-demo-models") / f"{name}-{digest.hexdigest()[:16]}"
+    cache = config.cache.mkdir("trtserve-demo-models")
+    built = cache / f"{name}-{digest.hexdigest()[:16]}"
     with FileLock(str(built) + ".lock"):
         if not (built / "done").exists():
+            _forget_older_builds(cache, name, keep=built)
             shutil.rmtree(built, ignore_errors=True)
             proc = run_convert("build", f"configs/models/{name}.yaml", "--repository", built)
             assert proc.returncode == 0, proc.stderr
             assert proc.stdout.strip() == str(built / name / "1")
             (built / "done").touch()
-    return built
+        shutil.copytree(built / name, repo / name)  # under the lock: no other session removes it meanwhile
+
+
+def _forget_older_builds(cache: Path, name: str, keep: Path) -> None:
+    """The cache holds one build of each model: the others (of code since changed) go, each under its lock;
+    one another session is copying from right now (it holds the lock) stays."""
+    from filelock import FileLock, Timeout
+
+    for other in cache.glob(f"{name}-*"):
+        if other == keep or not other.is_dir():
+            continue
+        try:
+            with FileLock(str(other) + ".lock", timeout=0):
+                shutil.rmtree(other, ignore_errors=True)
+        except Timeout:
+            continue
 
 
 def _copy_models(config: pytest.Config, repo: Path, names: tuple[str, ...]) -> Path:
     """A session's own copy of the demo models `names` (version 1 of each), as `convert build` wrote them."""
     for name in names:
-        shutil.copytree(_demo_model(config, name) / name, repo / name)
+        _copy_demo_model(config, name, repo)
     return repo
 
 
