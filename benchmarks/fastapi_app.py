@@ -47,7 +47,7 @@ def _model(tuned: bool) -> ort.InferenceSession:
     return _sessions[kind]
 
 
-class InferInput(BaseModel):
+class Tensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
@@ -55,19 +55,12 @@ class InferInput(BaseModel):
 
 
 class InferRequest(BaseModel):
-    inputs: list[InferInput]
-
-
-class InferOutput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[float]
+    inputs: list[Tensor]
 
 
 class InferResponse(BaseModel):
     model_name: str
-    outputs: list[InferOutput]
+    outputs: list[Tensor]
 
 
 @app.get("/v2/health/ready")
@@ -83,7 +76,7 @@ def infer(request: InferRequest) -> InferResponse:
     tensor = request.inputs[0]
     x = np.asarray(tensor.data, dtype=np.float32).reshape(tensor.shape)
     (out,) = session.run(None, {session.get_inputs()[0].name: x})
-    output = InferOutput(name="logits", shape=list(out.shape), datatype="FP32", data=out.ravel().tolist())
+    output = Tensor(name="logits", shape=list(out.shape), datatype="FP32", data=out.ravel().tolist())
     return InferResponse(model_name="cnn", outputs=[output])
 
 

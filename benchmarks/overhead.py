@@ -85,10 +85,15 @@ def process_cpu_s(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+def cpu_ms_per_request(summary: dict, cpu_s: float) -> float | None:
+    """CPU milliseconds per request answered 200 over a window (None when none was)."""
+    answered = summary["statuses"].get("200", 0)
+    return round(1e3 * cpu_s / answered, 4) if answered else None
+
+
 def window_figures(summary: dict, cpu_s: float, before: dict, after: dict) -> dict:
     """One window's figures: the open loop's `summary`, the replica's CPU seconds over it, and the model's
     statistics read before and after it. CPU and engine times are per request answered 200."""
-    answered = summary["statuses"].get("200", 0)
     rows = after["inference_count"] - before["inference_count"]
 
     def per_row_ms(stage: str) -> float | None:
@@ -96,7 +101,7 @@ def window_figures(summary: dict, cpu_s: float, before: dict, after: dict) -> di
         return round(ns / rows / 1e6, 4) if rows else None
 
     return {
-        "cpu_ms_per_request": round(1e3 * cpu_s / answered, 4) if answered else None,
+        "cpu_ms_per_request": cpu_ms_per_request(summary, cpu_s),
         "engine_ms_per_request": per_row_ms("compute_infer"),
         "input_ms_per_request": per_row_ms("compute_input"),
         "output_ms_per_request": per_row_ms("compute_output"),
@@ -191,13 +196,10 @@ def measure_window(
     local: LocalServe, replica: psutil.Process, workload: Workload, requests: list[bytes], window_s: float, seed: int
 ) -> dict:
     """Warm up at the workload's rate, then one window: its figures (`window_figures`)."""
-    port = local.port
-    asyncio.run(open_loop(HOST, port, requests, workload.rate, min(WARMUP_S, window_s), seed=seed))
+    _warm_up(local, workload, requests, window_s, seed)
     before = model_stats(local.url, workload.model)
-    cpu_before = process_cpu_s(replica)
-    result = asyncio.run(open_loop(HOST, port, requests, workload.rate, window_s, seed=seed))
-    cpu_s = process_cpu_s(replica) - cpu_before
-    return window_figures(result.summary(), cpu_s, before, model_stats(local.url, workload.model))
+    summary, cpu_s = _cpu_window(local, replica, workload, requests, window_s, seed)
+    return window_figures(summary, cpu_s, before, model_stats(local.url, workload.model))
 
 
 def measure_floor_window(
@@ -205,16 +207,27 @@ def measure_floor_window(
 ) -> dict:
     """The same warm-up and window against the Ray Serve floor: its replica's CPU per request answered."""
     requests = [to_floor(r) for r in requests]
-    asyncio.run(open_loop(HOST, local.port, requests, workload.rate, min(WARMUP_S, window_s), seed=seed))
-    cpu_before = process_cpu_s(replica)
-    summary = asyncio.run(open_loop(HOST, local.port, requests, workload.rate, window_s, seed=seed)).summary()
-    cpu_s = process_cpu_s(replica) - cpu_before
-    answered = summary["statuses"].get("200", 0)
+    _warm_up(local, workload, requests, window_s, seed)
+    summary, cpu_s = _cpu_window(local, replica, workload, requests, window_s, seed)
     return {
-        "cpu_ms_per_request": round(1e3 * cpu_s / answered, 4) if answered else None,
+        "cpu_ms_per_request": cpu_ms_per_request(summary, cpu_s),
         "achieved_rps": summary["achieved_rps"],
         "statuses": summary["statuses"],
     }
+
+
+def _warm_up(local: LocalServe, workload: Workload, requests: list[bytes], window_s: float, seed: int) -> None:
+    """The workload's rate, not counted: as long as the window, at most WARMUP_S."""
+    asyncio.run(open_loop(HOST, local.port, requests, workload.rate, min(WARMUP_S, window_s), seed=seed))
+
+
+def _cpu_window(
+    local: LocalServe, replica: psutil.Process, workload: Workload, requests: list[bytes], window_s: float, seed: int
+) -> tuple[dict, float]:
+    """One window at the workload's rate: the open loop's summary and `replica`'s CPU seconds over it."""
+    cpu_before = process_cpu_s(replica)
+    summary = asyncio.run(open_loop(HOST, local.port, requests, workload.rate, window_s, seed=seed)).summary()
+    return summary, process_cpu_s(replica) - cpu_before
 
 
 def to_floor(request: bytes) -> bytes:
